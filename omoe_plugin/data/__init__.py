@@ -1,0 +1,1 @@
+"""Real data and pretrained files from registry packages, prepared for fairseq."""

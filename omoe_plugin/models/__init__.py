@@ -1,0 +1,3 @@
+"""fairseq models: the MoE encoder for sentence classification (`omoe_roberta`)."""
+
+from .omoe_roberta import OMoERobertaConfig, OMoERobertaModel  # noqa: F401 (registers)

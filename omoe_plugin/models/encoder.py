@@ -1,0 +1,161 @@
+"""BERT/RoBERTa-style post-LN transformer encoder whose FFN sublayers can be MoE layers.
+
+Written for export as much as for training: tensors are batch-major ([B, T, C]), padding
+is always masked (fairseq's encoder branches on `has_pads`, which torch.export cannot
+trace), and attention is one scaled_dot_product_attention call.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.models import FairseqEncoder
+from fairseq.modules import LayerNorm
+
+from ..moe import MoEArgs, MoEAux, MoELayer
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with BERT's separate query/key/value projections."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"--encoder-embed-dim ({embed_dim}) must be divisible by "
+                f"--encoder-attention-heads ({num_heads})"
+            )
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, C]; attend: [B, 1, 1, T] bool, True where a key may be attended."""
+        bsz, seq_len, dim = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, H, T, C / H]
+            return t.view(bsz, seq_len, self.num_heads, -1).transpose(1, 2)
+
+        y = F.scaled_dot_product_attention(
+            heads(self.q_proj(x)),
+            heads(self.k_proj(x)),
+            heads(self.v_proj(x)),
+            attn_mask=attend,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block: x = LN(x + Attn(x)); x = LN(x + FFN(x)), FFN dense or MoE."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        activation_fn: str,
+        moe: Optional[MoEArgs],
+    ) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(embed_dim, num_heads, attention_dropout)
+        self.self_attn_layer_norm = LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        if moe is None:
+            self.moe = None
+            self.fc1 = nn.Linear(embed_dim, ffn_dim)
+            self.fc2 = nn.Linear(ffn_dim, embed_dim)
+            self.activation_fn = utils.get_activation_fn(activation_fn)
+            self.activation_dropout = nn.Dropout(activation_dropout)
+        else:
+            self.moe = MoELayer(moe)
+        self.final_layer_norm = LayerNorm(embed_dim)
+
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor, attend: torch.Tensor
+    ) -> tuple[torch.Tensor, Optional[MoEAux]]:
+        """x: [B, T, C]; padding_mask: [B, T] (True = pad); attend: see SelfAttention."""
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, attend)))
+        if self.moe is None:
+            y = self.fc2(self.activation_dropout(self.activation_fn(self.fc1(x))))
+            aux = None
+        else:
+            y, aux = self.moe(x, padding_mask)
+        return self.final_layer_norm(x + self.dropout(y)), aux
+
+
+class OMoEEncoder(FairseqEncoder):
+    """Token + learned position embeddings, embedding LayerNorm, then the layer stack.
+
+    Layer i (0-based) is an MoE layer when moe_freq > 0 and (i + 1) % moe_freq == 0, so
+    moe_freq=1 makes every FFN an MoE and moe_freq=2 every other one (the convention of
+    fairseq's MoE branch); moe_freq=0 gives the dense encoder.
+    """
+
+    def __init__(self, cfg, dictionary) -> None:
+        super().__init__(dictionary)
+        dim = cfg.encoder_embed_dim
+        self.padding_idx = dictionary.pad()
+        self.max_positions_ = cfg.max_positions
+        self.embed_tokens = nn.Embedding(len(dictionary), dim, padding_idx=self.padding_idx)
+        self.embed_positions = nn.Embedding(cfg.max_positions, dim)
+        self.layernorm_embedding = LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                dim,
+                cfg.encoder_ffn_embed_dim,
+                cfg.encoder_attention_heads,
+                cfg.dropout,
+                cfg.attention_dropout,
+                cfg.activation_dropout,
+                cfg.activation_fn,
+                moe=self._moe_args(cfg, i),
+            )
+            for i in range(cfg.encoder_layers)
+        )
+
+    @staticmethod
+    def _moe_args(cfg, index: int) -> Optional[MoEArgs]:
+        if cfg.moe_freq == 0 or (index + 1) % cfg.moe_freq:
+            return None
+        return MoEArgs(
+            embed_dim=cfg.encoder_embed_dim,
+            ffn_dim=cfg.encoder_ffn_embed_dim,
+            num_experts=cfg.moe_experts,
+            top_k=cfg.moe_top_k,
+            activation_fn=cfg.activation_fn,
+            activation_dropout=cfg.activation_dropout,
+            layer_index=index,
+        )
+
+    def forward(self, src_tokens: torch.Tensor, return_all_hiddens: bool = False, **unused):
+        """src_tokens: [B, T]. Returns features [B, T, C] and a dict with the MoE
+        statistics of every MoE layer ("moe_aux") and, if asked, every layer's output
+        ("inner_states")."""
+        padding_mask = src_tokens.eq(self.padding_idx)  # [B, T]
+        # positions count real tokens only, so left and right padding give the same result
+        positions = (torch.cumsum(~padding_mask, dim=1) - 1).clamp(min=0)
+        x = self.embed_tokens(src_tokens) + self.embed_positions(positions)
+        x = self.dropout(self.layernorm_embedding(x))
+        attend = (~padding_mask)[:, None, None, :]  # [B, 1, 1, T]
+        inner_states = [x] if return_all_hiddens else []
+        moe_aux = []
+        for layer in self.layers:
+            x, aux = layer(x, padding_mask, attend)
+            if aux is not None:
+                moe_aux.append(aux)
+            if return_all_hiddens:
+                inner_states.append(x)
+        return x, {"inner_states": inner_states, "moe_aux": moe_aux}
+
+    def max_positions(self) -> int:
+        return self.max_positions_

@@ -1,0 +1,155 @@
+"""The `omoe_roberta` model: an MoE encoder with RoBERTa's sentence classification heads."""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import (
+    FairseqEncoderModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.roberta.model import RobertaClassificationHead
+from fairseq.modules.transformer_sentence_encoder import init_bert_params
+from fairseq.utils import get_available_activation_fns, safe_getattr
+from omegaconf import II
+
+from .encoder import OMoEEncoder
+
+logger = logging.getLogger(__name__)
+
+ACTIVATION_CHOICES = ChoiceEnum(get_available_activation_fns())
+
+
+@dataclass
+class OMoERobertaConfig(FairseqDataclass):
+    encoder_layers: int = field(default=12, metadata={"help": "number of encoder layers"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "embedding dimension"})
+    encoder_ffn_embed_dim: int = field(
+        default=3072, metadata={"help": "hidden dimension of each FFN (and of each expert)"}
+    )
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    activation_fn: ACTIVATION_CHOICES = field(
+        default="gelu", metadata={"help": "activation of the FFNs and experts"}
+    )
+    pooler_activation_fn: ACTIVATION_CHOICES = field(
+        default="tanh", metadata={"help": "activation of the classification head"}
+    )
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(
+        default=0.1, metadata={"help": "dropout probability of attention weights"}
+    )
+    activation_dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability after the FFN activation"}
+    )
+    pooler_dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability in the classification head"}
+    )
+    moe_experts: int = field(default=4, metadata={"help": "experts per MoE layer"})
+    moe_top_k: int = field(default=1, metadata={"help": "experts each token is routed to"})
+    moe_freq: int = field(
+        default=1,
+        metadata={
+            "help": "every n-th encoder layer is an MoE layer (1 = all, 2 = every other "
+            "one, 0 = none: the dense encoder)"
+        },
+    )
+    max_positions: int = II("task.max_positions")
+
+
+@register_model("omoe_roberta", dataclass=OMoERobertaConfig)
+class OMoERobertaModel(FairseqEncoderModel):
+    """Sentence classifier on an :class:`OMoEEncoder`, head-compatible with fairseq's RoBERTa.
+
+    forward returns (logits or features, extra) where extra["moe_aux"] holds one
+    :class:`~omoe_plugin.moe.MoEAux` per MoE layer for the criterion.
+    """
+
+    def __init__(self, cfg: OMoERobertaConfig, encoder: OMoEEncoder) -> None:
+        super().__init__(encoder)
+        self.cfg = cfg
+        self.apply(init_bert_params)  # Linear/Embedding; the stacked experts init themselves
+        self.classification_heads = nn.ModuleDict()
+
+    @classmethod
+    def build_model(cls, cfg: OMoERobertaConfig, task) -> "OMoERobertaModel":
+        validate_config(cfg)
+        return cls(cfg, OMoEEncoder(cfg, task.source_dictionary))
+
+    def forward(
+        self,
+        src_tokens: torch.Tensor,
+        classification_head_name: Optional[str] = None,
+        return_all_hiddens: bool = False,
+        **unused,
+    ):
+        """src_tokens: [B, T]. With classification_head_name the first output is the
+        head's logits [B, num_classes], otherwise the features [B, T, C]. (There is no
+        LM head: fairseq's `features_only` flag is accepted and has nothing to switch.)"""
+        x, extra = self.encoder(src_tokens, return_all_hiddens=return_all_hiddens)
+        if classification_head_name is not None:
+            x = self.classification_heads[classification_head_name](x)
+        return x, extra
+
+    def register_classification_head(
+        self, name: str, num_classes: int, inner_dim: Optional[int] = None, **unused
+    ) -> None:
+        """Add a RoBERTa classification head (on the first token's features)."""
+        if name in self.classification_heads:
+            prev = self.classification_heads[name].out_proj.out_features
+            if num_classes != prev:
+                logger.warning(
+                    f're-registering head "{name}" with num_classes {num_classes} '
+                    f"(prev: {prev})"
+                )
+        dim = self.cfg.encoder_embed_dim
+        self.classification_heads[name] = RobertaClassificationHead(
+            input_dim=dim,
+            inner_dim=inner_dim or dim,
+            num_classes=num_classes,
+            activation_fn=self.cfg.pooler_activation_fn,
+            pooler_dropout=self.cfg.pooler_dropout,
+        )
+        self.classification_heads[name].apply(init_bert_params)
+
+
+def validate_config(cfg: OMoERobertaConfig) -> None:
+    """Stop early, naming the option, on a layer pattern that cannot build a model.
+
+    Expert count and top-k are checked where they are used, by the router."""
+    if cfg.moe_freq < 0:
+        raise ValueError(f"--moe-freq must be >= 0 (0 = no MoE layer), got {cfg.moe_freq}")
+    if cfg.moe_freq > cfg.encoder_layers:
+        raise ValueError(
+            f"--moe-freq {cfg.moe_freq} leaves no MoE layer in a {cfg.encoder_layers}-layer "
+            "encoder; use --moe-freq 0 for a dense model"
+        )
+
+
+def _set_shape(args, layers: int, dim: int, ffn: int, heads: int) -> None:
+    """Fill the shape options the user did not give (fairseq's architecture convention)."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", layers)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", dim)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", ffn)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", heads)
+
+
+@register_model_architecture("omoe_roberta", "omoe_roberta_base")
+def omoe_roberta_base(args) -> None:
+    """BERT-base shapes: 12 layers, 768 hidden, 3072 FFN, 12 heads."""
+    _set_shape(args, layers=12, dim=768, ffn=3072, heads=12)
+
+
+@register_model_architecture("omoe_roberta", "omoe_roberta_minilm")
+def omoe_roberta_minilm(args) -> None:
+    """all-MiniLM-L6-v2 shapes: 6 layers, 384 hidden, 1536 FFN, 12 heads."""
+    _set_shape(args, layers=6, dim=384, ffn=1536, heads=12)
+
+
+@register_model_architecture("omoe_roberta", "omoe_roberta_tiny")
+def omoe_roberta_tiny(args) -> None:
+    """For tests and smoke runs: 2 layers, 64 hidden, 128 FFN, 4 heads."""
+    _set_shape(args, layers=2, dim=64, ffn=128, heads=4)

@@ -1,0 +1,21 @@
+"""Mixture-of-Experts building blocks: router, stacked experts, auxiliary losses, the layer."""
+
+from .experts import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, StackedExperts
+from .layer import MoEArgs, MoEAux, MoELayer
+from .losses import expert_counts, load_balancing_loss, router_z_loss
+from .router import Routing, TopKRouter
+
+__all__ = [
+    "EXPERT_AXIS_ATTR",
+    "EXPERT_INPUT_ATTR",
+    "EXPERT_LAYER_ATTR",
+    "MoEArgs",
+    "MoEAux",
+    "MoELayer",
+    "Routing",
+    "StackedExperts",
+    "TopKRouter",
+    "expert_counts",
+    "load_balancing_loss",
+    "router_z_loss",
+]

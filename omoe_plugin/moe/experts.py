@@ -1,0 +1,85 @@
+"""Stacked feed-forward experts with sparse dispatch: each expert runs only on its tokens."""
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Attribute names the OMoE optimizer reads off expert weight tensors. Biases are not tagged:
+# they take the plain base-optimizer update (DESIGN.md section 4.3).
+EXPERT_AXIS_ATTR = "moe_expert_axis"  # which tensor dimension indexes the experts
+EXPERT_INPUT_ATTR = "moe_input"  # "fc1" (input = token x) or "fc2" (input = expert hidden)
+EXPERT_LAYER_ATTR = "moe_layer"  # index of the MoE layer the tensor belongs to
+
+
+class StackedExperts(nn.Module):
+    """E two-layer FFN experts stored as stacked tensors, so expert e is a slice.
+
+    Shapes follow nn.Linear's [out, in] layout: fc1_weight [E, h, d], fc1_bias [E, h],
+    fc2_weight [E, d, h], fc2_bias [E, d].
+
+    Dispatch is a static loop over all experts; each gathers the tokens routed to it
+    (torch.where), runs its FFN on them and scatters the weighted result back (index_add).
+    There is no Python branch on routed counts, so an expert that gets no token costs a few
+    empty kernels and the ONNX graph keeps every expert whatever the export example routed.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        embed_dim: int,
+        ffn_dim: int,
+        activation_fn: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+        activation_dropout: float = 0.0,
+        layer_index: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.activation_fn = activation_fn
+        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn_dim, embed_dim))
+        self.fc1_bias = nn.Parameter(torch.empty(num_experts, ffn_dim))
+        self.fc2_weight = nn.Parameter(torch.empty(num_experts, embed_dim, ffn_dim))
+        self.fc2_bias = nn.Parameter(torch.empty(num_experts, embed_dim))
+        for name, weight in (("fc1", self.fc1_weight), ("fc2", self.fc2_weight)):
+            setattr(weight, EXPERT_AXIS_ATTR, 0)
+            setattr(weight, EXPERT_INPUT_ATTR, name)
+            setattr(weight, EXPERT_LAYER_ATTR, layer_index)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT initialisation (normal, std 0.02; zero biases), as fairseq's init_bert_params."""
+        for weight in (self.fc1_weight, self.fc2_weight):
+            nn.init.normal_(weight, mean=0.0, std=0.02)
+        for bias in (self.fc1_bias, self.fc2_bias):
+            nn.init.zeros_(bias)
+
+    @torch.no_grad()
+    def copy_dense_(self, fc1: nn.Linear, fc2: nn.Linear) -> None:
+        """Make every expert a copy of one dense FFN (sparse upcycling)."""
+        self.fc1_weight.copy_(fc1.weight.expand_as(self.fc1_weight))
+        self.fc1_bias.copy_(fc1.bias.expand_as(self.fc1_bias))
+        self.fc2_weight.copy_(fc2.weight.expand_as(self.fc2_weight))
+        self.fc2_bias.copy_(fc2.bias.expand_as(self.fc2_bias))
+
+    def forward(
+        self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Mix the chosen experts' outputs.
+
+        x: [N, d] tokens; experts: [N, k] chosen expert ids (E = none);
+        weights: [N, k] combine weights. Returns [N, d].
+        """
+        out = torch.zeros_like(x)
+        # unbind once: its backward stacks the E slice gradients in one tensor, where
+        # indexing the parameter per expert would allocate a full-size gradient per expert.
+        fc1_w, fc1_b = self.fc1_weight.unbind(0), self.fc1_bias.unbind(0)
+        fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
+        for e in range(self.num_experts):
+            token, slot = torch.where(experts == e)  # [n_e] each
+            h = self.activation_fn(F.linear(x[token], fc1_w[e], fc1_b[e]))  # [n_e, h]
+            h = self.activation_dropout(h)
+            y = F.linear(h, fc2_w[e], fc2_b[e])  # [n_e, d]
+            out.index_add_(0, token, y * weights[token, slot].unsqueeze(-1).to(y.dtype))
+        return out
