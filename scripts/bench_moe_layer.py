@@ -1,0 +1,100 @@
+"""Benchmark: forward+backward throughput of the MoE layer against a dense FFN with the
+same active parameters (k experts' worth: hidden k * h), measured in the same run.
+
+The ratio reported is work per second per active parameter, (tokens/s * active params)
+of the MoE over the same for the dense FFN; 1.0 means routing and dispatch cost nothing.
+Timings are medians over interleaved repeats. The last line printed is one JSON object.
+
+    python scripts/bench_moe_layer.py [--tokens 4096] [--repeats 9]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from omoe_plugin.moe import MoEArgs, MoELayer
+
+
+class DenseFFN(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def step_seconds(module: nn.Module, x: torch.Tensor) -> float:
+    """Wall time of one forward + backward (router aux loss included for the MoE)."""
+    module.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    out = module(x)
+    if isinstance(out, tuple):
+        y, aux = out
+        loss = y.square().mean() + 0.01 * aux.load_balancing
+    else:
+        loss = out.square().mean()
+    loss.backward()
+    return time.perf_counter() - start
+
+
+def active_params(module: nn.Module, top_k: int = 1, num_experts: int = 1) -> int:
+    """Parameters one token uses: the router plus k of E experts, or the whole dense FFN."""
+    if isinstance(module, MoELayer):
+        expert = sum(p.numel() for p in module.experts.parameters()) // num_experts
+        return module.router.gate.weight.numel() + top_k * expert
+    return sum(p.numel() for p in module.parameters())
+
+
+def bench(num_experts: int, top_k: int, tokens: int, dim: int, hidden: int, repeats: int):
+    torch.manual_seed(0)
+    moe = MoELayer(MoEArgs(embed_dim=dim, ffn_dim=hidden, num_experts=num_experts, top_k=top_k))
+    dense = DenseFFN(dim, top_k * hidden)
+    x = torch.randn(tokens, dim)
+    for _ in range(2):  # warm-up
+        step_seconds(moe, x), step_seconds(dense, x)
+    moe_t, dense_t = [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
+        moe_t.append(step_seconds(moe, x))
+        dense_t.append(step_seconds(dense, x))
+    moe_s, dense_s = statistics.median(moe_t), statistics.median(dense_t)
+    moe_active = active_params(moe, top_k, num_experts)
+    dense_active = active_params(dense)
+    ratio = (tokens / moe_s * moe_active) / (tokens / dense_s * dense_active)
+    return {
+        "experts": num_experts,
+        "top_k": top_k,
+        "moe_ms": round(moe_s * 1e3, 2),
+        "dense_ms": round(dense_s * 1e3, 2),
+        "moe_tokens_per_s": round(tokens / moe_s),
+        "dense_tokens_per_s": round(tokens / dense_s),
+        "throughput_per_active_param_ratio": round(ratio, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--hidden", type=int, default=1536, help="FFN size of one expert")
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.tokens} tokens, "
+          f"d={args.dim}, expert hidden={args.hidden}, median of {args.repeats}")
+    results = {}
+    for num_experts, top_k in ((4, 1), (8, 2)):
+        row = bench(num_experts, top_k, args.tokens, args.dim, args.hidden, args.repeats)
+        print(row)
+        results[f"E{num_experts}_k{top_k}"] = row["throughput_per_active_param_ratio"]
+    results["target"] = 0.7
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

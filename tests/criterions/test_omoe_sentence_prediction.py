@@ -1,0 +1,75 @@
+"""omoe_sentence_prediction: task loss + weighted router losses, and what it logs."""
+
+import pytest
+import torch
+from fairseq.criterions.sentence_prediction import SentencePredictionCriterion
+from fairseq.logging import metrics
+
+from omoe_plugin.criterions.omoe_sentence_prediction import (
+    OMoESentencePredictionConfig,
+    OMoESentencePredictionCriterion,
+)
+from tests.conftest import tiny_model
+
+
+def sample(task, batch: int = 6, seq: int = 10) -> dict:
+    torch.manual_seed(7)
+    d = task.source_dictionary
+    src = torch.randint(d.nspecial, len(d), (batch, seq))
+    src[1:, seq - 3 :] = d.pad()
+    return {
+        "net_input": {"src_tokens": src},
+        "target": torch.randint(0, 2, (batch,)),
+        "ntokens": int(src.ne(d.pad()).sum()),
+    }
+
+
+def criterion(task, **weights) -> OMoESentencePredictionCriterion:
+    return OMoESentencePredictionCriterion(OMoESentencePredictionConfig(**weights), task)
+
+
+def test_loss_adds_weighted_router_losses_per_sentence(task):
+    model, s = tiny_model(task), sample(task)
+    plain, _, _ = SentencePredictionCriterion(OMoESentencePredictionConfig(), task)(model, s)
+    loss, size, log = criterion(task, moe_aux_weight=0.5, moe_z_loss_weight=0.25)(model, s)
+    _, extra = model(**s["net_input"])
+    lb = torch.stack([a.load_balancing for a in extra["moe_aux"]]).mean()
+    z = torch.stack([a.z_loss for a in extra["moe_aux"]]).mean()
+    assert size == 6
+    torch.testing.assert_close(loss, plain + (0.5 * lb + 0.25 * z) * size)
+    torch.testing.assert_close(log["moe_lb"], lb * size)
+    assert log["loss"] == loss.data
+
+
+def test_counts_cover_every_routed_token_in_every_layer(task):
+    model, s = tiny_model(task), sample(task)
+    _, _, log = criterion(task)(model, s)
+    counts = [v for k, v in log.items() if k.startswith("_moe_count")]
+    assert len(counts) == 2 * 4  # layers x experts
+    assert sum(counts).item() == s["ntokens"] * 2 * 2  # tokens x top-k x layers
+
+
+def test_reduce_metrics_logs_shares_and_max_load(task):
+    model = tiny_model(task)
+    logs = [criterion(task)(model, sample(task, batch=b))[2] for b in (4, 6)]
+    with metrics.aggregate() as agg:
+        OMoESentencePredictionCriterion.reduce_metrics(logs)
+        values = agg.get_smoothed_values()
+    shares = [values[f"moe_share_e{e}"] for e in range(4)]
+    assert sum(shares) == pytest.approx(1.0, abs=2e-3)
+    assert 1.0 <= values["moe_max_load"] <= 4.0
+    assert {"moe_lb", "moe_z", "accuracy", "loss"} <= set(values)
+    assert not any(k.startswith("_") for k in values)
+
+
+def test_dense_model_gets_the_plain_loss(task):
+    model, s = tiny_model(task, moe_freq=0), sample(task)
+    plain, _, _ = SentencePredictionCriterion(OMoESentencePredictionConfig(), task)(model, s)
+    loss, _, log = criterion(task, moe_aux_weight=1.0)(model, s)
+    assert torch.equal(loss, plain) and "moe_lb" not in log
+
+
+@pytest.mark.parametrize("option", ("moe_aux_weight", "moe_z_loss_weight"))
+def test_negative_weight_names_the_option(task, option):
+    with pytest.raises(ValueError, match="--" + option.replace("_", "-")):
+        criterion(task, **{option: -1.0})

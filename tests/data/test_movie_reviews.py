@@ -1,0 +1,39 @@
+"""Movie-review data: parsing, the fixed split, and the binarised layout fairseq reads."""
+
+import pytest
+from fairseq.data import Dictionary, data_utils
+
+from omoe_plugin.data.movie_reviews import Review, parse, split_of
+
+
+def test_parse_reads_id_rating_text_with_crlf():
+    assert parse(["12\t-1.5\tNot good .\r"]) == [Review(12, -1.5, "Not good .")]
+
+
+def test_parse_names_a_malformed_line():
+    with pytest.raises(ValueError, match="line 2"):
+        parse(["1\t0.5\tfine", "2\tno rating here"])
+
+
+def test_split_is_fixed_by_id():
+    splits = [split_of(Review(i, 1.0, "x")) for i in range(20)]
+    assert splits.count("test") == 2 and splits.count("valid") == 2
+    assert split_of(Review(30, 1.0, "x")) == "test" and split_of(Review(41, 1.0, "x")) == "valid"
+
+
+def test_prepared_data_is_complete_and_consistent(movie_reviews):
+    out, sizes = movie_reviews
+    assert sum(sizes.values()) == 10605 - 37  # all sentences but those rated exactly 0
+    assert sizes["train"] > 8 * sizes["test"] > 0
+    words = Dictionary.load(str(out / "input0" / "dict.txt"))
+    labels = Dictionary.load(str(out / "label" / "dict.txt"))
+    assert {"neg", "pos"} <= set(labels.symbols) and "the" in words.symbols
+    for split, size in sizes.items():
+        tokens = data_utils.load_indexed_dataset(str(out / "input0" / split), words)
+        assert len(tokens) == size
+        ratings = (out / "label" / f"{split}.label").read_text().split()
+        raw_labels = (out / "raw" / f"{split}.label").read_text().split()
+        assert len(ratings) == size
+        assert all((float(r) > 0) == (lab == "pos") for r, lab in zip(ratings, raw_labels))
+    first = (out / "raw" / "train.input0").read_text().splitlines()[0]
+    assert "##" in (out / "raw" / "train.input0").read_text() and first == first.lower()
