@@ -1,6 +1,6 @@
 """Stacked feed-forward experts with sparse dispatch: each expert runs only on its tokens."""
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,10 @@ class StackedExperts(nn.Module):
     ) -> None:
         super().__init__()
         self.num_experts = num_experts
+        self.layer_index = layer_index
+        # set by the alternating task while it accumulates statistics (see moe/capture.py);
+        # a static attribute, not a data-dependent branch, and None whenever exporting
+        self.capture: Optional[Callable[..., None]] = None
         self.activation_fn = activation_fn
         self.activation_dropout = nn.Dropout(activation_dropout)
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn_dim, embed_dim))
@@ -78,7 +82,10 @@ class StackedExperts(nn.Module):
         fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
         for e in range(self.num_experts):
             token, slot = torch.where(experts == e)  # [n_e] each
-            h = self.activation_fn(F.linear(x[token], fc1_w[e], fc1_b[e]))  # [n_e, h]
+            x_e = x[token]  # [n_e, d]
+            h = self.activation_fn(F.linear(x_e, fc1_w[e], fc1_b[e]))  # [n_e, h]
+            if self.capture is not None:
+                self.capture(self.layer_index, self.num_experts, e, fc1=x_e, fc2=h)
             h = self.activation_dropout(h)
             y = F.linear(h, fc2_w[e], fc2_b[e])  # [n_e, d]
             out.index_add_(0, token, y * weights[token, slot].unsqueeze(-1).to(y.dtype))

@@ -1,0 +1,1 @@
+"""Expert-similarity metrics (linear CKA, cosine) for logging and analysis."""

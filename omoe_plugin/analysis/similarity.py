@@ -1,0 +1,54 @@
+"""Expert similarity (the paper's homogeneous-representation measure): every expert is
+applied to the same tokens and the outputs are compared pairwise, by linear CKA
+(Kornblith et al. 2019) and by mean cosine similarity."""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..moe import StackedExperts
+
+
+@torch.no_grad()
+def expert_outputs(experts: StackedExperts, x: torch.Tensor) -> torch.Tensor:
+    """Every expert's FFN output for every token: x [n, d] -> [E, n, d] (no dropout)."""
+    h = experts.activation_fn(torch.einsum("nd,ehd->enh", x, experts.fc1_weight)
+                              + experts.fc1_bias[:, None])
+    return torch.einsum("enh,edh->end", h, experts.fc2_weight) + experts.fc2_bias[:, None]
+
+
+def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA of two representations of the same n examples (X [n, p], Y [n, q]):
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc; in [0, 1]."""
+    X = (X - X.mean(0)).double()
+    Y = (Y - Y.mean(0)).double()
+    cross = (Y.T @ X).square().sum()
+    return (cross / ((X.T @ X).norm() * (Y.T @ Y).norm()).clamp(min=1e-30)).float()
+
+
+def pairwise_similarity(outputs: torch.Tensor) -> tuple[float, float]:
+    """Mean over expert pairs of (linear CKA, mean token cosine) of outputs [E, n, d]."""
+    E = outputs.size(0)
+    pairs = [(i, j) for i in range(E) for j in range(i + 1, E)]
+    if not pairs:
+        return 1.0, 1.0
+    cka = sum(float(linear_cka(outputs[i], outputs[j])) for i, j in pairs) / len(pairs)
+    cos = sum(float(F.cosine_similarity(outputs[i], outputs[j], dim=-1).mean())
+              for i, j in pairs) / len(pairs)
+    return cka, cos
+
+
+def layer_similarity(
+    experts: StackedExperts,
+    x: torch.Tensor,
+    padding_mask: Optional[torch.Tensor] = None,
+    max_tokens: int = 512,
+) -> tuple[float, float]:
+    """(CKA, cosine) of one MoE layer's experts on up to max_tokens of its real input tokens.
+
+    x: [..., d] the layer input; padding_mask: x.shape[:-1], True = padding."""
+    tokens = x.reshape(-1, x.size(-1))
+    if padding_mask is not None:
+        tokens = tokens[~padding_mask.reshape(-1)]
+    return pairwise_similarity(expert_outputs(experts, tokens[:max_tokens].float()))

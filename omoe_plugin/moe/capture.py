@@ -1,0 +1,98 @@
+"""Capture of the inputs routed to each expert, summarised per update for the OMoE optimizer.
+
+Installed on the MoE layers by the alternating task during accumulating updates only; the
+experts call it with each expert's routed tokens (fc1's input space) and hidden
+activations (fc2's input space). Inputs are normalised to unit length first, so that a
+summary's second moment has trace <= 1 in every layer and `--omoe-alpha` means the same
+everywhere (a fraction of the input energy).
+"""
+
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..optim.projector import compress
+
+Summary = Literal["mean", "pca", "tokens"]
+
+
+class RoutedInputCapture:
+    """Summaries of one update's routed inputs, per MoE weight ("{layer}.fc1"/"{layer}.fc2")
+    and expert, summed over the update's micro-batches.
+
+    summary "mean": the mean of the unit-normalised routed inputs (OWM's choice; 1 column).
+    summary "pca": their top `width` principal directions, scaled so that S S^T is their
+      second moment's top part (exact eigen-decomposition; `width` columns).
+    summary "tokens": every routed input as a column (exact, costly: the optimizer folds
+      them into its rank-limited statistics with an eigen-decomposition of their Gram matrix).
+    """
+
+    def __init__(self, summary: Summary, width: int = 1) -> None:
+        if summary not in ("mean", "pca", "tokens"):
+            raise ValueError(f"--omoe-stat must be mean, pca or tokens, got {summary!r}")
+        self.summary = summary
+        self.width = 1 if summary == "mean" else width
+        self.sums: dict[str, dict[int, torch.Tensor]] = {}  # key -> expert -> [in, w]
+        self.counts: dict[str, dict[int, int]] = {}
+        self.num_experts: dict[str, int] = {}
+
+    def __call__(self, layer: int, num_experts: int, expert: int, **inputs: torch.Tensor) -> None:
+        """Record expert `expert`'s routed inputs, e.g. fc1=[n, d], fc2=[n, h]."""
+        for role, x in inputs.items():
+            key = f"{layer}.{role}"
+            self.num_experts[key] = num_experts
+            x = F.normalize(x.detach().float(), dim=-1).T  # [in, n]
+            if self.summary == "mean":
+                s = x.sum(dim=1, keepdim=True)
+            elif self.summary == "pca":
+                s = compress(x, self.width)
+            else:
+                s = x
+            old = self.sums.setdefault(key, {}).get(expert)
+            if old is not None:
+                s = old + s if self.summary == "mean" else torch.cat([old, s], dim=1)
+                if self.summary == "pca":
+                    s = compress(s, self.width)
+            self.sums[key][expert] = s
+            counts = self.counts.setdefault(key, {})
+            counts[expert] = counts.get(expert, 0) + x.size(1)
+
+    def take(self, group: Optional[dist.ProcessGroup] = None) -> dict[str, torch.Tensor]:
+        """This update's summaries, summed over data-parallel workers, then cleared.
+
+        Returns key -> X [E, in, w]: step columns with X[e] X[e]^T = expert e's normalised
+        input second moment (mean: the mean input's outer product); all-zero for an expert
+        that received no token on any worker.
+        """
+        out = {}
+        for key, sums in self.sums.items():
+            E = self.num_experts[key]
+            in_dim = next(iter(sums.values())).size(0)
+            width = max(s.size(1) for s in sums.values())
+            S = torch.zeros(E, in_dim, width)
+            n = torch.zeros(E)
+            for e, s in sums.items():
+                S[e, :, : s.size(1)] = s
+                n[e] = self.counts[key][e]
+            S, n = self._reduce(S, n, group)
+            scale = n if self.summary == "mean" else n.sqrt()
+            out[key] = S / scale.clamp(min=1.0).view(E, 1, 1)
+        self.sums, self.counts = {}, {}
+        return out
+
+    def _reduce(self, S: torch.Tensor, n: torch.Tensor, group):
+        """Sum over workers: S itself for means, otherwise the columns (all-gathered)."""
+        if not dist.is_initialized() or dist.get_world_size(group) == 1:
+            return S, n
+        dist.all_reduce(n, group=group)
+        if self.summary == "mean":
+            dist.all_reduce(S, group=group)
+            return S, n
+        width = torch.tensor(S.size(2))
+        dist.all_reduce(width, op=dist.ReduceOp.MAX, group=group)
+        S = torch.cat([S, S.new_zeros(*S.shape[:2], int(width) - S.size(2))], dim=2)
+        parts = [torch.empty_like(S) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, S, group=group)
+        return torch.cat(parts, dim=2), n

@@ -1,0 +1,316 @@
+"""`--optimizer omoe`: AdamW whose expert updates are made orthogonal to the other experts'
+input subspaces in alternating phases (Liu et al. 2023, arXiv 2310.09762; OWM, Zeng et al. 2019)."""
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II
+
+from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR
+from .projector import compress, expert_factors, project
+
+logger = logging.getLogger(__name__)
+
+MISSING_TASK = (
+    "--optimizer omoe was stepped without a phase: its accumulating/orthogonal schedule is run "
+    "by the alternating task. Train with --task omoe_sentence_prediction (or call "
+    "set_phase() before every step when driving the optimizer yourself)."
+)
+
+
+@dataclass
+class OMoEConfig(FairseqDataclass):
+    omoe_betas: Any = field(default=(0.9, 0.999), metadata={"help": "AdamW betas"})
+    omoe_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
+    omoe_alpha: float = field(
+        default=0.01,
+        metadata={
+            "help": "OWM regulariser: an input direction carrying a fraction lambda of an "
+            "expert's (unit-normalised) input energy keeps alpha/(lambda+alpha) of the update"
+        },
+    )
+    omoe_accumulate_steps: int = field(
+        default=10, metadata={"help": "updates per cycle with plain AdamW, accumulating statistics"}
+    )
+    omoe_orthogonal_steps: int = field(
+        default=10, metadata={"help": "updates per cycle with projected expert updates"}
+    )
+    omoe_mode: ChoiceEnum(["joint", "average"]) = field(
+        default="joint",
+        metadata={
+            "help": "other-experts projector: joint = orthogonal to the span of all other "
+            "experts' inputs; average = the mean of the other experts' projectors"
+        },
+    )
+    omoe_project: ChoiceEnum(["update", "gradient"]) = field(
+        default="update",
+        metadata={"help": "project AdamW's final update (default) or the gradient before AdamW"},
+    )
+    omoe_stat: ChoiceEnum(["mean", "pca", "tokens"]) = field(
+        default="mean",
+        metadata={
+            "help": "summary of an update's routed inputs: their mean (OWM), their top "
+            "--omoe-stat-rank principal directions, or every routed token"
+        },
+    )
+    omoe_stat_rank: int = field(
+        default=4, metadata={"help": "principal directions per update with --omoe-stat pca"}
+    )
+    omoe_max_rank: int = field(
+        default=16,
+        metadata={"help": "rank kept of each expert's input statistics (projector memory)"},
+    )
+    omoe_forget: float = field(
+        default=0.0,
+        metadata={
+            "help": "statistics carried into the next cycle, as a forgetting factor in [0, 1]: "
+            "0 restarts them every cycle"
+        },
+    )
+    lr: List[float] = II("optimization.lr")
+
+
+@register_optimizer("omoe", dataclass=OMoEConfig)
+class FairseqOMoE(FairseqOptimizer):
+    def __init__(self, cfg: OMoEConfig, params) -> None:
+        super().__init__(cfg)
+        betas = cfg.omoe_betas
+        betas = ast.literal_eval(betas) if isinstance(betas, str) else tuple(betas)
+        self._optimizer = OMoE(
+            params,
+            **self.optimizer_config,
+            betas=betas,
+            alpha=cfg.omoe_alpha,
+            accumulate_steps=cfg.omoe_accumulate_steps,
+            orthogonal_steps=cfg.omoe_orthogonal_steps,
+            mode=cfg.omoe_mode,
+            project_what=cfg.omoe_project,
+            stat=cfg.omoe_stat,
+            stat_rank=cfg.omoe_stat_rank,
+            max_rank=cfg.omoe_max_rank,
+            forget=cfg.omoe_forget,
+        )
+
+    @property
+    def optimizer_config(self) -> dict:
+        """The hyper-parameters that a checkpoint's --optimizer-overrides may change."""
+        return {
+            "lr": self.cfg.lr[0],
+            "eps": self.cfg.omoe_eps,
+            "weight_decay": self.cfg.weight_decay,
+        }
+
+
+def _stat_dtype(p: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(p.dtype, torch.float32)
+
+
+class OMoE(torch.optim.AdamW):
+    r"""AdamW with orthogonal expert updates.
+
+    Expert weights are the stacked tensors tagged by the MoE layer (``moe_expert_axis``,
+    ``moe_input``, ``moe_layer``); each is addressed as "{layer}.{fc1|fc2}". Training runs in
+    cycles of ``accumulate_steps + orthogonal_steps`` updates, driven by the alternating
+    task, which calls ``set_phase`` before every step:
+
+    - accumulating: every parameter takes the AdamW update; the task hands over each
+      update's summary X_e of the inputs routed to expert e (``accumulate``), folded into
+      rank-limited statistics A_e with A_e A_e^T = sum of the X_e X_e^T (times ``forget`` per
+      cycle boundary). C_e = A_e A_e^T / n_e is expert e's mean input second moment.
+    - at the switch (``form_projectors``) every expert gets the factor of its other-experts
+      projector: ``joint``: P_{-e} = alpha (sum_{j != e} C_j + alpha I)^{-1};
+      ``average``: P_{-e} = (sum_j P_j - P_e) / (E - 1) with P_j = alpha (C_j + alpha I)^{-1}.
+    - orthogonal: non-expert parameters and expert biases take the AdamW update; an expert
+      weight's update dW_e (AdamW's final step, decay included, or with ``project_what =
+      "gradient"`` its gradient before AdamW) becomes dW_e P_{-e}, so it barely moves
+      (``average``) or does not move (``joint``) the outputs for inputs the other experts saw.
+
+    With only accumulating phases the parameters follow torch.optim.AdamW exactly.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        alpha: float = 0.01,
+        accumulate_steps: int = 10,
+        orthogonal_steps: int = 10,
+        mode: str = "joint",
+        project_what: str = "update",
+        stat: str = "mean",
+        stat_rank: int = 4,
+        max_rank: int = 16,
+        forget: float = 0.0,
+    ) -> None:
+        checks = (
+            (alpha > 0, "--omoe-alpha must be > 0", alpha),
+            (accumulate_steps >= 1, "--omoe-accumulate-steps must be >= 1", accumulate_steps),
+            (orthogonal_steps >= 1, "--omoe-orthogonal-steps must be >= 1", orthogonal_steps),
+            (mode in ("joint", "average"), "--omoe-mode must be joint or average", mode),
+            (project_what in ("update", "gradient"), "--omoe-project must be update or gradient",
+             project_what),
+            (stat in ("mean", "pca", "tokens"), "--omoe-stat must be mean, pca or tokens", stat),
+            (stat_rank >= 1, "--omoe-stat-rank must be >= 1", stat_rank),
+            (max_rank >= 1, "--omoe-max-rank must be >= 1", max_rank),
+            (0.0 <= forget <= 1.0, "--omoe-forget must be in [0, 1]", forget),
+        )
+        for ok, message, value in checks:
+            if not ok:
+                raise ValueError(f"{message}, got {value!r}")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.alpha, self.mode, self.project_what = alpha, mode, project_what
+        self.accumulate_steps, self.orthogonal_steps = accumulate_steps, orthogonal_steps
+        self.stat, self.stat_rank, self.max_rank, self.forget = stat, stat_rank, max_rank, forget
+        self.experts = {}  # "{layer}.{fc1|fc2}" -> stacked weight [E, out, in]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if hasattr(p, EXPERT_AXIS_ATTR):
+                    if getattr(p, EXPERT_AXIS_ATTR) != 0 or p.dim() != 3:
+                        raise ValueError("OMoE expects expert weights stacked as [E, out, in]")
+                    key = f"{getattr(p, EXPERT_LAYER_ATTR)}.{getattr(p, EXPERT_INPUT_ATTR)}"
+                    self.experts[key] = p
+        if not self.experts:
+            raise ValueError(
+                "--optimizer omoe found no expert weights to train: the model has no MoE layer "
+                "(use an omoe_roberta model with --moe-freq >= 1, or --optimizer adam for a "
+                "dense model). Mixed precision with flattened parameters also hides them: "
+                "add --fp16-no-flatten-grads."
+            )
+        # projector maths in fp32 at least, whatever the parameters' precision
+        self.stats = {
+            k: torch.zeros(p.size(0), p.size(2), max_rank, dtype=_stat_dtype(p), device=p.device)
+            for k, p in self.experts.items()
+        }
+        self.stat_steps = {k: torch.zeros_like(v[:, 0, 0]) for k, v in self.stats.items()}
+        self.factors: dict[str, torch.Tensor] = {}
+        self.counters = {"cycles": 0, "projector_updates": 0, "skipped_stats": 0}
+        self.health = {}  # last projector measurements, for logging
+        self.phase: Optional[str] = None
+
+    # -- called by the alternating task ---------------------------------------------------
+
+    def set_phase(self, phase: str) -> None:
+        """'accumulate' or 'orthogonal' for the next step (consumed by it)."""
+        if phase not in ("accumulate", "orthogonal"):
+            raise ValueError(f"unknown OMoE phase {phase!r}")
+        self.phase = phase
+
+    @torch.no_grad()
+    def begin_cycle(self) -> None:
+        """Scale the statistics by the forgetting factor (0 = start afresh)."""
+        for key in self.stats:
+            self.stats[key].mul_(self.forget**0.5)
+            self.stat_steps[key].mul_(self.forget)
+        self.counters["cycles"] += 1
+
+    @torch.no_grad()
+    def accumulate(self, step_stats: dict[str, torch.Tensor]) -> None:
+        """Fold one update's routed-input summaries (key -> [E, in, w]) into the statistics.
+
+        A summary with NaN/Inf is skipped and counted, never folded in."""
+        for key, X in step_stats.items():
+            stats = self.stats[key]
+            X = X.to(stats)
+            if not torch.isfinite(X).all():
+                self.counters["skipped_stats"] += 1
+                continue
+            for e in range(stats.size(0)):
+                if X[e].any():
+                    stats[e] = compress(torch.cat([stats[e], X[e]], dim=1), self.max_rank)
+                    self.stat_steps[key][e] += 1
+
+    @torch.no_grad()
+    def form_projectors(self) -> None:
+        """Compute every expert's other-experts projector factor from the statistics."""
+        traces = []
+        for key, stats in self.stats.items():
+            mean_stats = stats / self.stat_steps[key].clamp(min=1.0).sqrt().view(-1, 1, 1)
+            self.factors[key] = expert_factors(mean_stats, self.alpha, self.mode)
+            traces.append(self._mean_trace(self.factors[key]))
+        self.counters["projector_updates"] += 1
+        self.health["trace"] = sum(traces) / len(traces)
+
+    def _mean_trace(self, factors: torch.Tensor) -> float:
+        """Mean over experts of trace(P_{-e}) / in: 1 = projects nothing, 0 = everything."""
+        E, in_dim = factors.shape[:2]
+        norms = factors.square().sum(dim=(1, 2))  # ||Q_e||_F^2 = in - trace(I - Q Q^T)
+        if self.mode == "average":
+            norms = (norms.sum() - norms) / max(E - 1, 1) if E > 1 else norms.new_zeros(1)
+        return float(1.0 - norms.mean() / in_dim)
+
+    # -- the update -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.phase is None:
+            raise RuntimeError(MISSING_TASK)
+        orthogonal, self.phase = self.phase == "orthogonal", None
+        active = {k: p for k, p in self.experts.items() if p.grad is not None}
+        if orthogonal:
+            missing = [k for k in active if k not in self.factors]
+            if missing:
+                raise RuntimeError(
+                    f"OMoE orthogonal step before projectors were formed for {missing}: call "
+                    "form_projectors() at the switch from accumulating to orthogonal"
+                )
+        if orthogonal and self.project_what == "gradient":
+            for key, p in active.items():
+                p.grad.copy_(project(p.grad, self.factors[key].to(p.grad), self.mode))
+        before = (
+            {k: p.detach().clone() for k, p in active.items()}
+            if orthogonal and self.project_what == "update"
+            else {}
+        )
+        loss = super().step(closure)
+        removed = []
+        for key, old in before.items():
+            p = self.experts[key]
+            delta = p - old
+            kept = project(delta, self.factors[key].to(delta), self.mode)
+            p.copy_(old + kept)
+            removed.append(float((delta - kept).norm() / delta.norm().clamp(min=1e-30)))
+        if removed:
+            self.health["removed"] = sum(removed) / len(removed)
+        return loss
+
+    # -- checkpointing: statistics, projectors and counters are optimizer state ---------------
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["omoe"] = {
+            "stats": dict(self.stats),
+            "stat_steps": dict(self.stat_steps),
+            "factors": dict(self.factors),
+            "counters": dict(self.counters),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        omoe = state_dict.pop("omoe", None)
+        if omoe is None:
+            raise ValueError(
+                "this optimizer state has no OMoE statistics (was it saved by another "
+                "optimizer?); resume with --reset-optimizer to start them afresh"
+            )
+        if set(omoe["stats"]) != set(self.stats):
+            raise ValueError(
+                f"OMoE state is for expert weights {sorted(omoe['stats'])}, the model has "
+                f"{sorted(self.stats)}"
+            )
+        super().load_state_dict(state_dict)
+        for key in self.stats:
+            self.stats[key] = omoe["stats"][key].to(self.stats[key])
+            self.stat_steps[key] = omoe["stat_steps"][key].to(self.stat_steps[key])
+        self.factors = {k: v.to(self.stats[k]) for k, v in omoe["factors"].items()}
+        self.counters.update(omoe["counters"])

@@ -1,0 +1,118 @@
+"""OWM projector maths for OMoE, as pure functions (DESIGN.md section 4).
+
+Notation: A (in x t) holds, as columns, the (normalised) inputs an expert has seen, so its
+input second moment is C = A A^T. With alpha > 0 the OWM projector is
+
+    P = I - A (A^T A + alpha I)^{-1} A^T = alpha (C + alpha I)^{-1}
+
+and OWM builds it recursively: after new inputs X (in x b),
+
+    P <- P - P X (alpha I_b + X^T P X)^{-1} X^T P.
+
+P keeps directions the expert has not seen and damps each seen direction with eigenvalue
+lambda of C to alpha / (lambda + alpha). The optimizer never forms P: it stores the factor
+Q (in x t) with P = I - Q Q^T, Q = A L^{-T} where L L^T = A^T A + alpha I, so memory and the
+cost of projecting an update grow with t, not with in^2.
+
+The dense forms (`projector`, `projector_update`, `covariance_projector`) are the reference
+the factored form is tested against; they are O(in^2) and meant for small dimensions.
+"""
+
+from typing import Literal
+
+import torch
+
+Mode = Literal["average", "joint"]
+
+
+def covariance_projector(C: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha (C + alpha I)^{-1} for a second-moment matrix C (in x in)."""
+    eye = torch.eye(C.size(0), dtype=C.dtype, device=C.device)
+    return alpha * torch.linalg.inv(C + alpha * eye)
+
+
+def projector(A: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The dense OWM projector I - A (A^T A + alpha I)^{-1} A^T of inputs A (in x t)."""
+    eye_t = torch.eye(A.size(1), dtype=A.dtype, device=A.device)
+    eye = torch.eye(A.size(0), dtype=A.dtype, device=A.device)
+    return eye - A @ torch.linalg.solve(A.T @ A + alpha * eye_t, A.T)
+
+
+def projector_update(P: torch.Tensor, X: torch.Tensor, alpha: float) -> torch.Tensor:
+    """OWM's rank-b recursion: the projector after also seeing inputs X (in x b)."""
+    PX = P @ X
+    eye_b = torch.eye(X.size(1), dtype=X.dtype, device=X.device)
+    return P - PX @ torch.linalg.solve(alpha * eye_b + X.T @ PX, PX.T)
+
+
+def projector_factor(A: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Q (in x t) with I - Q Q^T equal to `projector(A, alpha)`, by one Cholesky solve."""
+    eye_t = torch.eye(A.size(1), dtype=A.dtype, device=A.device)
+    L = torch.linalg.cholesky(A.T @ A + alpha * eye_t)
+    return torch.linalg.solve_triangular(L, A.T, upper=False).T  # A L^{-T}
+
+
+def compress(A: torch.Tensor, rank: int) -> torch.Tensor:
+    """The best rank-`rank` stand-in for A: A' (in x rank, zero-padded) with A' A'^T the
+    truncated eigen-decomposition of A A^T. Exact and deterministic; the eigenproblem is
+    solved on the smaller of A^T A (t x t) and A A^T (in x in)."""
+    in_dim, cols = A.shape
+    if cols <= rank:
+        return torch.cat([A, A.new_zeros(in_dim, rank - cols)], dim=1)
+    if cols <= in_dim:
+        _, V = torch.linalg.eigh(A.T @ A)  # ascending eigenvalues
+        return A @ V[:, -rank:]
+    evals, U = torch.linalg.eigh(A @ A.T)
+    kept = min(rank, in_dim)
+    top = U[:, -kept:] * evals[-kept:].clamp(min=0).sqrt()
+    return torch.cat([top, A.new_zeros(in_dim, rank - kept)], dim=1)
+
+
+def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> torch.Tensor:
+    """Factors of every expert's other-experts projector, from all experts' inputs.
+
+    stats: [E, in, r], expert e's inputs as columns (second moment stats[e] stats[e]^T).
+    Returns Q: [E, in, R] such that
+
+    - mode "joint":   I - Q[e] Q[e]^T = alpha (C - C_e + alpha I)^{-1}, C = sum_j C_j: the
+      projector onto what is orthogonal to the span of all other experts' inputs together;
+      R = (E - 1) r.
+    - mode "average": I - Q[e] Q[e]^T = P_e, each expert's own projector; the other
+      experts' average (S - P_e) / (E - 1) is formed by `project`; R = r.
+
+    In joint mode the Gram matrix of all experts' inputs is computed once and each expert
+    takes its block, so the cost is O(in (E r)^2 + E (E r)^3), not E times a full rebuild.
+    """
+    E, in_dim, r = stats.shape
+    if mode == "average":
+        return torch.stack([projector_factor(stats[e], alpha) for e in range(E)])
+    if E == 1:
+        return stats.new_zeros(1, in_dim, 0)  # no other expert: P_{-e} = I
+    A = stats.permute(1, 0, 2).reshape(in_dim, E * r)  # [in, E r], expert-major blocks
+    gram = A.T @ A + alpha * torch.eye(E * r, dtype=A.dtype, device=A.device)
+    blocks = torch.arange(E * r, device=A.device).view(E, r)
+    factors = []
+    for e in range(E):
+        others = torch.cat([blocks[:e], blocks[e + 1 :]]).flatten()
+        L = torch.linalg.cholesky(gram[others][:, others])
+        factors.append(torch.linalg.solve_triangular(L, A[:, others].T, upper=False).T)
+    return torch.stack(factors)
+
+
+def project(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """Right-multiply every expert's update by its other-experts projector.
+
+    delta: [E, out, in] (update or gradient of a stacked expert weight); factors: from
+    `expert_factors`. joint: delta[e] (I - Q_e Q_e^T). average: delta[e] (S - P_e) / (E - 1)
+    with S = sum_j P_j, computed from the stacked factors once for all experts (O(E)).
+    """
+    E = delta.size(0)
+    if factors.size(-1) == 0 or (mode == "average" and E == 1):
+        return delta
+    if mode == "joint":
+        return delta - (delta @ factors) @ factors.transpose(1, 2)
+    # (S - P_e) / (E - 1) = I - (sum_{j != e} Q_j Q_j^T) / (E - 1)
+    Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)  # [in, E r]
+    seen_by_all = (delta @ Q_all) @ Q_all.T  # delta[e] sum_j Q_j Q_j^T
+    seen_by_self = (delta @ factors) @ factors.transpose(1, 2)  # delta[e] Q_e Q_e^T
+    return delta - (seen_by_all - seen_by_self) / (E - 1)

@@ -1,0 +1,163 @@
+"""`--task omoe_sentence_prediction`: fairseq's sentence_prediction with OMoE's alternating
+schedule, routed-input capture, and projector / expert-similarity logging."""
+
+import logging
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch.distributed as dist
+from fairseq.distributed import utils as distributed_utils
+from fairseq.logging import metrics
+from fairseq.tasks import register_task
+from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
+
+from ..analysis.similarity import layer_similarity
+from ..moe import MoELayer, StackedExperts
+from ..moe.capture import RoutedInputCapture
+from ..optim.omoe import OMoE
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(NamedTuple):
+    position: int  # index of the update within its cycle
+    accumulating: bool
+
+    @property
+    def name(self) -> str:
+        return "accumulate" if self.accumulating else "orthogonal"
+
+
+def phase_of(update_num: int, accumulate_steps: int, orthogonal_steps: int) -> Phase:
+    """Cycles of `accumulate_steps` accumulating updates then `orthogonal_steps` orthogonal
+    ones, keyed on fairseq's update count (so gradient accumulation and resumes agree)."""
+    position = update_num % (accumulate_steps + orthogonal_steps)
+    return Phase(position, position < accumulate_steps)
+
+
+def find_omoe(optimizer) -> Optional[OMoE]:
+    """The OMoE torch optimizer inside fairseq's wrappers (FP16, AMP), or None."""
+    seen = 0
+    while optimizer is not None and not isinstance(optimizer, OMoE) and seen < 4:
+        optimizer = (
+            getattr(optimizer, "fp32_optimizer", None)
+            or getattr(optimizer, "wrapped_optimizer", None)
+            or getattr(optimizer, "_optimizer", None)
+        )
+        seen += 1
+    return optimizer if isinstance(optimizer, OMoE) else None
+
+
+@dataclass
+class OMoESentencePredictionConfig(SentencePredictionConfig):
+    omoe_similarity_tokens: int = field(
+        default=512,
+        metadata={
+            "help": "tokens per validation batch and MoE layer on which every expert is run "
+            "to log expert similarity (omoe_sim_cka, omoe_sim_cos); 0 = off"
+        },
+    )
+
+
+@register_task("omoe_sentence_prediction", dataclass=OMoESentencePredictionConfig)
+class OMoESentencePredictionTask(SentencePredictionTask):
+    """sentence_prediction whose updates alternate as `--optimizer omoe` asks.
+
+    In accumulating updates the MoE layers report their routed inputs; at every update the
+    task hands the summaries (all-reduced over data-parallel workers) to the optimizer,
+    forms the projectors at each switch to the orthogonal phase, and sets the phase of the
+    step. Logged: `omoe_phase` (share of orthogonal updates), `omoe_trace` (mean
+    trace(P_{-e}) / dim: 1 = nothing projected), `omoe_removed` (share of the expert update
+    norm the projection removed) and, on validation, `omoe_sim_cka` / `omoe_sim_cos`.
+    With another optimizer it trains like sentence_prediction and still logs similarity.
+    """
+
+    def __init__(self, cfg, data_dictionary, label_dictionary) -> None:
+        super().__init__(cfg, data_dictionary, label_dictionary)
+        self.capture: Optional[RoutedInputCapture] = None
+        self._captured_update: Optional[int] = None
+        self._warned = False
+
+    def _omoe(self, optimizer) -> Optional[OMoE]:
+        omoe = find_omoe(optimizer)
+        if omoe is None and not self._warned:
+            logger.warning("the optimizer is not --optimizer omoe: no orthogonal phases")
+            self._warned = True
+        return omoe
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        omoe = self._omoe(optimizer)
+        capture = None
+        if omoe is not None and not ignore_grad:
+            phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
+            if phase.accumulating:
+                if self.capture is None or self._captured_update != update_num:
+                    # a new update (an earlier one may have been skipped, e.g. on OOM)
+                    width = omoe.max_rank if omoe.stat == "tokens" else omoe.stat_rank
+                    self.capture = RoutedInputCapture(omoe.stat, width)
+                    self._captured_update = update_num
+                capture = self.capture
+        _set_capture(model, capture)
+        try:
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        finally:
+            _set_capture(model, None)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        omoe = self._omoe(optimizer)
+        if omoe is None:
+            return super().optimizer_step(optimizer, model, update_num)
+        phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
+        if phase.position == 0:
+            omoe.begin_cycle()
+        if phase.accumulating:
+            if self.capture is not None and self._captured_update == update_num:
+                omoe.accumulate(self.capture.take(_data_parallel_group()))
+        elif phase.position == omoe.accumulate_steps or not omoe.factors:
+            omoe.form_projectors()
+        self.capture = None
+        omoe.set_phase(phase.name)
+        super().optimizer_step(optimizer, model, update_num)
+        metrics.log_scalar("omoe_phase", float(not phase.accumulating), round=2)
+        if "trace" in omoe.health:
+            metrics.log_scalar("omoe_trace", omoe.health["trace"], round=4)
+        if not phase.accumulating and "removed" in omoe.health:
+            metrics.log_scalar("omoe_removed", omoe.health["removed"], round=4)
+
+    def valid_step(self, sample, model, criterion):
+        sims = []
+        hooks = []
+        if self.cfg.omoe_similarity_tokens > 0:
+            for layer in model.modules():
+                if isinstance(layer, MoELayer):
+                    hooks.append(layer.register_forward_hook(
+                        lambda mod, args, _out: sims.append(layer_similarity(
+                            mod.experts, args[0], args[1], self.cfg.omoe_similarity_tokens))
+                    ))
+        try:
+            loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if sims:
+            logging_output["omoe_sim_cka"] = sample_size * sum(s[0] for s in sims) / len(sims)
+            logging_output["omoe_sim_cos"] = sample_size * sum(s[1] for s in sims) / len(sims)
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        for key in ("omoe_sim_cka", "omoe_sim_cos"):
+            if any(key in log for log in logging_outputs):
+                total = sum(log.get(key, 0) for log in logging_outputs)
+                metrics.log_scalar(key, total / max(sample_size, 1), sample_size, round=4)
+
+
+def _set_capture(model, capture: Optional[RoutedInputCapture]) -> None:
+    for module in model.modules():
+        if isinstance(module, StackedExperts):
+            module.capture = capture
+
+
+def _data_parallel_group():
+    return distributed_utils.get_data_parallel_group() if dist.is_initialized() else None

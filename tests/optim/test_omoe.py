@@ -1,0 +1,240 @@
+"""The OMoE optimizer: AdamW equivalence, the orthogonal update in both modes, state, errors."""
+
+import io
+
+import pytest
+import torch
+
+from omoe_plugin.moe import MoEArgs, MoELayer
+from omoe_plugin.moe.capture import RoutedInputCapture
+from omoe_plugin.optim.omoe import OMoE
+from omoe_plugin.optim.projector import covariance_projector, project
+
+HYPER = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+
+
+def layer64(num_experts: int = 4, seed: int = 0) -> MoELayer:
+    torch.manual_seed(seed)
+    return MoELayer(MoEArgs(embed_dim=16, ffn_dim=24, num_experts=num_experts)).double()
+
+
+def batch(seed: int, tokens: int = 12) -> torch.Tensor:
+    return torch.randn(tokens, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def backward(layer: MoELayer, x: torch.Tensor, capture=None) -> None:
+    layer.zero_grad(set_to_none=True)
+    layer.experts.capture = capture
+    y, aux = layer(x)
+    layer.experts.capture = None
+    (y.square().mean() + 0.01 * aux.load_balancing).backward()
+
+
+def accumulate_step(opt: OMoE, layer: MoELayer, x: torch.Tensor, stat: str = "tokens") -> None:
+    capture = RoutedInputCapture(stat, width=opt.max_rank)
+    backward(layer, x, capture)
+    opt.accumulate(capture.take())
+    opt.set_phase("accumulate")
+    opt.step()
+
+
+def test_accumulating_phases_match_adamw_step_for_step():
+    a, b = layer64(), layer64()
+    omoe = OMoE(a.parameters(), **HYPER, stat="mean")
+    adamw = torch.optim.AdamW(b.parameters(), **HYPER)
+    for step in range(6):
+        accumulate_step(omoe, a, batch(step), stat="mean")
+        backward(b, batch(step))
+        adamw.step()
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_orthogonal_phase_without_statistics_matches_adamw():
+    a, b = layer64(), layer64()
+    omoe = OMoE(a.parameters(), **HYPER)
+    adamw = torch.optim.AdamW(b.parameters(), **HYPER)
+    omoe.form_projectors()  # no statistics: every projector is the identity
+    for step in range(4):
+        backward(a, batch(step))
+        omoe.set_phase("orthogonal")
+        omoe.step()
+        backward(b, batch(step))
+        adamw.step()
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-14, rtol=0)
+
+
+def routed_inputs(layer: MoELayer, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every expert's raw routed inputs, per weight: {"0.fc1": [X_e [n_e, d]], ...}."""
+    seen = {"0.fc1": {}, "0.fc2": {}}
+
+    def record(_layer, _E, e, fc1, fc2):
+        seen["0.fc1"][e], seen["0.fc2"][e] = fc1.detach(), fc2.detach()
+
+    layer.experts.capture = record
+    layer(x)
+    layer.experts.capture = None
+    return {k: [v[e] for e in sorted(v)] for k, v in seen.items()}
+
+
+def roundtrip(state: dict) -> dict:
+    """What a checkpoint does to a state dict: torch.save, then torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def orthogonal_deltas(mode: str, alpha: float, project_what: str = "update"):
+    """One accumulating step on a batch, then one orthogonal step: the projected change
+    and, from an identical twin stepped without projection, the unprojected one."""
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **HYPER, alpha=alpha, mode=mode, stat="tokens",
+               max_rank=16, project_what=project_what)
+    x = batch(0)
+    inputs = routed_inputs(layer, x)  # what the accumulating step is about to see
+    accumulate_step(opt, layer, x)
+    opt.form_projectors()
+    twin = layer64(seed=99)  # deepcopy would drop the expert tags on the parameters
+    twin.load_state_dict(layer.state_dict())
+    twin_opt = OMoE(twin.parameters(), **HYPER, alpha=alpha, mode=mode, stat="tokens",
+                    max_rank=16, project_what=project_what)
+    twin_opt.load_state_dict(roundtrip(opt.state_dict()))  # a copy, not shared tensors
+    before = {k: p.detach().clone() for k, p in opt.experts.items()}
+    backward(layer, batch(1))
+    opt.set_phase("orthogonal")
+    opt.step()
+    backward(twin, batch(1))
+    twin_opt.set_phase("accumulate")
+    twin_opt.step()
+    projected = {k: p.detach() - before[k] for k, p in opt.experts.items()}
+    plain = {k: p.detach() - before[k] for k, p in twin_opt.experts.items()}
+    return inputs, opt, projected, plain
+
+
+def test_joint_update_vanishes_on_the_other_experts_inputs():
+    inputs, _, projected, plain = orthogonal_deltas("joint", alpha=1e-9)
+    assert all(len(v) == 4 for v in inputs.values()), "every expert must have seen tokens"
+    for key, per_expert in inputs.items():
+        for e in range(4):
+            others = torch.cat([per_expert[j] for j in range(4) if j != e]).T  # [in, n]
+            ratio = (projected[key][e] @ others).norm() / (plain[key][e] @ others).norm()
+            assert ratio <= 1e-3, (key, e, float(ratio))
+
+
+def test_average_update_equals_the_closed_form_average():
+    _, opt, projected, plain = orthogonal_deltas("average", alpha=0.05)
+    for key, stats in opt.stats.items():
+        steps = opt.stat_steps[key]
+        P = [covariance_projector(s @ s.T / steps[e], 0.05) for e, s in enumerate(stats)]
+        for e in range(4):
+            average = (sum(P) - P[e]) / 3
+            torch.testing.assert_close(projected[key][e], plain[key][e] @ average,
+                                       atol=1e-13, rtol=1e-10)
+
+
+def test_gradient_mode_feeds_adamw_the_projected_gradient():
+    options = dict(HYPER, alpha=0.05, stat="tokens", max_rank=16, project_what="gradient")
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **options)
+    accumulate_step(opt, layer, batch(0))
+    opt.form_projectors()
+    twin = layer64(seed=99)
+    twin.load_state_dict(layer.state_dict())
+    twin_opt = OMoE(twin.parameters(), **options)
+    twin_opt.load_state_dict(roundtrip(opt.state_dict()))
+    backward(layer, batch(1))
+    opt.set_phase("orthogonal")
+    opt.step()
+    backward(twin, batch(1))
+    for key, p in twin_opt.experts.items():  # project by hand, then a plain AdamW step
+        p.grad = project(p.grad, opt.factors[key], "joint")
+    twin_opt.set_phase("accumulate")
+    twin_opt.step()
+    for p, q in zip(layer.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-14, rtol=0)
+    assert "removed" not in opt.health  # the update itself is not projected again
+
+
+def test_biases_and_router_are_never_projected():
+    _, opt, projected, _ = orthogonal_deltas("joint", alpha=1e-9)
+    assert set(projected) == {"0.fc1", "0.fc2"}
+    assert opt.health["removed"] > 0.1
+
+
+def drive(layer: MoELayer, opt: OMoE, steps: range) -> None:
+    """The alternating schedule of 2 accumulating + 3 orthogonal updates."""
+    for step in steps:
+        position = step % 5
+        if position == 0:
+            opt.begin_cycle()
+        if position < 2:
+            accumulate_step(opt, layer, batch(step), stat="pca")
+        else:
+            if position == 2:
+                opt.form_projectors()
+            backward(layer, batch(step))
+            opt.set_phase("orthogonal")
+            opt.step()
+
+
+def test_save_and_resume_equals_uninterrupted():
+    straight = layer64()
+    opt = OMoE(straight.parameters(), **HYPER, stat="pca", stat_rank=2, max_rank=4)
+    drive(straight, opt, range(12))
+
+    first = layer64()
+    opt1 = OMoE(first.parameters(), **HYPER, stat="pca", stat_rank=2, max_rank=4)
+    drive(first, opt1, range(8))  # stops inside an orthogonal phase
+    saved = roundtrip({"model": first.state_dict(), "optimizer": opt1.state_dict()})
+    resumed = layer64(seed=99)
+    resumed.load_state_dict(saved["model"])
+    opt2 = OMoE(resumed.parameters(), **HYPER, stat="pca", stat_rank=2, max_rank=4)
+    opt2.load_state_dict(saved["optimizer"])
+    assert opt2.counters == opt1.counters and opt2.factors.keys() == opt1.factors.keys()
+    drive(resumed, opt2, range(8, 12))
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    for key in opt.stats:
+        assert torch.equal(opt.stats[key], opt2.stats[key])
+        assert torch.equal(opt.factors[key], opt2.factors[key])
+
+
+def test_non_finite_statistics_are_skipped_and_counted():
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **HYPER)
+    opt.accumulate({"0.fc1": torch.full((4, 16, 1), float("nan"), dtype=torch.float64)})
+    assert opt.counters["skipped_stats"] == 1
+    assert not opt.stats["0.fc1"].any() and not opt.stat_steps["0.fc1"].any()
+
+
+def test_step_without_the_alternating_task_says_what_is_missing():
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **HYPER)
+    backward(layer, batch(0))
+    with pytest.raises(RuntimeError, match="--task omoe_sentence_prediction"):
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "options,flag",
+    (
+        (dict(alpha=0.0), "--omoe-alpha"),
+        (dict(alpha=-1.0), "--omoe-alpha"),
+        (dict(accumulate_steps=0), "--omoe-accumulate-steps"),
+        (dict(orthogonal_steps=0), "--omoe-orthogonal-steps"),
+        (dict(mode="sum"), "--omoe-mode"),
+        (dict(forget=1.5), "--omoe-forget"),
+        (dict(max_rank=0), "--omoe-max-rank"),
+    ),
+)
+def test_invalid_values_name_the_option(options, flag):
+    with pytest.raises(ValueError, match=flag):
+        OMoE(layer64().parameters(), **options)
+
+
+def test_a_model_without_experts_is_refused():
+    dense = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="no expert weights"):
+        OMoE(dense.parameters())
