@@ -1,0 +1,46 @@
+"""Linear CKA and expert similarity: closed-form properties."""
+
+import torch
+
+from omoe_plugin.analysis.similarity import layer_similarity, linear_cka, pairwise_similarity
+from omoe_plugin.moe import MoEArgs, MoELayer
+
+
+def test_cka_is_one_for_the_same_representation_up_to_rotation_and_scale():
+    X = torch.randn(200, 8)
+    Q, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert abs(float(linear_cka(X, 3.0 * X @ Q)) - 1.0) < 1e-6
+
+
+def test_cka_is_near_zero_for_independent_representations():
+    g = torch.Generator().manual_seed(0)
+    assert float(linear_cka(torch.randn(4000, 4, generator=g), torch.randn(4000, 4, generator=g))) < 0.01
+
+
+def test_cka_matches_the_hsic_formula():
+    X, Y = torch.randn(50, 5), torch.randn(50, 3)
+    H = torch.eye(50) - 1.0 / 50
+    K, L = X @ X.T, Y @ Y.T
+    hsic = lambda a, b: torch.trace(a @ H @ b @ H)
+    expected = hsic(K, L) / (hsic(K, K) * hsic(L, L)).sqrt()
+    assert abs(float(linear_cka(X, Y)) - float(expected)) < 1e-5
+
+
+def test_copied_experts_are_identical_and_random_ones_are_not():
+    torch.manual_seed(0)
+    layer = MoELayer(MoEArgs(embed_dim=16, ffn_dim=32, num_experts=3))
+    x = torch.randn(2, 50, 16)
+    mask = torch.zeros(2, 50, dtype=torch.bool)
+    cka, cos = layer_similarity(layer.experts, x, mask)
+    assert cka < 0.9 and cos < 0.5
+    layer.experts.copy_dense_(torch.nn.Linear(16, 32), torch.nn.Linear(32, 16))
+    cka, cos = layer_similarity(layer.experts, x, mask)
+    assert abs(cka - 1.0) < 1e-5 and abs(cos - 1.0) < 1e-5
+
+
+def test_pairwise_similarity_averages_over_pairs():
+    a = torch.randn(30, 4)
+    outputs = torch.stack([a, a, -a])
+    cka, cos = pairwise_similarity(outputs)
+    assert abs(cka - 1.0) < 1e-5  # CKA ignores sign
+    assert abs(cos - (1 - 1 - 1) / 3) < 1e-5

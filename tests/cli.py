@@ -1,0 +1,47 @@
+"""Helpers for the end-to-end tests: run the real console scripts of this virtualenv."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+BIN = Path(sys.executable).parent
+USER_DIR = str(Path(__file__).resolve().parents[1] / "user_dir")
+
+
+def run(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{tool} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stderr + result.stdout
+
+
+def last_error_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def train(data: Path, run_dir: Path, args: list[str], max_update: int) -> subprocess.CompletedProcess:
+    """fairseq-train into run_dir/checkpoints and run_dir/tensorboard (resumes if there)."""
+    return run("fairseq-train", str(data), *args, "--max-update", str(max_update),
+               "--save-dir", str(run_dir / "checkpoints"),
+               "--tensorboard-logdir", str(run_dir / "tensorboard"))
+
+
+def checkpoint(run_dir: Path, name: str = "checkpoint_last.pt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=True)
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    """Every "{subset}/{name}" scalar written to run_dir/tensorboard."""
+    tags = set()
+    for sub in (run_dir / "tensorboard").iterdir():
+        events = EventAccumulator(str(sub))
+        events.Reload()
+        tags |= {f"{sub.name}/{t}" for t in events.Tags()["scalars"]}
+    return tags

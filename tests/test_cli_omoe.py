@@ -1,0 +1,74 @@
+"""End to end: fairseq-train --task omoe_sentence_prediction --optimizer omoe on the real
+movie-review data: alternating phases, TensorBoard scalars read back, exact resume of
+parameters and OMoE state across --restore-file, and clear errors for bad settings."""
+
+import pytest
+import torch
+
+from tests.cli import USER_DIR, checkpoint, last_error_line, output, run, scalar_tags, train
+
+pytestmark = pytest.mark.slow
+
+OMOE = [
+    "--user-dir", USER_DIR, "--task", "omoe_sentence_prediction", "--num-classes", "2",
+    "--init-token", "0", "--max-positions", "128", "--cpu", "--num-workers", "0",
+    "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
+    "--criterion", "omoe_sentence_prediction",
+    "--optimizer", "omoe", "--lr", "1e-3", "--omoe-alpha", "0.01",
+    "--omoe-accumulate-steps", "2", "--omoe-orthogonal-steps", "4", "--omoe-stat", "pca",
+    "--batch-size", "32", "--seed", "5", "--log-format", "simple", "--log-interval", "3",
+    "--no-epoch-checkpoints", "--validate-interval-updates", "10",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(movie_reviews, tmp_path_factory):
+    """20 updates straight, and 10 (inside an orthogonal phase) + --restore-file + 10."""
+    data, _ = movie_reviews
+    straight, split = tmp_path_factory.mktemp("omoe_straight"), tmp_path_factory.mktemp("omoe_split")
+    logs = {"straight": train(data, straight, OMOE, 20)}
+    train(data, split, OMOE, 10)
+    logs["resumed"] = train(data, split, OMOE + ["--restore-file", "checkpoint_last.pt"], 20)
+    return data, straight, split, logs
+
+
+def test_phases_alternate_and_projectors_are_logged(runs):
+    out = output(runs[3]["straight"])
+    assert "omoe_phase=0" in out and "omoe_removed=" in out and "omoe_trace=" in out
+    assert "omoe_sim_cka" in out and "omoe_sim_cos" in out
+
+
+def test_resume_restores_parameters_and_omoe_state_exactly(runs):
+    _, straight, split, logs = runs
+    assert "@ 10 updates" in output(logs["resumed"])
+    a, b = checkpoint(straight), checkpoint(split)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    sa, sb = a["last_optimizer_state"]["omoe"], b["last_optimizer_state"]["omoe"]
+    assert sa["counters"] == sb["counters"] and sa["counters"]["projector_updates"] == 3  # updates 2, 8, 14
+    for part in ("stats", "stat_steps", "factors"):
+        assert sa[part].keys() == sb[part].keys() == {"0.fc1", "0.fc2", "1.fc1", "1.fc2"}
+        for key in sa[part]:
+            assert torch.equal(sa[part][key], sb[part][key]), (part, key)
+
+
+def test_tensorboard_has_phase_projector_and_similarity_scalars(runs):
+    tags = scalar_tags(runs[1])
+    for tag in ("train_inner/omoe_phase", "train_inner/omoe_trace", "train_inner/omoe_removed",
+                "valid/omoe_sim_cka", "valid/omoe_sim_cos", "valid/accuracy"):
+        assert tag in tags, tag
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    ((["--omoe-alpha", "0"], "--omoe-alpha"),
+     (["--omoe-orthogonal-steps", "0"], "--omoe-orthogonal-steps"),
+     (["--moe-freq", "0"], "no expert weights"),
+     (["--task", "sentence_prediction"], "--task omoe_sentence_prediction")),
+)
+def test_bad_settings_stop_with_a_clear_message(movie_reviews, tmp_path, bad, message):
+    data, _ = movie_reviews
+    result = run("fairseq-train", str(data), *OMOE, "--max-update", "2", *bad,
+                 "--save-dir", str(tmp_path), check=False)
+    assert result.returncode != 0
+    assert message in last_error_line(result)
