@@ -12,7 +12,7 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR
-from .projector import compress, expert_factors, project
+from .projector import compress, expand, expert_factors, project, reduce
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ class OMoE(torch.optim.AdamW):
         self.factors: dict[str, torch.Tensor] = {}
         self.counters = {"cycles": 0, "projector_updates": 0, "skipped_stats": 0}
         self.health = {}  # last projector measurements, for logging
+        self._measure_next = False  # measure the removed share on the next orthogonal step
         self.phase: Optional[str] = None
 
     # -- called by the alternating task ---------------------------------------------------
@@ -239,6 +240,7 @@ class OMoE(torch.optim.AdamW):
             traces.append(self._mean_trace(self.factors[key]))
         self.counters["projector_updates"] += 1
         self.health["trace"] = sum(traces) / len(traces)
+        self._measure_next = True
 
     def _mean_trace(self, factors: torch.Tensor) -> float:
         """Mean over experts of trace(P_{-e}) / in: 1 = projects nothing, 0 = everything."""
@@ -256,29 +258,36 @@ class OMoE(torch.optim.AdamW):
             raise RuntimeError(MISSING_TASK)
         orthogonal, self.phase = self.phase == "orthogonal", None
         active = {k: p for k, p in self.experts.items() if p.grad is not None}
-        if orthogonal:
-            missing = [k for k in active if k not in self.factors]
-            if missing:
-                raise RuntimeError(
-                    f"OMoE orthogonal step before projectors were formed for {missing}: call "
-                    "form_projectors() at the switch from accumulating to orthogonal"
-                )
-        if orthogonal and self.project_what == "gradient":
+        if not orthogonal or not active:
+            return super().step(closure)
+        missing = [k for k in active if k not in self.factors]
+        if missing:
+            raise RuntimeError(
+                f"OMoE orthogonal step before projectors were formed for {missing}: call "
+                "form_projectors() at the switch from accumulating to orthogonal"
+            )
+        factors = {k: self.factors[k].to(p) for k, p in active.items()}
+        if self.project_what == "gradient":
             for key, p in active.items():
-                p.grad.copy_(project(p.grad, self.factors[key].to(p.grad), self.mode))
-        before = (
-            {k: p.detach().clone() for k, p in active.items()}
-            if orthogonal and self.project_what == "update"
-            else {}
-        )
+                p.grad.copy_(project(p.grad, factors[key], self.mode))
+            return super().step(closure)
+        # Project AdamW's update dW = new - old without materialising it: the projection
+        # removes expand(reduce(dW)), and reduce is linear and small ([E, out, rank]).
+        measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
+        self._measure_next = False
+        old = {k: p.detach().clone() for k, p in active.items()} if measure else {}
+        before = {k: reduce(p, factors[k], self.mode) for k, p in active.items()}
         loss = super().step(closure)
         removed = []
-        for key, old in before.items():
-            p = self.experts[key]
-            delta = p - old
-            kept = project(delta, self.factors[key].to(delta), self.mode)
-            p.copy_(old + kept)
-            removed.append(float((delta - kept).norm() / delta.norm().clamp(min=1e-30)))
+        for key, p in active.items():
+            if factors[key].size(-1) == 0 or (self.mode == "average" and p.size(0) == 1):
+                continue  # no other expert: nothing to remove
+            after = reduce(p, factors[key], self.mode)
+            cut = expand(tuple(a - b for a, b in zip(after, before[key])), factors[key], self.mode)
+            p.sub_(cut)
+            if measure:
+                delta = p + cut - old[key]
+                removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))
         if removed:
             self.health["removed"] = sum(removed) / len(removed)
         return loss

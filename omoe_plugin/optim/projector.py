@@ -99,20 +99,35 @@ def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> torch.Tenso
     return torch.stack(factors)
 
 
+def reduce(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> tuple[torch.Tensor, ...]:
+    """The small part of projecting delta [E, out, in]: its products with the factors.
+
+    Linear in delta, so reduce(new) - reduce(old) = reduce(new - old): the optimizer projects
+    an update without ever holding the update itself."""
+    if mode == "joint":
+        return (delta @ factors,)  # [E, out, R]
+    Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)  # [in, E r]
+    return delta @ Q_all, delta @ factors  # [E, out, E r], [E, out, r]
+
+
+def expand(reduced: tuple[torch.Tensor, ...], factors: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """delta (I - P_{-e}) for every expert, from `reduce(delta)`: what projection removes."""
+    if mode == "joint":
+        return reduced[0] @ factors.transpose(1, 2)
+    # P_{-e} = (S - P_e) / (E - 1) = I - (sum_{j != e} Q_j Q_j^T) / (E - 1), S = sum_j P_j
+    E = factors.size(0)
+    Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)
+    seen_by_all, seen_by_self = reduced
+    return (seen_by_all @ Q_all.T - seen_by_self @ factors.transpose(1, 2)) / (E - 1)
+
+
 def project(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> torch.Tensor:
     """Right-multiply every expert's update by its other-experts projector.
 
     delta: [E, out, in] (update or gradient of a stacked expert weight); factors: from
-    `expert_factors`. joint: delta[e] (I - Q_e Q_e^T). average: delta[e] (S - P_e) / (E - 1)
-    with S = sum_j P_j, computed from the stacked factors once for all experts (O(E)).
+    `expert_factors`. joint: delta[e] (I - Q_e Q_e^T). average: delta[e] (S - P_e) / (E - 1),
+    from the stacked factors once for all experts (O(E), no per-expert sum over the others).
     """
-    E = delta.size(0)
-    if factors.size(-1) == 0 or (mode == "average" and E == 1):
-        return delta
-    if mode == "joint":
-        return delta - (delta @ factors) @ factors.transpose(1, 2)
-    # (S - P_e) / (E - 1) = I - (sum_{j != e} Q_j Q_j^T) / (E - 1)
-    Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)  # [in, E r]
-    seen_by_all = (delta @ Q_all) @ Q_all.T  # delta[e] sum_j Q_j Q_j^T
-    seen_by_self = (delta @ factors) @ factors.transpose(1, 2)  # delta[e] Q_e Q_e^T
-    return delta - (seen_by_all - seen_by_self) / (E - 1)
+    if factors.size(-1) == 0 or (mode == "average" and delta.size(0) == 1):
+        return delta  # no other expert: P_{-e} = I
+    return delta - expand(reduce(delta, factors, mode), factors, mode)

@@ -68,7 +68,8 @@ class OMoESentencePredictionTask(SentencePredictionTask):
     forms the projectors at each switch to the orthogonal phase, and sets the phase of the
     step. Logged: `omoe_phase` (share of orthogonal updates), `omoe_trace` (mean
     trace(P_{-e}) / dim: 1 = nothing projected), `omoe_removed` (share of the expert update
-    norm the projection removed) and, on validation, `omoe_sim_cka` / `omoe_sim_cos`.
+    norm the projection removed, measured on the first orthogonal update of each cycle) and,
+    on validation, `omoe_sim_cka` / `omoe_sim_cos`.
     With another optimizer it trains like sentence_prediction and still logs similarity.
     """
 
@@ -121,8 +122,8 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         metrics.log_scalar("omoe_phase", float(not phase.accumulating), round=2)
         if "trace" in omoe.health:
             metrics.log_scalar("omoe_trace", omoe.health["trace"], round=4)
-        if not phase.accumulating and "removed" in omoe.health:
-            metrics.log_scalar("omoe_removed", omoe.health["removed"], round=4)
+        if "removed" in omoe.health:  # measured on the first orthogonal update of a cycle
+            metrics.log_scalar("omoe_removed", omoe.health.pop("removed"), round=4)
 
     def valid_step(self, sample, model, criterion):
         sims = []
