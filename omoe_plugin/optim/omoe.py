@@ -12,7 +12,7 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR
-from .projector import compress, expand, expert_factors, project, reduce
+from .projector import compress, expert_factors, project, removed_part, update_products
 
 logger = logging.getLogger(__name__)
 
@@ -246,8 +246,8 @@ class OMoE(torch.optim.AdamW):
         """Mean over experts of trace(P_{-e}) / in: 1 = projects nothing, 0 = everything."""
         E, in_dim = factors.shape[:2]
         norms = factors.square().sum(dim=(1, 2))  # ||Q_e||_F^2 = in - trace(I - Q Q^T)
-        if self.mode == "average":
-            norms = (norms.sum() - norms) / max(E - 1, 1) if E > 1 else norms.new_zeros(1)
+        if self.mode == "average" and E > 1:  # trace of (S - P_e) / (E - 1)
+            norms = (norms.sum() - norms) / (E - 1)
         return float(1.0 - norms.mean() / in_dim)
 
     # -- the update -----------------------------------------------------------------------
@@ -272,18 +272,20 @@ class OMoE(torch.optim.AdamW):
                 p.grad.copy_(project(p.grad, factors[key], self.mode))
             return super().step(closure)
         # Project AdamW's update dW = new - old without materialising it: the projection
-        # removes expand(reduce(dW)), and reduce is linear and small ([E, out, rank]).
+        # removes removed_part(update_products(dW)), and the products are linear in dW and
+        # small ([E, out, rank]).
         measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
         self._measure_next = False
         old = {k: p.detach().clone() for k, p in active.items()} if measure else {}
-        before = {k: reduce(p, factors[k], self.mode) for k, p in active.items()}
+        before = {k: update_products(p, factors[k], self.mode) for k, p in active.items()}
         loss = super().step(closure)
         removed = []
         for key, p in active.items():
-            if factors[key].size(-1) == 0 or (self.mode == "average" and p.size(0) == 1):
+            if factors[key].size(-1) == 0:
                 continue  # no other expert: nothing to remove
-            after = reduce(p, factors[key], self.mode)
-            cut = expand(tuple(a - b for a, b in zip(after, before[key])), factors[key], self.mode)
+            after = update_products(p, factors[key], self.mode)
+            products = tuple(a - b for a, b in zip(after, before[key]))
+            cut = removed_part(products, factors[key], self.mode)
             p.sub_(cut)
             if measure:
                 delta = p + cut - old[key]

@@ -77,6 +77,7 @@ def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> torch.Tenso
     - mode "joint":   I - Q[e] Q[e]^T = alpha (C - C_e + alpha I)^{-1}, C = sum_j C_j: the
       projector onto what is orthogonal to the span of all other experts' inputs together;
       R = (E - 1) r.
+    With a single expert there is no other expert: R = 0 and every projector is I.
     - mode "average": I - Q[e] Q[e]^T = P_e, each expert's own projector; the other
       experts' average (S - P_e) / (E - 1) is formed by `project`; R = r.
 
@@ -84,10 +85,10 @@ def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> torch.Tenso
     takes its block, so the cost is O(in (E r)^2 + E (E r)^3), not E times a full rebuild.
     """
     E, in_dim, r = stats.shape
-    if mode == "average":
-        return torch.stack([projector_factor(stats[e], alpha) for e in range(E)])
     if E == 1:
         return stats.new_zeros(1, in_dim, 0)  # no other expert: P_{-e} = I
+    if mode == "average":
+        return torch.stack([projector_factor(stats[e], alpha) for e in range(E)])
     A = stats.permute(1, 0, 2).reshape(in_dim, E * r)  # [in, E r], expert-major blocks
     gram = A.T @ A + alpha * torch.eye(E * r, dtype=A.dtype, device=A.device)
     blocks = torch.arange(E * r, device=A.device).view(E, r)
@@ -99,25 +100,26 @@ def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> torch.Tenso
     return torch.stack(factors)
 
 
-def reduce(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> tuple[torch.Tensor, ...]:
+def update_products(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> tuple[torch.Tensor, ...]:
     """The small part of projecting delta [E, out, in]: its products with the factors.
 
-    Linear in delta, so reduce(new) - reduce(old) = reduce(new - old): the optimizer projects
-    an update without ever holding the update itself."""
+    Linear in delta, so products(new) - products(old) = products(new - old): the optimizer
+    projects an update without ever holding the update itself."""
     if mode == "joint":
         return (delta @ factors,)  # [E, out, R]
     Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)  # [in, E r]
     return delta @ Q_all, delta @ factors  # [E, out, E r], [E, out, r]
 
 
-def expand(reduced: tuple[torch.Tensor, ...], factors: torch.Tensor, mode: Mode) -> torch.Tensor:
-    """delta (I - P_{-e}) for every expert, from `reduce(delta)`: what projection removes."""
+def removed_part(products: tuple[torch.Tensor, ...], factors: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """delta (I - P_{-e}) for every expert, from `update_products(delta)`: what the
+    projection removes."""
     if mode == "joint":
-        return reduced[0] @ factors.transpose(1, 2)
+        return products[0] @ factors.transpose(1, 2)
     # P_{-e} = (S - P_e) / (E - 1) = I - (sum_{j != e} Q_j Q_j^T) / (E - 1), S = sum_j P_j
     E = factors.size(0)
     Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)
-    seen_by_all, seen_by_self = reduced
+    seen_by_all, seen_by_self = products
     return (seen_by_all @ Q_all.T - seen_by_self @ factors.transpose(1, 2)) / (E - 1)
 
 
@@ -128,6 +130,6 @@ def project(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> torch.Ten
     `expert_factors`. joint: delta[e] (I - Q_e Q_e^T). average: delta[e] (S - P_e) / (E - 1),
     from the stacked factors once for all experts (O(E), no per-expert sum over the others).
     """
-    if factors.size(-1) == 0 or (mode == "average" and delta.size(0) == 1):
+    if factors.size(-1) == 0:
         return delta  # no other expert: P_{-e} = I
-    return delta - expand(reduce(delta, factors, mode), factors, mode)
+    return delta - removed_part(update_products(delta, factors, mode), factors, mode)
