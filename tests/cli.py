@@ -22,7 +22,10 @@ def output(result: subprocess.CompletedProcess) -> str:
     return result.stderr + result.stdout
 
 
-def last_error_line(result: subprocess.CompletedProcess) -> str:
+def failed_train(data: Path, args: list[str], save_dir: Path) -> str:
+    """Run fairseq-train expecting it to fail; the last line it printed (the error)."""
+    result = run("fairseq-train", str(data), *args, "--save-dir", str(save_dir), check=False)
+    assert result.returncode != 0, "fairseq-train should have stopped"
     return result.stderr.strip().splitlines()[-1]
 
 

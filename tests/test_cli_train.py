@@ -5,7 +5,7 @@ scores the checkpoint; bad MoE options stop with a message naming the option."""
 import pytest
 import torch
 
-from tests.cli import USER_DIR, checkpoint, last_error_line, output, run, scalar_tags, train
+from tests.cli import USER_DIR, checkpoint, failed_train, output, run, scalar_tags, train
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +70,5 @@ def test_fairseq_validate_scores_the_checkpoint(runs):
      (["--moe-freq", "-1"], "--moe-freq")),
 )
 def test_bad_moe_option_stops_with_message(movie_reviews, tmp_path, bad, option):
-    data, _ = movie_reviews
-    result = run("fairseq-train", str(data), *TRAIN, "--max-update", "1", *bad,
-                 "--save-dir", str(tmp_path), check=False)
-    assert result.returncode != 0
-    assert option in last_error_line(result)
+    assert option in failed_train(movie_reviews[0], [*TRAIN, "--max-update", "1", *bad], tmp_path)
     assert not list(tmp_path.glob("*.pt"))

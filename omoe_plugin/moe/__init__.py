@@ -1,6 +1,12 @@
 """Mixture-of-Experts building blocks: router, stacked experts, auxiliary losses, the layer."""
 
-from .experts import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, StackedExperts
+from .experts import (
+    EXPERT_AXIS_ATTR,
+    EXPERT_INPUT_ATTR,
+    EXPERT_LAYER_ATTR,
+    StackedExperts,
+    expert_weight_key,
+)
 from .layer import MoEArgs, MoEAux, MoELayer
 from .losses import expert_counts, load_balancing_loss, router_z_loss
 from .router import Routing, TopKRouter
@@ -16,6 +22,7 @@ __all__ = [
     "StackedExperts",
     "TopKRouter",
     "expert_counts",
+    "expert_weight_key",
     "load_balancing_loss",
     "router_z_loss",
 ]

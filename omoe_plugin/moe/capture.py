@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..optim.projector import compress
+from .experts import expert_weight_key
 
 Summary = Literal["mean", "pca", "tokens"]
 
@@ -41,7 +42,7 @@ class RoutedInputCapture:
     def __call__(self, layer: int, num_experts: int, expert: int, **inputs: torch.Tensor) -> None:
         """Record expert `expert`'s routed inputs, e.g. fc1=[n, d], fc2=[n, h]."""
         for role, x in inputs.items():
-            key = f"{layer}.{role}"
+            key = expert_weight_key(layer, role)
             self.num_experts[key] = num_experts
             x = F.normalize(x.detach().float(), dim=-1).T  # [in, n]
             if self.summary == "mean":

@@ -13,6 +13,11 @@ EXPERT_INPUT_ATTR = "moe_input"  # "fc1" (input = token x) or "fc2" (input = exp
 EXPERT_LAYER_ATTR = "moe_layer"  # index of the MoE layer the tensor belongs to
 
 
+def expert_weight_key(layer_index: int, role: str) -> str:
+    """How the optimizer and the routed-input capture name a stacked expert weight."""
+    return f"{layer_index}.{role}"
+
+
 class StackedExperts(nn.Module):
     """E two-layer FFN experts stored as stacked tensors, so expert e is a slice.
 

@@ -11,7 +11,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
-from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR
+from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
 from .projector import compress, expert_factors, project, removed_part, update_products
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,9 @@ class OMoE(torch.optim.AdamW):
                 if hasattr(p, EXPERT_AXIS_ATTR):
                     if getattr(p, EXPERT_AXIS_ATTR) != 0 or p.dim() != 3:
                         raise ValueError("OMoE expects expert weights stacked as [E, out, in]")
-                    key = f"{getattr(p, EXPERT_LAYER_ATTR)}.{getattr(p, EXPERT_INPUT_ATTR)}"
+                    key = expert_weight_key(
+                        getattr(p, EXPERT_LAYER_ATTR), getattr(p, EXPERT_INPUT_ATTR)
+                    )
                     self.experts[key] = p
         if not self.experts:
             raise ValueError(

@@ -35,16 +35,26 @@ def test_tokens_summary_is_the_exact_second_moment():
 
 
 def test_pca_summary_keeps_the_top_directions_of_the_second_moment():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g) * torch.tensor([5.0, 3.0, 0.5, 0.1, 0.1, 0.1])
+    moment = lambda v: unit(v).T @ unit(v)
+    evals, evecs = torch.linalg.eigh(moment(x) / 40)
     capture = RoutedInputCapture("pca", width=2)
-    x = torch.randn(40, 6) * torch.tensor([5.0, 3.0, 0.1, 0.1, 0.1, 0.1])
-    capture(0, 1, 0, fc1=x[:25])
-    capture(0, 1, 0, fc1=x[25:])
+    capture(0, 1, 0, fc1=x)
     X = capture.take()["0.fc1"][0]
     assert X.shape == (6, 2)
-    moment = unit(x).T @ unit(x) / 40
-    evals, evecs = torch.linalg.eigh(moment)
     best = evecs[:, -2:] @ torch.diag(evals[-2:]) @ evecs[:, -2:].T
     torch.testing.assert_close(X @ X.T, best, atol=1e-5, rtol=1e-4)
+
+
+def test_pca_summary_merges_micro_batches_exactly_within_its_rank():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 2, generator=g) @ torch.randn(2, 6, generator=g)  # rank-2 inputs
+    capture = RoutedInputCapture("pca", width=2)
+    capture(0, 1, 0, fc1=x[:11])
+    capture(0, 1, 0, fc1=x[11:])
+    X = capture.take()["0.fc1"][0]
+    torch.testing.assert_close(X @ X.T, unit(x).T @ unit(x) / 30, atol=1e-5, rtol=1e-4)
 
 
 def test_the_experts_report_routed_tokens_and_hidden_activations():
