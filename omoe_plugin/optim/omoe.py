@@ -185,8 +185,8 @@ class OMoE(torch.optim.AdamW):
             raise ValueError(
                 "--optimizer omoe found no expert weights to train: the model has no MoE layer "
                 "(use an omoe_roberta model with --moe-freq >= 1, or --optimizer adam for a "
-                "dense model). Mixed precision with flattened parameters also hides them: "
-                "add --fp16-no-flatten-grads."
+                "dense model). fairseq's --fp16/--bf16 wrappers copy the parameters without "
+                "their expert tags and are not supported yet: train in fp32."
             )
         # projector maths in fp32 at least, whatever the parameters' precision
         self.stats = {
