@@ -54,30 +54,21 @@ class SelfAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-LN block: x = LN(x + Attn(x)); x = LN(x + FFN(x)), FFN dense or MoE."""
 
-    def __init__(
-        self,
-        embed_dim: int,
-        ffn_dim: int,
-        num_heads: int,
-        dropout: float,
-        attention_dropout: float,
-        activation_dropout: float,
-        activation_fn: str,
-        moe: Optional[MoEArgs],
-    ) -> None:
+    def __init__(self, cfg, moe: Optional[MoEArgs]) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(embed_dim, num_heads, attention_dropout)
-        self.self_attn_layer_norm = LayerNorm(embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        dim, eps = cfg.encoder_embed_dim, cfg.layer_norm_eps
+        self.self_attn = SelfAttention(dim, cfg.encoder_attention_heads, cfg.attention_dropout)
+        self.self_attn_layer_norm = LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(cfg.dropout)
         if moe is None:
             self.moe = None
-            self.fc1 = nn.Linear(embed_dim, ffn_dim)
-            self.fc2 = nn.Linear(ffn_dim, embed_dim)
-            self.activation_fn = utils.get_activation_fn(activation_fn)
-            self.activation_dropout = nn.Dropout(activation_dropout)
+            self.fc1 = nn.Linear(dim, cfg.encoder_ffn_embed_dim)
+            self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, dim)
+            self.activation_fn = utils.get_activation_fn(cfg.activation_fn)
+            self.activation_dropout = nn.Dropout(cfg.activation_dropout)
         else:
             self.moe = MoELayer(moe)
-        self.final_layer_norm = LayerNorm(embed_dim)
+        self.final_layer_norm = LayerNorm(dim, eps=eps)
 
     def forward(
         self, x: torch.Tensor, padding_mask: torch.Tensor, attend: torch.Tensor
@@ -107,20 +98,10 @@ class OMoEEncoder(FairseqEncoder):
         self.max_positions_ = cfg.max_positions
         self.embed_tokens = nn.Embedding(len(dictionary), dim, padding_idx=self.padding_idx)
         self.embed_positions = nn.Embedding(cfg.max_positions, dim)
-        self.layernorm_embedding = LayerNorm(dim)
+        self.layernorm_embedding = LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(
-                dim,
-                cfg.encoder_ffn_embed_dim,
-                cfg.encoder_attention_heads,
-                cfg.dropout,
-                cfg.attention_dropout,
-                cfg.activation_dropout,
-                cfg.activation_fn,
-                moe=self._moe_args(cfg, i),
-            )
-            for i in range(cfg.encoder_layers)
+            EncoderLayer(cfg, moe=self._moe_args(cfg, i)) for i in range(cfg.encoder_layers)
         )
 
     @staticmethod

@@ -48,6 +48,9 @@ class OMoERobertaConfig(FairseqDataclass):
     pooler_dropout: float = field(
         default=0.0, metadata={"help": "dropout probability in the classification head"}
     )
+    layer_norm_eps: float = field(
+        default=1e-5, metadata={"help": "LayerNorm epsilon (BERT checkpoints use 1e-12)"}
+    )
     moe_experts: int = field(default=4, metadata={"help": "experts per MoE layer"})
     moe_top_k: int = field(default=1, metadata={"help": "experts each token is routed to"})
     moe_freq: int = field(

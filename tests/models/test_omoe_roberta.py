@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from omoe_plugin.models import OMoERobertaConfig
 from omoe_plugin.models.encoder import EncoderLayer
 from tests.conftest import HEAD, tiny_model
 
@@ -85,7 +86,9 @@ def test_invalid_options_name_the_option(task, overrides, option):
 
 
 def test_layers_are_post_ln():
-    layer = EncoderLayer(8, 12, 2, 0.0, 0.0, 0.0, "gelu", moe=None).eval()
+    cfg = OMoERobertaConfig(encoder_embed_dim=8, encoder_ffn_embed_dim=12,
+                            encoder_attention_heads=2, max_positions=16)
+    layer = EncoderLayer(cfg, moe=None).eval()
     x = torch.randn(2, 3, 8) * 10 + 5
     y, aux = layer(x, torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 1, 1, 3, dtype=torch.bool))
     assert aux is None
