@@ -19,7 +19,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from tokenizers import Tokenizer
 
@@ -79,14 +79,21 @@ def write_raw(reviews: list[Review], raw_dir: Path, tokenizer: Tokenizer) -> dic
     return sizes
 
 
-def binarize(raw_dir: Path, out_dir: Path, workers: int = 1) -> None:
-    """Run fairseq-preprocess on the token and label columns, copy ratings beside labels."""
+def binarize(
+    raw_dir: Path, out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None
+) -> None:
+    """Run fairseq-preprocess on the token and label columns, copy ratings beside labels.
+
+    srcdict: the token dictionary to use (a pretrained model's, from omoe-import-bert);
+    without it fairseq-preprocess builds one from the training split."""
     for column in ("input0", "label"):
         prefixes = []
         for split in SPLITS:
             prefixes += [f"--{split}pref", str(raw_dir / f"{split}.{column}")]
         cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", *prefixes]
         cmd += ["--destdir", str(out_dir / column), "--workers", str(workers)]
+        if column == "input0" and srcdict is not None:
+            cmd += ["--srcdict", str(srcdict)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"fairseq-preprocess failed on {column}:\n{result.stderr[-2000:]}")
@@ -95,11 +102,11 @@ def binarize(raw_dir: Path, out_dir: Path, workers: int = 1) -> None:
         (out_dir / "label" / f"{split}.label").write_text(ratings, encoding="utf-8")
 
 
-def prepare(out_dir: Path, workers: int = 1) -> dict[str, int]:
+def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None) -> dict[str, int]:
     """Fetch, tokenise, split and binarise the movie reviews into out_dir."""
     reviews = parse(movie_review_lines())
     sizes = write_raw(reviews, out_dir / "raw", wordpiece_tokenizer())
-    binarize(out_dir / "raw", out_dir, workers)
+    binarize(out_dir / "raw", out_dir, workers, srcdict)
     return sizes
 
 
@@ -111,7 +118,10 @@ def cli_main() -> None:
     )
     parser.add_argument("out_dir", type=Path, help="output directory (created)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
+    parser.add_argument("--srcdict", type=Path, default=None,
+                        help="token dictionary to binarise with (omoe-import-bert's dict.txt); "
+                        "default: built from the training split")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sizes = prepare(args.out_dir, args.workers)
+    sizes = prepare(args.out_dir, args.workers, args.srcdict)
     logger.info(f"wrote {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))

