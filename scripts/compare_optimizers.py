@@ -1,10 +1,16 @@
-"""Compare MoE fine-tuning with AdamW and with OMoE (joint / average projector) on the
-movie-review data: for every configuration and seed, run fairseq-train, read the best
-validation accuracy and the last validation expert similarity back from the TensorBoard
-event files, score checkpoint_best.pt on the test split with fairseq-validate, and write a
-markdown table (mean and standard deviation over seeds).
+"""Compare fine-tuning with AdamW and with OMoE on the movie-review data: for every
+configuration and seed, run fairseq-train, read the best validation accuracy and the last
+validation expert similarity back from the TensorBoard event files, score
+checkpoint_best.pt on the test split with fairseq-validate, and write a markdown table
+(mean and standard deviation over seeds).
 
-    python scripts/compare_optimizers.py [--seeds 1 2] [--out runs/compare] [-- EXTRA TRAIN ARGS]
+    python scripts/compare_optimizers.py --setting pretrained [--seeds 1 2 3] [--out DIR]
+
+Settings:
+  pretrained: all-MiniLM-L6-v2 (omoe-import-bert) fine-tuned dense, and upcycled to 4
+    experts (omoe-upcycle, `copy`) fine-tuned with AdamW and with OMoE; needs `make demo`'s
+    data-bin/minilm and data-bin/movie_reviews_minilm.
+  scratch: a small 4-layer MoE trained from scratch with AdamW, OMoE joint and OMoE average.
 
 Defaults (phase lengths, alpha) are tuned on the validation column only; test is reported.
 """
@@ -20,23 +26,41 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+PRE = ROOT / "data-bin" / "minilm"
 TASK = ["--user-dir", str(ROOT / "user_dir"), "--task", "omoe_sentence_prediction",
         "--num-classes", "2", "--init-token", "0", "--max-positions", "128", "--cpu",
-        "--num-workers", "0"]
-MODEL = ["--arch", "omoe_roberta_tiny", "--encoder-layers", "4", "--encoder-embed-dim", "128",
-         "--encoder-ffn-embed-dim", "256", "--moe-experts", "4", "--moe-top-k", "1",
-         "--criterion", "omoe_sentence_prediction", "--moe-aux-weight", "0.01"]
-SCHEDULE = ["--lr", "5e-4", "--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay",
-            "--warmup-updates", "60", "--total-num-update", "800", "--max-update", "800",
-            "--max-epoch", "3", "--batch-size", "32", "--best-checkpoint-metric", "accuracy",
-            "--maximize-best-checkpoint-metric", "--no-epoch-checkpoints", "--no-last-checkpoints",
-            "--log-format", "simple", "--log-interval", "100"]
-CONFIGS = {
-    "MoE + AdamW": ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"],
-    "MoE + OMoE (joint)": ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)",
-                           "--omoe-mode", "joint"],
-    "MoE + OMoE (average)": ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)",
-                             "--omoe-mode", "average"],
+        "--num-workers", "0", "--criterion", "omoe_sentence_prediction"]
+COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--batch-size", "32",
+          "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
+          "--no-epoch-checkpoints", "--no-last-checkpoints", "--log-format", "simple",
+          "--log-interval", "100", "--moe-aux-weight", "0.01"]
+ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
+OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
+SETTINGS = {
+    "pretrained": {
+        "data": ROOT / "data-bin" / "movie_reviews_minilm",
+        "args": ["--arch", "omoe_roberta_minilm", "--layer-norm-eps", "1e-12", "--moe-experts",
+                 "4", "--moe-top-k", "1", "--lr", "1e-4", "--warmup-updates", "20",
+                 "--total-num-update", "200", "--max-update", "200"],
+        "configs": {
+            "dense fine-tune": ["--finetune-from-model", str(PRE / "model.pt"), "--moe-freq", "0",
+                                *ADAM],
+            "MoE + AdamW": ["--finetune-from-model", str(PRE / "moe4.pt"), *ADAM],
+            "MoE + OMoE": ["--finetune-from-model", str(PRE / "moe4.pt"), *OMOE],
+        },
+    },
+    "scratch": {
+        "data": ROOT / "data-bin" / "movie_reviews",
+        "args": ["--arch", "omoe_roberta_tiny", "--encoder-layers", "4", "--encoder-embed-dim",
+                 "128", "--encoder-ffn-embed-dim", "256", "--moe-experts", "4", "--moe-top-k",
+                 "1", "--lr", "5e-4", "--warmup-updates", "60", "--total-num-update", "800",
+                 "--max-update", "800", "--max-epoch", "3"],
+        "configs": {
+            "MoE + AdamW": ADAM,
+            "MoE + OMoE (joint)": [*OMOE, "--omoe-mode", "joint"],
+            "MoE + OMoE (average)": [*OMOE, "--omoe-mode", "average"],
+        },
+    },
 }
 
 
@@ -48,43 +72,50 @@ def last_scalars(tb_dir: Path) -> dict[str, list[float]]:
 
 def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dict[str, float]:
     run_dir = out / re.sub(r"\W+", "_", name).strip("_").lower() / f"seed{seed}"
-    train = [str(BIN / "fairseq-train"), str(data), *TASK, *MODEL, *SCHEDULE, *args,
+    train = [str(BIN / "fairseq-train"), str(data), *TASK, *COMMON, *args,
              "--seed", str(seed), "--save-dir", str(run_dir / "checkpoints"),
              "--tensorboard-logdir", str(run_dir / "tensorboard")]
     subprocess.run(train, check=True, capture_output=True, text=True)
     valid = last_scalars(run_dir / "tensorboard" / "valid")
     test = subprocess.run(
-        [str(BIN / "fairseq-validate"), str(data), *TASK, "--criterion", "omoe_sentence_prediction",
+        [str(BIN / "fairseq-validate"), str(data), *TASK,
          "--path", str(run_dir / "checkpoints" / "checkpoint_best.pt"), "--valid-subset", "test",
+         "--omoe-similarity-tokens", "0",
          "--batch-size", "64"], check=True, capture_output=True, text=True)
     test_acc = float(re.findall(r"\| accuracy ([\d.]+)", test.stderr + test.stdout)[-1])
+    dense = "omoe_sim_cka" not in valid
     return {"valid": max(valid["accuracy"]), "test": test_acc,
-            "cka": valid["omoe_sim_cka"][-1], "cos": valid["omoe_sim_cos"][-1]}
+            "cka": None if dense else valid["omoe_sim_cka"][-1],
+            "cos": None if dense else valid["omoe_sim_cos"][-1]}
 
 
-def fmt(values: list[float], digits: int) -> str:
+def fmt(values: list, digits: int) -> str:
+    if None in values:
+        return "—"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT / "data-bin" / "movie_reviews")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="pretrained")
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/SETTING")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args, extra = parser.parse_known_args()
+    setting = SETTINGS[args.setting]
+    out = args.out or ROOT / "runs" / "compare" / args.setting
     rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine |",
             "|---|---|---|---|---|"]
-    for name in args.configs:
-        results = [run_one(args.data, args.out, name, CONFIGS[name] + extra, s) for s in args.seeds]
+    for name, config in setting["configs"].items():
+        run_args = setting["args"] + config + extra
+        results = [run_one(setting["data"], out, name, run_args, s) for s in args.seeds]
         cols = {k: [r[k] for r in results] for k in results[0]}
         rows.append(f"| {name} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "
                     f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} |")
         print(rows[-1], flush=True)
-    table = "\n".join(rows) + f"\n\n{len(args.seeds)} seeds; extra args: {' '.join(extra)}\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(table)
+    table = "\n".join(rows) + f"\n\n{args.setting}, seeds {args.seeds}, extra args: {extra}\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(table)
     print(table)
 
 

@@ -27,16 +27,26 @@ def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return (cross / ((X.T @ X).norm() * (Y.T @ Y).norm()).clamp(min=1e-30)).float()
 
 
+def similarity_matrices(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, E] linear CKA and mean token cosine between every pair of experts' outputs
+    ([E, n, d]); the diagonals are 1."""
+    E = outputs.size(0)
+    cka, cos = torch.ones(E, E), torch.ones(E, E)
+    for i in range(E):
+        for j in range(i + 1, E):
+            cka[i, j] = cka[j, i] = linear_cka(outputs[i], outputs[j])
+            cos[i, j] = cos[j, i] = F.cosine_similarity(outputs[i], outputs[j], dim=-1).mean()
+    return cka, cos
+
+
 def pairwise_similarity(outputs: torch.Tensor) -> tuple[float, float]:
     """Mean over expert pairs of (linear CKA, mean token cosine) of outputs [E, n, d]."""
     E = outputs.size(0)
-    pairs = [(i, j) for i in range(E) for j in range(i + 1, E)]
-    if not pairs:
+    if E == 1:
         return 1.0, 1.0
-    cka = sum(float(linear_cka(outputs[i], outputs[j])) for i, j in pairs) / len(pairs)
-    cos = sum(float(F.cosine_similarity(outputs[i], outputs[j], dim=-1).mean())
-              for i, j in pairs) / len(pairs)
-    return cka, cos
+    pairs = torch.triu(torch.ones(E, E, dtype=torch.bool), diagonal=1)
+    cka, cos = similarity_matrices(outputs)
+    return float(cka[pairs].mean()), float(cos[pairs].mean())
 
 
 def layer_similarity(

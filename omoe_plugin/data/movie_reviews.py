@@ -122,6 +122,6 @@ def cli_main() -> None:
                         help="token dictionary to binarise with (omoe-import-bert's dict.txt); "
                         "default: built from the training split")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     sizes = prepare(args.out_dir, args.workers, args.srcdict)
     logger.info(f"wrote {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))

@@ -68,7 +68,7 @@ class OMoESentencePredictionTask(SentencePredictionTask):
     forms the projectors at each switch to the orthogonal phase, and sets the phase of the
     step. Logged: `omoe_phase` (share of orthogonal updates), `omoe_trace` (mean
     trace(P_{-e}) / dim: 1 = nothing projected), `omoe_removed` (share of the expert update
-    norm the projection removed, measured on the first orthogonal update of each cycle) and,
+    norm the projection removed, as last measured on the first orthogonal update of a cycle) and,
     on validation, `omoe_sim_cka` / `omoe_sim_cos`.
     With another optimizer it trains like sentence_prediction and still logs similarity.
     """
@@ -123,7 +123,7 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         if "trace" in omoe.health:
             metrics.log_scalar("omoe_trace", omoe.health["trace"], round=4)
         if "removed" in omoe.health:  # measured on the first orthogonal update of a cycle
-            metrics.log_scalar("omoe_removed", omoe.health.pop("removed"), round=4)
+            metrics.log_scalar("omoe_removed", omoe.health["removed"], round=4)
 
     def valid_step(self, sample, model, criterion):
         sims = []

@@ -1,0 +1,128 @@
+"""`omoe-analyze CHECKPOINT --data DIR`: expert similarity of every MoE layer of a checkpoint
+on held-out sentences, as a table, PNG heat maps, TensorBoard images and JSON.
+
+Every expert of a layer is applied to the same tokens (the layer's real inputs on the
+split's first sentences) and every pair of experts is compared by linear CKA and by the
+mean cosine of their outputs: the paper's homogeneous-representation measure.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from fairseq.data import data_utils
+from fairseq.tasks.sentence_prediction import SentencePredictionTask
+
+from ..convert.checkpoint import load_encoder_checkpoint
+from ..models.encoder import OMoEEncoder
+from ..moe import MoELayer
+from .similarity import expert_outputs, similarity_matrices
+
+logger = logging.getLogger(__name__)
+
+
+def held_out_batch(data: Path, split: str, dictionary, max_tokens: int) -> torch.Tensor:
+    """The split's first sentences, <s>-prefixed as in training, up to max_tokens tokens."""
+    dataset = data_utils.load_indexed_dataset(str(data / "input0" / split), dictionary)
+    if dataset is None:
+        raise FileNotFoundError(f"no binarised split {data / 'input0' / split}")
+    rows, total = [], 0
+    for i in range(len(dataset)):
+        if total >= max_tokens:
+            break
+        rows.append(torch.cat([torch.tensor([dictionary.bos()]), dataset[i]]))
+        total += len(rows[-1])
+    return data_utils.collate_tokens(rows, dictionary.pad())
+
+
+@torch.no_grad()
+def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
+                      max_tokens: int = 2048) -> list[dict]:
+    """Per MoE layer: its index, the [E, E] CKA and cosine matrices and their pair means."""
+    cfg, state = load_encoder_checkpoint(checkpoint)
+    if cfg.moe_freq == 0:
+        raise ValueError(f"{checkpoint} is a dense model: it has no experts to compare")
+    dictionary = SentencePredictionTask.load_dictionary(str(data / "input0" / "dict.txt"))
+    encoder = OMoEEncoder(cfg, dictionary).eval()
+    encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    try:
+        encoder.load_state_dict(encoder_state)
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint} does not match {data}'s dictionary or its own "
+                         f"configuration: {str(e).splitlines()[0]}") from None
+    layers = {}
+    for i, layer in enumerate(encoder.layers):
+        if layer.moe is not None:
+            layer.moe.register_forward_hook(
+                lambda mod, args, _out, i=i: layers.__setitem__(i, (mod, *args)))
+    encoder(held_out_batch(data, split, dictionary, max_tokens))
+    results = []
+    for i, (moe, x, padding_mask) in sorted(layers.items()):
+        tokens = x[~padding_mask]
+        cka, cos = similarity_matrices(expert_outputs(moe.experts, tokens))
+        pairs = torch.triu(torch.ones_like(cka, dtype=torch.bool), diagonal=1)
+        results.append({"layer": i, "tokens": len(tokens), "cka": cka.tolist(),
+                        "cos": cos.tolist(), "mean_cka": float(cka[pairs].mean()),
+                        "mean_cos": float(cos[pairs].mean())})
+    return results
+
+
+def heat_maps(results: list[dict], title: str):
+    """One matplotlib figure: a row of CKA heat maps above a row of cosine heat maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(2.6 * len(results), 5.2), squeeze=False)
+    for col, r in enumerate(results):
+        for row, metric in enumerate(("cka", "cos")):
+            ax = axes[row][col]
+            image = ax.imshow(r[metric], vmin=-1 if metric == "cos" else 0, vmax=1, cmap="viridis")
+            ax.set_title(f"layer {r['layer']} {metric.upper()} {r['mean_' + metric]:.3f}", fontsize=9)
+            ax.set_xlabel("expert", fontsize=8)
+            ax.set_ylabel("expert", fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def cli_main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="omoe-analyze", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="the binarised data directory the model was trained on")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--tokens", type=int, default=2048, help="held-out tokens to compare on")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for similarity.png and similarity.json")
+    parser.add_argument("--tensorboard-logdir", type=Path, default=None,
+                        help="also write the heat maps as a TensorBoard image")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    try:
+        results = expert_similarity(args.checkpoint, args.data, args.split, args.tokens)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"omoe-analyze: {e}")
+    print(f"expert similarity of {args.checkpoint} on {args.split} "
+          f"({results[0]['tokens']} tokens), mean over expert pairs:")
+    print("| MoE layer | linear CKA | cosine |\n|---|---|---|")
+    for r in results:
+        print(f"| {r['layer']} | {r['mean_cka']:.4f} | {r['mean_cos']:.4f} |")
+    mean = lambda key: sum(r[key] for r in results) / len(results)
+    print(f"| mean | {mean('mean_cka'):.4f} | {mean('mean_cos'):.4f} |")
+    fig = heat_maps(results, f"{args.checkpoint.name}: expert similarity on {args.split}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.out / "similarity.png", dpi=100)
+        (args.out / "similarity.json").write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out / 'similarity.png'} and {args.out / 'similarity.json'}")
+    if args.tensorboard_logdir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(args.tensorboard_logdir)) as writer:
+            writer.add_figure("expert_similarity", fig)
+        print(f"wrote the heat maps to TensorBoard in {args.tensorboard_logdir}")

@@ -1,0 +1,63 @@
+"""End to end from the real pretrained encoder: omoe-import-bert --minilm, omoe-upcycle,
+omoe-prepare-data --srcdict, fairseq-train --finetune-from-model with OMoE, omoe-analyze."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from omoe_plugin.data.movie_reviews import binarize
+from tests.cli import USER_DIR, output, run, train
+
+pytestmark = pytest.mark.slow
+
+FINETUNE = [
+    "--user-dir", USER_DIR, "--task", "omoe_sentence_prediction", "--num-classes", "2",
+    "--init-token", "0", "--max-positions", "128", "--cpu", "--num-workers", "0",
+    "--arch", "omoe_roberta_minilm", "--layer-norm-eps", "1e-12", "--moe-experts", "4",
+    "--criterion", "omoe_sentence_prediction", "--optimizer", "omoe", "--lr", "1e-4",
+    "--omoe-accumulate-steps", "1", "--omoe-orthogonal-steps", "2", "--batch-size", "16",
+    "--disable-validation", "--log-format", "simple", "--log-interval", "1",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(movie_reviews, tmp_path_factory):
+    """The imported and upcycled MiniLM, and the movie reviews binarised with its vocabulary."""
+    out = tmp_path_factory.mktemp("pretrained")
+    run("omoe-import-bert", "--minilm", "--out", str(out), "--max-positions", "128")
+    run("omoe-upcycle", str(out / "model.pt"), "--out", str(out / "moe.pt"), "--moe-experts", "4")
+    data = out / "data"
+    binarize(movie_reviews[0] / "raw", data, workers=2, srcdict=out / "dict.txt")
+    return out, data
+
+
+def test_finetune_the_upcycled_encoder_and_analyse_it(pretrained):
+    out, data = pretrained
+    result = train(data, out / "run", [*FINETUNE, "--finetune-from-model", str(out / "moe.pt")], 3)
+    log = output(result)
+    assert "Loaded checkpoint" in log and "initialising classification_heads" in log
+    assert "num_updates=3" in log and "omoe_removed=" in log
+    analysis = run("omoe-analyze", str(out / "run" / "checkpoints" / "checkpoint_last.pt"),
+                   "--data", str(data), "--tokens", "256", "--out", str(out / "analysis"),
+                   "--tensorboard-logdir", str(out / "tb"))
+    assert "| mean |" in analysis.stdout
+    layers = json.loads((out / "analysis" / "similarity.json").read_text())
+    assert [r["layer"] for r in layers] == list(range(6))
+    # three updates from identical experts: still nearly homogeneous, but no longer exactly
+    assert all(0.9 < r["mean_cka"] <= 1.0 + 1e-6 for r in layers)
+    assert (out / "analysis" / "similarity.png").stat().st_size > 10_000
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert "expert_similarity" in events.Tags()["images"]
+
+
+def test_the_dense_checkpoint_cannot_be_analysed_and_bad_sources_are_refused(pretrained, tmp_path):
+    out, data = pretrained
+    dense = run("omoe-analyze", str(out / "model.pt"), "--data", str(data), check=False)
+    assert dense.returncode != 0 and "dense model" in dense.stderr
+    not_bert = run("omoe-import-bert", str(tmp_path), "--out", str(tmp_path / "x"), check=False)
+    assert not_bert.returncode != 0 and "lacks config.json" in not_bert.stderr
+    missing = run("omoe-upcycle", str(tmp_path / "none.pt"), "--out", str(tmp_path / "y.pt"),
+                  check=False)
+    assert missing.returncode != 0 and "no checkpoint at" in missing.stderr
