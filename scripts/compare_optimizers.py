@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from omoe_plugin.data.movie_reviews import prepare
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PRE = ROOT / "data-bin" / "minilm"
@@ -104,6 +106,8 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     setting = SETTINGS[args.setting]
     out = args.out or ROOT / "runs" / "compare" / args.setting
+    if args.setting == "scratch" and not (setting["data"] / "input0" / "dict.txt").exists():
+        prepare(setting["data"], workers=2)
     rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine |",
             "|---|---|---|---|---|"]
     for name, config in setting["configs"].items():
