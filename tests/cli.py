@@ -36,6 +36,17 @@ def train(data: Path, run_dir: Path, args: list[str], max_update: int) -> subpro
                "--tensorboard-logdir", str(run_dir / "tensorboard"))
 
 
+def straight_and_resumed(data: Path, tmp_path_factory, args: list[str], updates: int,
+                         resume_args: tuple[str, ...] = ()):
+    """`updates` updates straight, and updates/2 + resume from checkpoint_last.pt + the rest:
+    (straight run dir, split run dir, {"straight": log, "resumed": log})."""
+    straight, split = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("split")
+    logs = {"straight": train(data, straight, args, updates)}
+    train(data, split, args, updates // 2)
+    logs["resumed"] = train(data, split, [*args, *resume_args], updates)
+    return straight, split, logs
+
+
 def checkpoint(run_dir: Path, name: str = "checkpoint_last.pt") -> dict:
     return torch.load(run_dir / "checkpoints" / name, weights_only=True)
 

@@ -5,7 +5,7 @@ parameters and OMoE state across --restore-file, and clear errors for bad settin
 import pytest
 import torch
 
-from tests.cli import USER_DIR, checkpoint, failed_train, output, scalar_tags, train
+from tests.cli import USER_DIR, checkpoint, failed_train, output, scalar_tags, straight_and_resumed
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +25,8 @@ OMOE = [
 def runs(movie_reviews, tmp_path_factory):
     """20 updates straight, and 10 (inside an orthogonal phase) + --restore-file + 10."""
     data, _ = movie_reviews
-    straight, split = tmp_path_factory.mktemp("omoe_straight"), tmp_path_factory.mktemp("omoe_split")
-    logs = {"straight": train(data, straight, OMOE, 20)}
-    train(data, split, OMOE, 10)
-    logs["resumed"] = train(data, split, OMOE + ["--restore-file", "checkpoint_last.pt"], 20)
-    return data, straight, split, logs
+    resume = ("--restore-file", "checkpoint_last.pt")
+    return (data, *straight_and_resumed(data, tmp_path_factory, OMOE, 20, resume))
 
 
 def test_phases_alternate_and_projectors_are_logged(runs):

@@ -5,7 +5,15 @@ scores the checkpoint; bad MoE options stop with a message naming the option."""
 import pytest
 import torch
 
-from tests.cli import USER_DIR, checkpoint, failed_train, output, run, scalar_tags, train
+from tests.cli import (
+    USER_DIR,
+    checkpoint,
+    failed_train,
+    output,
+    run,
+    scalar_tags,
+    straight_and_resumed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +31,7 @@ TRAIN = TASK + [
 def runs(movie_reviews, tmp_path_factory):
     """20 updates straight, and 10 + resume from checkpoint_last.pt + 10."""
     data, _ = movie_reviews
-    straight, split = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("split")
-    logs = {"straight": train(data, straight, TRAIN, 20)}
-    train(data, split, TRAIN, 10)
-    logs["resumed"] = train(data, split, TRAIN, 20)
-    return data, straight, split, logs
+    return (data, *straight_and_resumed(data, tmp_path_factory, TRAIN, 20))
 
 
 def test_training_logs_task_and_moe_metrics(runs):

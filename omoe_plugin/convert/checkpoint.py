@@ -50,7 +50,7 @@ def load_encoder_checkpoint(path: Path) -> tuple[OMoERobertaConfig, dict]:
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated?): {e}") from None
     model_cfg = state.get("cfg", {}).get("model") if isinstance(state, dict) else None
-    if not isinstance(model_cfg, dict) or model_cfg.get("_name", "").split("_")[:2] != ["omoe", "roberta"]:
+    if not isinstance(model_cfg, dict) or not str(model_cfg.get("_name")).startswith("omoe_roberta"):
         raise ValueError(f"{path} is not an omoe_roberta checkpoint")
     fields = {f.name for f in dataclasses.fields(OMoERobertaConfig)}
     cfg = OMoERobertaConfig(**{k: v for k, v in model_cfg.items() if k in fields and k != "_name"})
