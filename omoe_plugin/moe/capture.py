@@ -31,10 +31,11 @@ class RoutedInputCapture:
     """
 
     def __init__(self, summary: Summary, width: int = 1) -> None:
+        """width: directions kept per update with summary "pca" (--omoe-stat-rank)."""
         if summary not in ("mean", "pca", "tokens"):
             raise ValueError(f"--omoe-stat must be mean, pca or tokens, got {summary!r}")
         self.summary = summary
-        self.width = 1 if summary == "mean" else width
+        self.width = width
         self.sums: dict[str, dict[int, torch.Tensor]] = {}  # key -> expert -> [in, w]
         self.counts: dict[str, dict[int, int]] = {}
         self.num_experts: dict[str, int] = {}

@@ -94,8 +94,7 @@ class OMoESentencePredictionTask(SentencePredictionTask):
             if phase.accumulating:
                 if self.capture is None or self._captured_update != update_num:
                     # a new update (an earlier one may have been skipped, e.g. on OOM)
-                    width = omoe.max_rank if omoe.stat == "tokens" else omoe.stat_rank
-                    self.capture = RoutedInputCapture(omoe.stat, width)
+                    self.capture = RoutedInputCapture(omoe.stat, omoe.stat_rank)
                     self._captured_update = update_num
                 capture = self.capture
         _set_capture(model, capture)
