@@ -5,17 +5,28 @@ checkpoint_best.pt on the test split with fairseq-validate, and write a markdown
 (mean and standard deviation over seeds).
 
     python scripts/compare_optimizers.py --setting pretrained [--seeds 1 2 3] [--out DIR]
+        [--configs NAME ...] [fairseq-train options added to every run]
 
 Settings:
   pretrained: all-MiniLM-L6-v2 (omoe-import-bert) fine-tuned dense, and upcycled to 4
-    experts (omoe-upcycle, `copy`) fine-tuned with AdamW and with OMoE; needs `make demo`'s
-    data-bin/minilm and data-bin/movie_reviews_minilm.
+    experts with `copy` (data-bin/minilm/moe4.pt) and with `split`
+    (data-bin/minilm/moe4_split.pt, experts of 576 neurons) fine-tuned with AdamW and with
+    OMoE; needs `make demo`'s data-bin/minilm and data-bin/movie_reviews_minilm, and
+    `make compare`'s split checkpoint.
   scratch: a small 4-layer MoE trained from scratch with AdamW, OMoE joint and OMoE average.
 
+--configs picks configurations by their run-directory name (e.g. moe_split_omoe); options
+the script does not know go to fairseq-train, so a sweep is one --out per setting:
+
+    python scripts/compare_optimizers.py --configs moe_split_omoe --seeds 1 \
+        --out runs/sweep/alpha0.001 --omoe-alpha 0.001
+
+A finished run (its run directory holds result.json) is read back, not run again.
 Defaults (phase lengths, alpha) are tuned on the validation column only; test is reported.
 """
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -38,6 +49,8 @@ COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--bat
           "--log-interval", "100", "--moe-aux-weight", "0.01"]
 ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
 OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
+COPY = ["--finetune-from-model", str(PRE / "moe4.pt")]
+SPLIT = ["--finetune-from-model", str(PRE / "moe4_split.pt"), "--moe-expert-ffn-dim", "576"]
 SETTINGS = {
     "pretrained": {
         "data": ROOT / "data-bin" / "movie_reviews_minilm",
@@ -47,8 +60,10 @@ SETTINGS = {
         "configs": {
             "dense fine-tune": ["--finetune-from-model", str(PRE / "model.pt"), "--moe-freq", "0",
                                 *ADAM],
-            "MoE + AdamW": ["--finetune-from-model", str(PRE / "moe4.pt"), *ADAM],
-            "MoE + OMoE": ["--finetune-from-model", str(PRE / "moe4.pt"), *OMOE],
+            "MoE + AdamW": [*COPY, *ADAM],
+            "MoE + OMoE": [*COPY, *OMOE],
+            "MoE (split) + AdamW": [*SPLIT, *ADAM],
+            "MoE (split) + OMoE": [*SPLIT, *OMOE],
         },
     },
     "scratch": {
@@ -72,12 +87,23 @@ def last_scalars(tb_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def slug(name: str) -> str:
+    """A configuration's run-directory name, also its name for --configs."""
+    return re.sub(r"\W+", "_", name).strip("_").lower()
+
+
 def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dict[str, float]:
-    run_dir = out / re.sub(r"\W+", "_", name).strip("_").lower() / f"seed{seed}"
+    """Train and score one configuration and seed (or read back its finished result)."""
+    run_dir = out / slug(name) / f"seed{seed}"
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
     train = [str(BIN / "fairseq-train"), str(data), *TASK, *COMMON, *args,
              "--seed", str(seed), "--save-dir", str(run_dir / "checkpoints"),
              "--tensorboard-logdir", str(run_dir / "tensorboard")]
-    subprocess.run(train, check=True, capture_output=True, text=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "w") as log:
+        subprocess.run(train, check=True, stdout=log, stderr=subprocess.STDOUT)
     valid = last_scalars(run_dir / "tensorboard" / "valid")
     test = subprocess.run(
         [str(BIN / "fairseq-validate"), str(data), *TASK,
@@ -86,9 +112,11 @@ def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dic
          "--batch-size", "64"], check=True, capture_output=True, text=True)
     test_acc = float(re.findall(r"\| accuracy ([\d.]+)", test.stderr + test.stdout)[-1])
     dense = "omoe_sim_cka" not in valid
-    return {"valid": max(valid["accuracy"]), "test": test_acc,
-            "cka": None if dense else valid["omoe_sim_cka"][-1],
-            "cos": None if dense else valid["omoe_sim_cos"][-1]}
+    result = {"valid": max(valid["accuracy"]), "test": test_acc,
+              "cka": None if dense else valid["omoe_sim_cka"][-1],
+              "cos": None if dense else valid["omoe_sim_cos"][-1]}
+    done.write_text(json.dumps(result))
+    return result
 
 
 def fmt(values: list, digits: int) -> str:
@@ -103,14 +131,22 @@ def main() -> None:
     parser.add_argument("--setting", choices=list(SETTINGS), default="pretrained")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/SETTING")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="run only these configurations (run-directory names; default: all)")
     args, extra = parser.parse_known_args()
     setting = SETTINGS[args.setting]
+    configs = {slug(name): (name, config) for name, config in setting["configs"].items()}
+    unknown = set(args.configs or ()) - set(configs)
+    if unknown:
+        parser.error(f"unknown --configs {sorted(unknown)}; {args.setting} has {sorted(configs)}")
     out = args.out or ROOT / "runs" / "compare" / args.setting
     if args.setting == "scratch" and not (setting["data"] / "input0" / "dict.txt").exists():
         prepare(setting["data"], workers=2)
     rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine |",
             "|---|---|---|---|---|"]
-    for name, config in setting["configs"].items():
+    for key, (name, config) in configs.items():
+        if args.configs is not None and key not in args.configs:
+            continue
         run_args = setting["args"] + config + extra
         results = [run_one(setting["data"], out, name, run_args, s) for s in args.seeds]
         cols = {k: [r[k] for r in results] for k in results[0]}

@@ -17,7 +17,7 @@ from fairseq.data import data_utils
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
 from ..convert.checkpoint import load_encoder_checkpoint
-from ..models.encoder import OMoEEncoder
+from ..models.encoder import load_encoder
 from ..moe import MoELayer
 from .similarity import expert_outputs, similarity_matrices
 
@@ -46,13 +46,7 @@ def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
     if cfg.moe_freq == 0:
         raise ValueError(f"{checkpoint} is a dense model: it has no experts to compare")
     dictionary = SentencePredictionTask.load_dictionary(str(data / "input0" / "dict.txt"))
-    encoder = OMoEEncoder(cfg, dictionary).eval()
-    encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    try:
-        encoder.load_state_dict(encoder_state)
-    except RuntimeError as e:
-        raise ValueError(f"{checkpoint} does not match {data}'s dictionary or its own "
-                         f"configuration: {str(e).splitlines()[0]}") from None
+    encoder = load_encoder(cfg, state, dictionary, str(checkpoint))
     layers = {}
     for i, layer in enumerate(encoder.layers):
         if layer.moe is not None:

@@ -1,5 +1,5 @@
 """Console scripts: `omoe-import-bert` (HF BERT-family checkpoint -> fairseq) and
-`omoe-upcycle` (dense fairseq checkpoint -> MoE)."""
+`omoe-upcycle` (dense fairseq checkpoint -> MoE, `copy` or `split`)."""
 
 import argparse
 import logging
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.sources import minilm_dir
 from .bert import CheckpointError, convert_state, fairseq_dictionary, model_config, read_bert_dir
 from .checkpoint import load_encoder_checkpoint, save_encoder_checkpoint
-from .upcycle import upcycle
+from .upcycle import METHODS, split_upcycle, upcycle
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +47,56 @@ def import_bert_main(argv=None) -> None:
 def upcycle_main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="omoe-upcycle",
-        description="Turn a dense omoe_roberta checkpoint into an MoE one: every expert starts "
-        "as a copy of the dense FFN it replaces, the router starts random.",
+        description="Turn a dense omoe_roberta checkpoint into an MoE one. copy: every expert "
+        "starts as a copy of the dense FFN it replaces. split (MoEBERT): the FFN's neurons are "
+        "ranked by importance on --importance-data; every expert keeps the top --split-shared "
+        "ones and the rest are dealt out among the experts. The router starts random.",
     )
     parser.add_argument("dense", type=Path, help="dense checkpoint (omoe-import-bert's model.pt)")
     parser.add_argument("--out", type=Path, required=True, help="MoE checkpoint to write")
+    parser.add_argument("--method", choices=METHODS, default="copy")
     parser.add_argument("--moe-experts", type=int, default=4)
     parser.add_argument("--moe-top-k", type=int, default=1)
     parser.add_argument("--moe-freq", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
+    split = parser.add_argument_group("split", "--method split only")
+    split.add_argument("--split-shared", type=int, default=None,
+                       help="neurons every expert shares (default: the smallest count >= FFN "
+                       "size / 6 that leaves a multiple of --moe-experts to deal out)")
+    split.add_argument("--moe-expert-ffn-dim", type=int, default=None,
+                       help="neurons per expert, instead of --split-shared (= shared + "
+                       "(FFN size - shared) / experts); fine-tune with the same value")
+    split.add_argument("--importance-data", type=Path, default=None,
+                       help="binarised data directory (omoe-prepare-data --srcdict) whose "
+                       "training split scores the neurons")
+    split.add_argument("--importance-tokens", type=int, default=16384,
+                       help="training tokens (the split's first sentences) to score on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    split_options = ("split_shared", "moe_expert_ffn_dim", "importance_data")
+    if args.method == "copy" and any(getattr(args, k) is not None for k in split_options):
+        parser.error("--split-shared, --moe-expert-ffn-dim and --importance-data need "
+                     "--method split")
+    if args.method == "split" and args.importance_data is None:
+        parser.error("--method split needs --importance-data DIR (a binarised data directory "
+                     "with the model's dictionary) to rank the neurons")
+    if args.importance_tokens < 1:
+        parser.error(f"--importance-tokens must be >= 1, got {args.importance_tokens}")
     try:
         cfg, dense = load_encoder_checkpoint(args.dense)
-        moe_cfg, state = upcycle(cfg, dense, args.moe_experts, args.moe_top_k, args.moe_freq,
-                                 args.seed)
+        if args.method == "copy":
+            moe_cfg, state = upcycle(cfg, dense, args.moe_experts, args.moe_top_k,
+                                     args.moe_freq, args.seed)
+        else:
+            moe_cfg, state = split_upcycle(
+                cfg, dense, args.importance_data, args.moe_experts, args.moe_top_k,
+                args.moe_freq, args.seed, args.split_shared, args.moe_expert_ffn_dim,
+                args.importance_tokens)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"omoe-upcycle: {e}")
     save_encoder_checkpoint(args.out, moe_cfg, state)
-    logger.info(f"wrote {args.out}: {args.moe_experts} experts, top-{args.moe_top_k}, "
-                f"every {args.moe_freq} layer(s)")
+    logger.info(f"wrote {args.out}: {args.method}, {args.moe_experts} experts, "
+                f"top-{args.moe_top_k}, every {args.moe_freq} layer(s)")
+    if moe_cfg.moe_expert_ffn_dim:
+        logger.info(f"experts have {moe_cfg.moe_expert_ffn_dim} hidden neurons: fine-tune with "
+                    f"--moe-expert-ffn-dim {moe_cfg.moe_expert_ffn_dim}")

@@ -129,6 +129,21 @@ class OMoEEncoder(FairseqEncoder):
         return self.max_positions_
 
 
+def load_encoder(cfg, state: dict, dictionary, source: str) -> OMoEEncoder:
+    """The encoder of an omoe_roberta model state (its "encoder." keys), in eval mode.
+
+    Stops with a ValueError naming `source` when the state does not fit cfg or dictionary
+    (e.g. data binarised with another vocabulary)."""
+    encoder = OMoEEncoder(cfg, dictionary).eval()
+    encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    try:
+        encoder.load_state_dict(encoder_state)
+    except RuntimeError as e:
+        raise ValueError(f"{source} does not match the data's dictionary or its own "
+                         f"configuration: {str(e).splitlines()[0]}") from None
+    return encoder
+
+
 def is_moe_layer(index: int, moe_freq: int) -> bool:
     """Layer `index` (0-based) is MoE when moe_freq > 0 and (index + 1) % moe_freq == 0."""
     return moe_freq > 0 and (index + 1) % moe_freq == 0
@@ -138,7 +153,7 @@ def moe_args(cfg, index: int) -> MoEArgs:
     """The arguments of the MoE layer at encoder layer `index` under model config cfg."""
     return MoEArgs(
         embed_dim=cfg.encoder_embed_dim,
-        ffn_dim=cfg.encoder_ffn_embed_dim,
+        ffn_dim=cfg.moe_expert_ffn_dim or cfg.encoder_ffn_embed_dim,
         num_experts=cfg.moe_experts,
         top_k=cfg.moe_top_k,
         activation_fn=cfg.activation_fn,

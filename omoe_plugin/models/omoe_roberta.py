@@ -29,7 +29,8 @@ class OMoERobertaConfig(FairseqDataclass):
     encoder_layers: int = field(default=12, metadata={"help": "number of encoder layers"})
     encoder_embed_dim: int = field(default=768, metadata={"help": "embedding dimension"})
     encoder_ffn_embed_dim: int = field(
-        default=3072, metadata={"help": "hidden dimension of each FFN (and of each expert)"}
+        default=3072,
+        metadata={"help": "hidden dimension of each dense FFN (and of each expert by default)"},
     )
     encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
     activation_fn: ACTIVATION_CHOICES = field(
@@ -53,6 +54,13 @@ class OMoERobertaConfig(FairseqDataclass):
     )
     moe_experts: int = field(default=4, metadata={"help": "experts per MoE layer"})
     moe_top_k: int = field(default=1, metadata={"help": "experts each token is routed to"})
+    moe_expert_ffn_dim: int = field(
+        default=0,
+        metadata={
+            "help": "hidden dimension of each expert (0 = --encoder-ffn-embed-dim); a `split` "
+            "upcycled checkpoint needs the value omoe-upcycle printed"
+        },
+    )
     moe_freq: int = field(
         default=1,
         metadata={
@@ -99,9 +107,19 @@ class OMoERobertaModel(FairseqEncoderModel):
 
     def upgrade_state_dict_named(self, state_dict: dict, name: str) -> None:
         """A checkpoint without the current classification heads (an imported or upcycled
-        encoder, read by --finetune-from-model) keeps the freshly initialised heads."""
+        encoder, read by --finetune-from-model) keeps the freshly initialised heads; one whose
+        experts are narrower or wider than this model's stops with the option to pass."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = f"{name}." if name else ""
+        for key, param in self.named_parameters():
+            theirs = state_dict.get(f"{prefix}{key}")
+            if key.endswith("experts.fc1_weight") and theirs is not None and (
+                theirs.shape[1] != param.shape[1]
+            ):
+                raise ValueError(
+                    f"the checkpoint's experts have hidden size {theirs.shape[1]}, this model's "
+                    f"{param.shape[1]}: pass --moe-expert-ffn-dim {theirs.shape[1]}"
+                )
         for key, value in self.classification_heads.state_dict().items():
             if state_dict.setdefault(f"{prefix}classification_heads.{key}", value) is value:
                 logger.info(f"initialising classification_heads.{key} (not in the checkpoint)")
@@ -134,6 +152,11 @@ def validate_config(cfg: OMoERobertaConfig) -> None:
     Expert count and top-k are checked where they are used, by the router."""
     if cfg.moe_freq < 0:
         raise ValueError(f"--moe-freq must be >= 0 (0 = no MoE layer), got {cfg.moe_freq}")
+    if cfg.moe_expert_ffn_dim < 0:
+        raise ValueError(
+            f"--moe-expert-ffn-dim must be >= 0 (0 = --encoder-ffn-embed-dim), got "
+            f"{cfg.moe_expert_ffn_dim}"
+        )
     if cfg.moe_freq > cfg.encoder_layers:
         raise ValueError(
             f"--moe-freq {cfg.moe_freq} leaves no MoE layer in a {cfg.encoder_layers}-layer "

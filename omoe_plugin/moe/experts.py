@@ -65,11 +65,19 @@ class StackedExperts(nn.Module):
             nn.init.zeros_(bias)
 
     @torch.no_grad()
-    def copy_dense_(self, fc1: nn.Linear, fc2: nn.Linear) -> None:
-        """Make every expert a copy of one dense FFN (sparse upcycling)."""
-        self.fc1_weight.copy_(fc1.weight.expand_as(self.fc1_weight))
-        self.fc1_bias.copy_(fc1.bias.expand_as(self.fc1_bias))
-        self.fc2_weight.copy_(fc2.weight.expand_as(self.fc2_weight))
+    def copy_dense_(
+        self, fc1: nn.Linear, fc2: nn.Linear, neurons: Optional[torch.Tensor] = None
+    ) -> None:
+        """Build every expert out of one dense FFN's hidden neurons.
+
+        neurons: [E, h_e] the dense hidden units expert e keeps, in order (None: all of them,
+        every expert a copy of the FFN: sparse upcycling). Every expert keeps the output bias.
+        """
+        if neurons is None:
+            neurons = torch.arange(fc1.out_features).expand(self.num_experts, -1)
+        self.fc1_weight.copy_(fc1.weight[neurons])  # [E, h_e, d]
+        self.fc1_bias.copy_(fc1.bias[neurons])  # [E, h_e]
+        self.fc2_weight.copy_(fc2.weight[:, neurons].transpose(0, 1))  # [d, E, h_e] -> [E, d, h_e]
         self.fc2_bias.copy_(fc2.bias.expand_as(self.fc2_bias))
 
     def forward(

@@ -78,6 +78,7 @@ def test_features_without_head(task):
         (dict(moe_experts=0), "--moe-experts"),
         (dict(moe_experts=2, moe_top_k=3), "--moe-top-k"),
         (dict(encoder_attention_heads=5), "--encoder-attention-heads"),
+        (dict(moe_expert_ffn_dim=-1), "--moe-expert-ffn-dim"),
     ),
 )
 def test_invalid_options_name_the_option(task, overrides, option):
@@ -93,3 +94,18 @@ def test_layers_are_post_ln():
     y, aux = layer(x, torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 1, 1, 3, dtype=torch.bool))
     assert aux is None
     torch.testing.assert_close(y.mean(-1), torch.zeros(2, 3), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("expert_dim,hidden", ((0, 48), (20, 20)))
+def test_expert_ffn_dim_sizes_the_experts_only(task, expert_dim, hidden):
+    model = tiny_model(task, moe_freq=2, encoder_layers=2, moe_expert_ffn_dim=expert_dim)
+    dense, moe = model.encoder.layers
+    assert dense.fc1.out_features == 48  # --encoder-ffn-embed-dim
+    assert moe.moe.experts.fc1_weight.shape == (4, hidden, 32)
+    assert moe.moe.experts.fc2_weight.shape == (4, 32, hidden)
+
+
+def test_a_checkpoint_with_other_expert_sizes_names_the_option(task):
+    narrow = tiny_model(task, moe_expert_ffn_dim=20)
+    with pytest.raises(ValueError, match="pass --moe-expert-ffn-dim 20"):
+        tiny_model(task).load_state_dict(narrow.state_dict())
