@@ -61,20 +61,33 @@ class RoutedInputCapture:
             counts = self.counts.setdefault(key, {})
             counts[expert] = counts.get(expert, 0) + x.size(1)
 
-    def take(self, group: Optional[dist.ProcessGroup] = None) -> dict[str, torch.Tensor]:
+    def take(
+        self,
+        group: Optional[dist.ProcessGroup] = None,
+        like: Optional[dict[str, torch.Tensor]] = None,
+    ) -> dict[str, torch.Tensor]:
         """This update's summaries, summed over data-parallel workers, then cleared.
+
+        like: key -> a tensor [E, in, ...] per expert weight (the optimizer's statistics),
+        in the same order on every worker: its sizes and device give the summary's, and
+        every key is reduced even where this worker captured nothing for it (a dummy batch
+        at the end of an uneven epoch), so all workers make the same collective calls on
+        the device their backend needs. Without it: the keys captured here, on the CPU.
 
         Returns key -> X [E, in, w]: step columns with X[e] X[e]^T = expert e's normalised
         input second moment (mean: the mean input's outer product); all-zero for an expert
         that received no token on any worker.
         """
+        if like is None:
+            like = {k: torch.empty(self.num_experts[k], next(iter(s.values())).size(0), 0)
+                    for k, s in self.sums.items()}
         out = {}
-        for key, sums in self.sums.items():
-            E = self.num_experts[key]
-            in_dim = next(iter(sums.values())).size(0)
-            width = max(s.size(1) for s in sums.values())
-            S = torch.zeros(E, in_dim, width)
-            n = torch.zeros(E)
+        for key, template in like.items():
+            E, in_dim = template.shape[:2]
+            sums = self.sums.get(key, {})
+            width = max((s.size(1) for s in sums.values()), default=int(self.summary == "mean"))
+            S = torch.zeros(E, in_dim, width, device=template.device)
+            n = torch.zeros(E, device=template.device)
             for e, s in sums.items():
                 S[e, :, : s.size(1)] = s
                 n[e] = self.counts[key][e]
@@ -92,7 +105,7 @@ class RoutedInputCapture:
         if self.summary == "mean":
             dist.all_reduce(S, group=group)
             return S, n
-        width = torch.tensor(S.size(2))
+        width = torch.tensor(S.size(2), device=S.device)
         dist.all_reduce(width, op=dist.ReduceOp.MAX, group=group)
         S = torch.cat([S, S.new_zeros(*S.shape[:2], int(width) - S.size(2))], dim=2)
         parts = [torch.empty_like(S) for _ in range(dist.get_world_size(group))]

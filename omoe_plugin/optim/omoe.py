@@ -111,6 +111,18 @@ def _stat_dtype(p: torch.Tensor) -> torch.dtype:
     return torch.promote_types(p.dtype, torch.float32)
 
 
+def _fold(stats: torch.Tensor, X: torch.Tensor, max_rank: int) -> Optional[torch.Tensor]:
+    """An expert's statistics [in, max_rank] with new columns X [in, w] folded in, or None
+    if X or the result is not finite (or the eigen-decomposition fails)."""
+    if not torch.isfinite(X).all():
+        return None
+    try:
+        folded = compress(torch.cat([stats, X], dim=1), max_rank)
+    except torch.linalg.LinAlgError:
+        return None
+    return folded if torch.isfinite(folded).all() else None
+
+
 class OMoE(torch.optim.AdamW):
     r"""AdamW with orthogonal expert updates.
 
@@ -195,7 +207,8 @@ class OMoE(torch.optim.AdamW):
         }
         self.stat_steps = {k: torch.zeros_like(v[:, 0, 0]) for k, v in self.stats.items()}
         self.factors: dict[str, torch.Tensor] = {}
-        self.counters = {"cycles": 0, "projector_updates": 0, "skipped_stats": 0}
+        self.counters = {"cycles": 0, "projector_updates": 0, "skipped_stats": 0,
+                         "skipped_projectors": 0, "empty_stats": 0}
         self.health = {}  # last projector measurements, for logging
         self._measure_next = False  # measure the removed share on the next orthogonal step
         self.phase: Optional[str] = None
@@ -220,29 +233,50 @@ class OMoE(torch.optim.AdamW):
     def accumulate(self, step_stats: dict[str, torch.Tensor]) -> None:
         """Fold one update's routed-input summaries (key -> [E, in, w]) into the statistics.
 
-        A summary with NaN/Inf is skipped and counted, never folded in."""
+        An expert whose summary is all zero received no token on any worker (or only
+        all-zero inputs): it is left as it is and counted (``counters["empty_stats"]``). A
+        summary with NaN/Inf, or whose folded statistics would not be finite, is skipped and
+        counted (``counters["skipped_stats"]``): one bad batch never reaches a projector,
+        and training goes on."""
         for key, X in step_stats.items():
             stats = self.stats[key]
             X = X.to(stats)
-            if not torch.isfinite(X).all():
-                self.counters["skipped_stats"] += 1
-                continue
             for e in range(stats.size(0)):
-                if X[e].any():
-                    stats[e] = compress(torch.cat([stats[e], X[e]], dim=1), self.max_rank)
-                    self.stat_steps[key][e] += 1
+                if not X[e].any():
+                    self.counters["empty_stats"] += 1
+                    continue
+                folded = _fold(stats[e], X[e], self.max_rank)
+                if folded is None:
+                    self.counters["skipped_stats"] += 1
+                    continue
+                stats[e] = folded
+                self.stat_steps[key][e] += 1
 
     @torch.no_grad()
     def form_projectors(self) -> None:
-        """Compute every expert's other-experts projector factor from the statistics."""
+        """Compute every expert's other-experts projector factor from the statistics.
+
+        An expert whose factor cannot be formed (Cholesky failure in this precision, or a
+        non-finite result) keeps the projector it had, the identity before the first one,
+        and is counted (``counters["skipped_projectors"]``)."""
         traces = []
         for key, stats in self.stats.items():
             mean_stats = stats / self.stat_steps[key].clamp(min=1.0).sqrt().view(-1, 1, 1)
-            self.factors[key] = expert_factors(mean_stats, self.alpha, self.mode)
-            traces.append(self._mean_trace(self.factors[key]))
+            factors, ok = expert_factors(mean_stats, self.alpha, self.mode)
+            if not ok.all():
+                previous = self.factors.get(key, torch.zeros_like(factors))
+                factors[~ok] = previous[~ok]
+                self.counters["skipped_projectors"] += int((~ok).sum())
+            self.factors[key] = factors
+            traces.append(self._mean_trace(factors))
         self.counters["projector_updates"] += 1
         self.health["trace"] = sum(traces) / len(traces)
         self._measure_next = True
+
+    @property
+    def skipped(self) -> int:
+        """Statistics and projector updates skipped so far because of numerical faults."""
+        return self.counters["skipped_stats"] + self.counters["skipped_projectors"]
 
     def _mean_trace(self, factors: torch.Tensor) -> float:
         """Mean over experts of trace(P_{-e}) / in: 1 = projects nothing, 0 = everything."""

@@ -18,7 +18,7 @@ The dense forms (`projector`, `projector_update`, `covariance_projector`) are th
 the factored form is tested against; they are O(in^2) and meant for small dimensions.
 """
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -45,11 +45,25 @@ def projector_update(P: torch.Tensor, X: torch.Tensor, alpha: float) -> torch.Te
     return P - PX @ torch.linalg.solve(alpha * eye_b + X.T @ PX, PX.T)
 
 
+def _factor(gram: torch.Tensor, A: torch.Tensor) -> Optional[torch.Tensor]:
+    """A L^{-T} with L L^T = gram, or None where the Cholesky fails (gram not positive
+    definite in this precision: alpha too small, or inputs too large) or the factor is not
+    finite."""
+    L, info = torch.linalg.cholesky_ex(gram)
+    if info.item() != 0:
+        return None
+    Q = torch.linalg.solve_triangular(L, A.T, upper=False).T
+    return Q if torch.isfinite(Q).all() else None
+
+
 def projector_factor(A: torch.Tensor, alpha: float) -> torch.Tensor:
     """Q (in x t) with I - Q Q^T equal to `projector(A, alpha)`, by one Cholesky solve."""
     eye_t = torch.eye(A.size(1), dtype=A.dtype, device=A.device)
-    L = torch.linalg.cholesky(A.T @ A + alpha * eye_t)
-    return torch.linalg.solve_triangular(L, A.T, upper=False).T  # A L^{-T}
+    Q = _factor(A.T @ A + alpha * eye_t, A)
+    if Q is None:
+        raise ValueError(f"no projector factor: A^T A + {alpha} I is not positive definite "
+                         f"in {A.dtype} or A is not finite")
+    return Q
 
 
 def compress(A: torch.Tensor, rank: int) -> torch.Tensor:
@@ -68,36 +82,44 @@ def compress(A: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([top, A.new_zeros(in_dim, rank - kept)], dim=1)
 
 
-def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> torch.Tensor:
+def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors of every expert's other-experts projector, from all experts' inputs.
 
     stats: [E, in, r], expert e's inputs as columns (second moment stats[e] stats[e]^T).
-    Returns Q: [E, in, R] such that
+    Returns (Q, ok): Q [E, in, R] such that
 
     - mode "joint":   I - Q[e] Q[e]^T = alpha (C - C_e + alpha I)^{-1}, C = sum_j C_j: the
       projector onto what is orthogonal to the span of all other experts' inputs together;
       R = (E - 1) r.
-    With a single expert there is no other expert: R = 0 and every projector is I.
     - mode "average": I - Q[e] Q[e]^T = P_e, each expert's own projector; the other
       experts' average (S - P_e) / (E - 1) is formed by `project`; R = r.
+    With a single expert there is no other expert: R = 0 and every projector is I.
 
-    In joint mode the Gram matrix of all experts' inputs is computed once and each expert
-    takes its block, so the cost is O(in (E r)^2 + E (E r)^3), not E times a full rebuild.
+    ok [E] (bool) is False for an expert whose factor could not be formed (Cholesky failure
+    or non-finite result, see `_factor`); its Q is zero (the identity projector), and the
+    caller decides what to keep instead. Both modes factor blocks of one Gram matrix of all
+    experts' inputs, computed once: O(in (E r)^2 + E (E r)^3), not E full rebuilds. The
+    factorisation runs in float64 whatever the statistics' precision (it is small, and once
+    per cycle): in fp32 a Gram matrix of duplicated experts' inputs plus a small alpha is
+    not positive definite (alpha = 1e-9 vanishes next to 1).
     """
     E, in_dim, r = stats.shape
+    ok = torch.ones(E, dtype=torch.bool)
     if E == 1:
-        return stats.new_zeros(1, in_dim, 0)  # no other expert: P_{-e} = I
-    if mode == "average":
-        return torch.stack([projector_factor(stats[e], alpha) for e in range(E)])
-    A = stats.permute(1, 0, 2).reshape(in_dim, E * r)  # [in, E r], expert-major blocks
+        return stats.new_zeros(1, in_dim, 0), ok  # no other expert: P_{-e} = I
+    A = stats.double().permute(1, 0, 2).reshape(in_dim, E * r)  # [in, E r], expert-major
     gram = A.T @ A + alpha * torch.eye(E * r, dtype=A.dtype, device=A.device)
     blocks = torch.arange(E * r, device=A.device).view(E, r)
-    factors = []
+    width = r if mode == "average" else (E - 1) * r
+    factors = stats.new_zeros(E, in_dim, width)  # the statistics' dtype
     for e in range(E):
-        others = torch.cat([blocks[:e], blocks[e + 1 :]]).flatten()
-        L = torch.linalg.cholesky(gram[others][:, others])
-        factors.append(torch.linalg.solve_triangular(L, A[:, others].T, upper=False).T)
-    return torch.stack(factors)
+        cols = blocks[e] if mode == "average" else torch.cat([blocks[:e], blocks[e + 1 :]]).flatten()
+        Q = _factor(gram[cols][:, cols], A[:, cols])
+        if Q is None:
+            ok[e] = False
+        else:
+            factors[e] = Q
+    return factors, ok
 
 
 def update_products(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> tuple[torch.Tensor, ...]:

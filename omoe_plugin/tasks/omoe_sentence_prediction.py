@@ -68,8 +68,10 @@ class OMoESentencePredictionTask(SentencePredictionTask):
     forms the projectors at each switch to the orthogonal phase, and sets the phase of the
     step. Logged: `omoe_phase` (share of orthogonal updates), `omoe_trace` (mean
     trace(P_{-e}) / dim: 1 = nothing projected), `omoe_removed` (share of the expert update
-    norm the projection removed, as last measured on the first orthogonal update of a cycle) and,
-    on validation, `omoe_sim_cka` / `omoe_sim_cos`.
+    norm the projection removed, as last measured on the first orthogonal update of a cycle),
+    `omoe_skipped` (statistics and projector updates skipped in the interval because of
+    NaN/Inf or a failed factorisation), `omoe_empty` (experts' statistics updates in the
+    interval with no routed token) and, on validation, `omoe_sim_cka` / `omoe_sim_cos`.
     With another optimizer it trains like sentence_prediction and still logs similarity.
     """
 
@@ -108,17 +110,24 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         if omoe is None:
             return super().optimizer_step(optimizer, model, update_num)
         phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
+        skipped_before, empty_before = omoe.skipped, omoe.counters["empty_stats"]
         if phase.position == 0:
             omoe.begin_cycle()
         if phase.accumulating:
-            if self.capture is not None and self._captured_update == update_num:
-                omoe.accumulate(self.capture.take(_data_parallel_group()))
+            # every worker reduces, also one that captured nothing (a dummy batch, a stale capture)
+            capture = self.capture
+            if capture is None or self._captured_update != update_num:
+                capture = RoutedInputCapture(omoe.stat, omoe.stat_rank)
+            omoe.accumulate(capture.take(_data_parallel_group(), like=omoe.stats))
         elif phase.position == omoe.accumulate_steps or not omoe.factors:
             omoe.form_projectors()
         self.capture = None
         omoe.set_phase(phase.name)
         super().optimizer_step(optimizer, model, update_num)
         metrics.log_scalar("omoe_phase", float(not phase.accumulating), round=2)
+        metrics.log_scalar_sum("omoe_skipped", omoe.skipped - skipped_before)
+        if phase.accumulating:
+            metrics.log_scalar_sum("omoe_empty", omoe.counters["empty_stats"] - empty_before)
         if "trace" in omoe.health:
             metrics.log_scalar("omoe_trace", omoe.health["trace"], round=4)
         if "removed" in omoe.health:  # measured on the first orthogonal update of a cycle

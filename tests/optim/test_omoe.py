@@ -201,14 +201,6 @@ def test_save_and_resume_equals_uninterrupted():
         assert torch.equal(opt.factors[key], opt2.factors[key])
 
 
-def test_non_finite_statistics_are_skipped_and_counted():
-    layer = layer64()
-    opt = OMoE(layer.parameters(), **HYPER)
-    opt.accumulate({"0.fc1": torch.full((4, 16, 1), float("nan"), dtype=torch.float64)})
-    assert opt.counters["skipped_stats"] == 1
-    assert not opt.stats["0.fc1"].any() and not opt.stat_steps["0.fc1"].any()
-
-
 def test_step_without_the_alternating_task_says_what_is_missing():
     layer = layer64()
     opt = OMoE(layer.parameters(), **HYPER)

@@ -64,7 +64,8 @@ def expert_stats(E: int = 4, in_dim: int = 12, r: int = 3) -> torch.Tensor:
 
 def test_joint_factors_give_the_other_experts_covariance_projector():
     stats, alpha = expert_stats(), 0.05
-    Q = expert_factors(stats, alpha, "joint")
+    Q, ok = expert_factors(stats, alpha, "joint")
+    assert ok.all()
     C = [s @ s.T for s in stats]
     for e in range(4):
         others = sum(C[j] for j in range(4) if j != e)
@@ -77,7 +78,7 @@ def test_average_projection_is_the_closed_form_average():
     P = [projector(s, alpha) for s in stats]
     S = sum(P)
     delta = torch.randn(4, 5, 12)
-    projected = project(delta, expert_factors(stats, alpha, "average"), "average")
+    projected = project(delta, expert_factors(stats, alpha, "average")[0], "average")
     for e in range(4):
         expected = delta[e] @ ((S - P[e]) / 3)
         torch.testing.assert_close(projected[e], expected, atol=1e-12, rtol=0)
@@ -86,7 +87,7 @@ def test_average_projection_is_the_closed_form_average():
 def test_joint_projection_cancels_the_update_on_other_experts_inputs():
     stats = expert_stats()
     delta = torch.randn(4, 5, 12)
-    projected = project(delta, expert_factors(stats, 1e-7, "joint"), "joint")
+    projected = project(delta, expert_factors(stats, 1e-7, "joint")[0], "joint")
     for e in range(4):
         others = torch.cat([stats[j] for j in range(4) if j != e], dim=1)  # [in, 9]
         ratio = (projected[e] @ others).norm() / (delta[e] @ others).norm()
@@ -98,7 +99,7 @@ def test_joint_projection_cancels_the_update_on_other_experts_inputs():
 def test_single_expert_and_empty_statistics_project_nothing():
     delta = torch.randn(1, 3, 6)
     for mode in ("joint", "average"):
-        assert torch.equal(project(delta, expert_factors(torch.randn(1, 6, 2), 0.1, mode), mode), delta)
+        assert torch.equal(project(delta, expert_factors(torch.randn(1, 6, 2), 0.1, mode)[0], mode), delta)
     zero = torch.zeros(3, 6, 2)
     delta = torch.randn(3, 4, 6)
-    torch.testing.assert_close(project(delta, expert_factors(zero, 0.1, "joint"), "joint"), delta)
+    torch.testing.assert_close(project(delta, expert_factors(zero, 0.1, "joint")[0], "joint"), delta)
