@@ -1,13 +1,15 @@
-"""End to end from the real pretrained encoder: omoe-import-bert --minilm, omoe-upcycle,
-omoe-prepare-data --srcdict, fairseq-train --finetune-from-model with OMoE, omoe-analyze."""
+"""End to end from the real pretrained encoder: omoe-import-bert --minilm, omoe-upcycle (copy
+and split), omoe-prepare-data --srcdict, fairseq-train --finetune-from-model with OMoE,
+omoe-analyze."""
 
 import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from omoe_plugin.convert.checkpoint import load_encoder_checkpoint
 from omoe_plugin.data.movie_reviews import binarize
-from tests.cli import USER_DIR, output, run, train
+from tests.cli import USER_DIR, checkpoint, output, run, train
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,22 @@ def test_finetune_the_upcycled_encoder_and_analyse_it(pretrained):
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     assert "expert_similarity" in events.Tags()["images"]
+
+
+def test_split_upcycle_then_finetune_with_its_expert_size(pretrained, tmp_path):
+    out, data = pretrained
+    split = run("omoe-upcycle", str(out / "model.pt"), "--out", str(out / "split.pt"),
+                "--method", "split", "--importance-data", str(data), "--importance-tokens", "2000")
+    assert "fine-tune with --moe-expert-ffn-dim 576" in output(split)  # 256 + (1536 - 256) / 4
+    cfg, state = load_encoder_checkpoint(out / "split.pt")
+    assert cfg.moe_expert_ffn_dim == 576
+    assert state["encoder.layers.5.moe.experts.fc2_weight"].shape == (4, 384, 576)
+    args = [*FINETUNE, "--finetune-from-model", str(out / "split.pt")]
+    forgot = run("fairseq-train", str(data), *args, "--save-dir", str(tmp_path), check=False)
+    assert forgot.returncode != 0 and "pass --moe-expert-ffn-dim 576" in forgot.stderr
+    log = output(train(data, out / "split_run", [*args, "--moe-expert-ffn-dim", "576"], 2))
+    assert "Loaded checkpoint" in log and "num_updates=2" in log
+    assert checkpoint(out / "split_run")["cfg"]["model"]["moe_expert_ffn_dim"] == 576
 
 
 def test_the_dense_checkpoint_cannot_be_analysed_and_bad_sources_are_refused(pretrained, tmp_path):
