@@ -1,5 +1,6 @@
 """Helpers for the end-to-end tests: run the real console scripts of this virtualenv."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +30,36 @@ def failed_train(data: Path, args: list[str], save_dir: Path) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+def train_args(data: Path, run_dir: Path, args: list[str], max_update: int) -> list[str]:
+    """fairseq-train's arguments to train into run_dir/checkpoints and run_dir/tensorboard."""
+    return [str(data), *args, "--max-update", str(max_update),
+            "--save-dir", str(run_dir / "checkpoints"),
+            "--tensorboard-logdir", str(run_dir / "tensorboard")]
+
+
 def train(data: Path, run_dir: Path, args: list[str], max_update: int) -> subprocess.CompletedProcess:
-    """fairseq-train into run_dir/checkpoints and run_dir/tensorboard (resumes if there)."""
-    return run("fairseq-train", str(data), *args, "--max-update", str(max_update),
-               "--save-dir", str(run_dir / "checkpoints"),
-               "--tensorboard-logdir", str(run_dir / "tensorboard"))
+    """fairseq-train into run_dir (resumes from its checkpoint_last.pt if there)."""
+    return run("fairseq-train", *train_args(data, run_dir, args, max_update))
+
+
+def train_killed(data: Path, run_dir: Path, args: list[str], max_update: int,
+                 saved_at: int) -> str:
+    """fairseq-train into run_dir, killed with SIGKILL (no clean shutdown, as a crash or a
+    cluster pre-emption) as soon as it reports the checkpoint of update `saved_at` written;
+    what it printed. Deterministic when `saved_at` is a multiple of --save-interval-updates."""
+    command = [str(BIN / "fairseq-train"), *train_args(data, run_dir, args, max_update)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Saved checkpoint" in line and f"@ {saved_at} updates" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+    log = "".join(lines)
+    assert proc.returncode == -signal.SIGKILL, f"fairseq-train was not killed:\n{log[-3000:]}"
+    return log
 
 
 def straight_and_resumed(data: Path, tmp_path_factory, args: list[str], updates: int,
