@@ -1,8 +1,10 @@
 """Helpers for the end-to-end tests: run the real console scripts of this virtualenv."""
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -10,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 BIN = Path(sys.executable).parent
 USER_DIR = str(Path(__file__).resolve().parents[1] / "user_dir")
+EVERY_RANK = str(Path(__file__).resolve().parent / "fairseq_train_every_rank.py")
 
 
 def run(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -71,6 +74,47 @@ def straight_and_resumed(data: Path, tmp_path_factory, args: list[str], updates:
     train(data, split, args, updates // 2)
     logs["resumed"] = train(data, split, [*args, *resume_args], updates)
     return straight, split, logs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_data_parallel(data: Path, run_dir: Path, args: list[str], max_update: int,
+                        world_size: int = 2) -> list[str]:
+    """fairseq-train as `world_size` data-parallel processes on this CPU, launched as the
+    README says (gloo, one explicit rank per process), with rank r training into
+    run_dir/rank{r} (every rank checkpoints: see fairseq_train_every_rank.py); their logs."""
+    port = free_port()
+    procs, logs = [], []
+    for rank in range(world_size):
+        rank_dir = run_dir / f"rank{rank}"
+        (rank_dir / "checkpoints").mkdir(parents=True)
+        logs.append(rank_dir / "log.txt")
+        command = [
+            sys.executable, EVERY_RANK, *train_args(data, rank_dir, args, max_update),
+            "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo",
+            "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
+            "--distributed-world-size", str(world_size), "--distributed-rank", str(rank),
+        ]
+        with open(logs[-1], "w") as log:  # files, not pipes: no rank blocks on a full pipe
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 900
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        if any(proc.poll() for proc in procs):  # one failed: the others would wait on it
+            break
+        time.sleep(0.5)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    texts = [log.read_text() for log in logs]
+    for rank, (proc, text) in enumerate(zip(procs, texts)):
+        if proc.returncode != 0:
+            raise AssertionError(f"rank {rank} failed:\n{text[-3000:]}")
+    return texts
 
 
 def checkpoint(run_dir: Path, name: str = "checkpoint_last.pt") -> dict:
