@@ -31,6 +31,7 @@ class MoEAux(NamedTuple):
     load_balancing: torch.Tensor  # scalar, see losses.load_balancing_loss
     z_loss: torch.Tensor  # scalar, see losses.router_z_loss
     counts: torch.Tensor  # [E] top-k assignments per expert (padding excluded)
+    experts: torch.Tensor  # x.shape[:-1] + [k] chosen experts per token (E = none: padding)
 
 
 class MoELayer(nn.Module):
@@ -67,5 +68,6 @@ class MoELayer(nn.Module):
             load_balancing=load_balancing_loss(routing.probs, routing.experts, num_experts),
             z_loss=router_z_loss(routing.logits, routing.experts),
             counts=expert_counts(routing.experts, num_experts),
+            experts=routing.experts.reshape(*shape[:-1], -1),
         )
         return y.reshape(shape), aux

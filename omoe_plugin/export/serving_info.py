@@ -1,0 +1,63 @@
+"""What inference needs besides the graph, stored in the ONNX file's metadata_props.
+
+One self-contained `.onnx` file carries the tokenizer (the `tokenizers` JSON the data was
+tokenised with), the fairseq dictionary that turns its tokens into the model's ids, the
+label names, the special ids and the longest input the position embeddings allow, so a
+serving machine needs no fairseq, no checkpoint and no data directory.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "omoe."
+FORMAT_VERSION = 1
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass
+class ServingInfo:
+    labels: list[str]  # class names in output order; [] for a regression head
+    symbols: list[str]  # the fairseq dictionary, in id order
+    tokenizer: str  # `tokenizers` JSON: text -> tokens (no special tokens, no truncation)
+    max_positions: int  # longest input, <s> and </s> included
+    bos: int
+    eos: int
+    pad: int
+    unk: int
+    moe_layers: list[int]  # encoder layers whose FFN is an MoE
+    experts: int
+    top_k: int
+    optimization_level: str = "all"  # ONNX Runtime graph optimisation level of sessions
+    source: str = ""  # the checkpoint this was exported from
+
+    @property
+    def regression(self) -> bool:
+        return not self.labels
+
+    def to_metadata(self) -> dict[str, str]:
+        """metadata_props entries (string -> string)."""
+        props = {"format_version": str(FORMAT_VERSION)}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            props[field.name] = value if isinstance(value, str) else json.dumps(value)
+        return {PREFIX + k: v for k, v in props.items()}
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str], path: Path) -> "ServingInfo":
+        """Read back to_metadata's entries; a clear error for a model omoe-export did not write."""
+        ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if ours.get("format_version") != str(FORMAT_VERSION):
+            raise ValueError(
+                f"{path} was not written by omoe-export (format {FORMAT_VERSION}): its "
+                "metadata lacks the tokenizer, dictionary and labels; export the checkpoint "
+                "with omoe-export"
+            )
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in ours:
+                raise ValueError(f"{path}: its metadata lacks {PREFIX}{field.name}; re-export it")
+            raw = ours[field.name]
+            values[field.name] = raw if field.type is str else json.loads(raw)
+        return cls(**values)

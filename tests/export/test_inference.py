@@ -1,0 +1,90 @@
+"""OMoEClassifier and omoe-infer's line handling on an exported tiny model: tokenisation as in
+training, truncation, batching that does not change results, and bad input that costs only
+its own line."""
+
+import io
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from omoe_plugin.export.inference import OMoEClassifier, classify_stream
+from omoe_plugin.export.onnx_export import ExportedClassifier
+from tests.conftest import HEAD
+from tests.export.test_onnx_export import export
+
+
+@pytest.fixture(scope="module")
+def exported(task, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    model, _ = export(task, path)
+    return model, path, OMoEClassifier(path, threads=1)
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{i}" for i in rng.integers(0, 40, size=rng.integers(1, 30)))
+            for _ in range(n)]
+
+
+def test_encode_wraps_sentences_as_in_training_and_truncates(exported):
+    _, _, classifier = exported
+    info = classifier.info
+    ids, truncated = classifier.encode("w3 w7 unknownword")
+    words = [classifier.index["w3"], classifier.index["w7"], info.unk]
+    assert ids == [info.bos, *words, info.eos] and not truncated
+    ids, truncated = classifier.encode(" ".join(["w1"] * 500))
+    assert len(ids) == info.max_positions and truncated and ids[-1] == info.eos
+    with pytest.raises(ValueError, match="empty"):
+        classifier.encode("   ")
+
+
+def test_predictions_match_pytorch_whatever_the_batch_size(exported):
+    model, _, classifier = exported
+    texts = sentences(23)
+    by_one = classifier.predict(texts, batch_size=1)
+    by_seven = classifier.predict(texts, batch_size=7)
+    for a, b in zip(by_one, by_seven):
+        assert a.label == b.label
+        np.testing.assert_allclose(list(a.probabilities.values()),
+                                   list(b.probabilities.values()), atol=1e-5)
+    with torch.no_grad():
+        for text, prediction in zip(texts, by_one):
+            tokens = torch.tensor([classifier.encode(text)[0]])
+            probs = torch.softmax(ExportedClassifier(model, HEAD)(tokens)[0][0], -1)
+            np.testing.assert_allclose(list(prediction.probabilities.values()), probs.numpy(),
+                                       atol=1e-5)
+            assert prediction.label == classifier.labels[int(probs.argmax())]
+
+
+def test_a_bad_line_costs_only_itself(exported):
+    _, _, classifier = exported
+    good = sentences(5, seed=1)
+    stream = io.BytesIO(b"\n".join([good[0].encode(), b"", good[1].encode(), b"\xff\xfe w1",
+                                    " ".join(["w2"] * 300).encode(), good[2].encode() + b"\r",
+                                    b"   "]) + b"\n")
+    out = io.StringIO()
+    failed = classify_stream(classifier, stream, out, batch_size=2)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["line"] for r in records] == list(range(1, 8)) and failed == 3
+    assert records[1]["error"] == "empty line" and records[6]["error"] == "empty line"
+    assert "UTF-8" in records[3]["error"]
+    assert records[4]["truncated"] is True and "label" in records[4]
+    expected = classifier.predict([good[0], good[1], good[2]])
+    assert [records[i]["label"] for i in (0, 2, 5)] == [p.label for p in expected]
+
+
+def test_files_that_are_not_omoe_models_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        OMoEClassifier(tmp_path / "missing.onnx")
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(ValueError, match="not a loadable ONNX model"):
+        OMoEClassifier(tmp_path / "text.onnx")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ValueError, match="not written by omoe-export"):
+        OMoEClassifier(tmp_path / "foreign.onnx")
