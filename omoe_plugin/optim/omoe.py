@@ -197,8 +197,9 @@ class OMoE(torch.optim.AdamW):
             raise ValueError(
                 "--optimizer omoe found no expert weights to train: the model has no MoE layer "
                 "(use an omoe_roberta model with --moe-freq >= 1, or --optimizer adam for a "
-                "dense model). fairseq's --fp16/--bf16 wrappers copy the parameters without "
-                "their expert tags and are not supported yet: train in fp32."
+                "dense model). With --fp16 add --fp16-no-flatten-grads: flattened fp16 "
+                "gradients are one tensor with no expert weights in it. A copy.deepcopy of the "
+                "model also loses the expert tags (moe_expert_axis, moe_input, moe_layer)."
             )
         # projector maths in fp32 at least, whatever the parameters' precision
         self.stats = {
@@ -302,10 +303,11 @@ class OMoE(torch.optim.AdamW):
                 f"OMoE orthogonal step before projectors were formed for {missing}: call "
                 "form_projectors() at the switch from accumulating to orthogonal"
             )
-        factors = {k: self.factors[k].to(p) for k, p in active.items()}
+        # projector maths in the factors' precision (fp32 at least), whatever the parameters'
+        factors = {k: self.factors[k].to(p.device) for k, p in active.items()}
         if self.project_what == "gradient":
             for key, p in active.items():
-                p.grad.copy_(project(p.grad, factors[key], self.mode))
+                p.grad.copy_(project(p.grad.to(factors[key].dtype), factors[key], self.mode))
             return super().step(closure)
         # Project AdamW's update dW = new - old without materialising it: the projection
         # removes removed_part(update_products(dW)), and the products are linear in dW and
@@ -313,16 +315,17 @@ class OMoE(torch.optim.AdamW):
         measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
         self._measure_next = False
         old = {k: p.detach().clone() for k, p in active.items()} if measure else {}
-        before = {k: update_products(p, factors[k], self.mode) for k, p in active.items()}
+        before = {k: update_products(p.to(factors[k].dtype), factors[k], self.mode)
+                  for k, p in active.items()}
         loss = super().step(closure)
         removed = []
         for key, p in active.items():
             if factors[key].size(-1) == 0:
                 continue  # no other expert: nothing to remove
-            after = update_products(p, factors[key], self.mode)
+            after = update_products(p.to(factors[key].dtype), factors[key], self.mode)
             products = tuple(a - b for a, b in zip(after, before[key]))
             cut = removed_part(products, factors[key], self.mode)
-            p.sub_(cut)
+            p.sub_(cut.to(p.dtype))
             if measure:
                 delta = p + cut - old[key]
                 removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))

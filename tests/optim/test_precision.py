@@ -1,0 +1,35 @@
+"""Projector maths stays in fp32 when OMoE steps bf16 parameters itself: statistics, factors
+and every product with a factor are fp32; only the final parameter write is bf16. (fp16
+parameters need fairseq's fp32 master copies, --fp16 --fp16-no-flatten-grads: torch's AdamW
+itself overflows on them. That path is tested end to end in tests/test_cli_precision.py.)"""
+
+import pytest
+import torch
+
+from omoe_plugin.optim import omoe as omoe_module
+from omoe_plugin.optim.omoe import OMoE
+from tests.optim.test_omoe import HYPER, accumulate_step, backward, batch, layer64
+
+
+@pytest.mark.parametrize("project_what", ("update", "gradient"))
+def test_bf16_parameters_get_fp32_projector_maths(monkeypatch, project_what):
+    dtype = torch.bfloat16
+    layer = layer64().to(dtype)
+    opt = OMoE(layer.parameters(), **HYPER, stat="tokens", project_what=project_what)
+    accumulate_step(opt, layer, batch(0).to(dtype))
+    opt.form_projectors()
+    assert {s.dtype for s in opt.stats.values()} == {f.dtype for f in opt.factors.values()} \
+        == {torch.float32}
+    seen = []
+    for name in ("update_products", "project"):
+        real = getattr(omoe_module, name)
+        monkeypatch.setattr(omoe_module, name, lambda delta, factors, mode, real=real: (
+            seen.append((delta.dtype, factors.dtype)), real(delta, factors, mode))[1])
+    before = layer.experts.fc1_weight.detach().clone()
+    backward(layer, batch(1).to(dtype))
+    opt.set_phase("orthogonal")
+    opt.step()
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    assert layer.experts.fc1_weight.dtype == dtype
+    assert torch.isfinite(layer.experts.fc1_weight).all()
+    assert not torch.equal(layer.experts.fc1_weight, before)
