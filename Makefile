@@ -11,7 +11,7 @@ FAIRSEQ := fairseq-fixed==0.12.3.1
 STAMP := $(VENV)/.setup-done
 RUN := runs/demo
 
-.PHONY: setup test demo bench compare clean
+.PHONY: setup test demo bench bench-inference compare clean
 
 setup: $(STAMP)
 
@@ -66,7 +66,10 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  --path $(RUN)/checkpoints/checkpoint_best.pt --valid-subset test --batch-size 64
 	$(VENV)/bin/omoe-analyze $(RUN)/checkpoints/checkpoint_best.pt --data $(PRE_DATA) \
 	  --split test --out $(RUN)/analysis --tensorboard-logdir $(RUN)/tensorboard/analysis
-	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt"
+	$(VENV)/bin/omoe-export $(RUN)/checkpoints/checkpoint_best.pt --out $(RUN)/model.onnx
+	printf '%s\n' "a gripping, funny and moving film" "dull, predictable and far too long" \
+	  "not the best movie of the year, but not bad" | $(VENV)/bin/omoe-infer $(RUN)/model.onnx
+	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt   ONNX: $(RUN)/model.onnx"
 
 # dense vs MoE (copy and split upcycled) + AdamW / + OMoE from the pretrained encoder,
 # 3 seeds: runs/compare/pretrained/results.md
@@ -76,6 +79,10 @@ compare: setup $(PRE)/moe4.pt $(PRE)/moe4_split.pt $(PRE_DATA)/input0/dict.txt
 bench: setup
 	$(PY) scripts/bench_moe_layer.py
 	$(PY) scripts/bench_optimizer.py
+
+# PyTorch vs ONNX Runtime fp32 / int8 on the demo's fine-tuned checkpoint (run `make demo` first)
+bench-inference: setup
+	$(PY) scripts/bench_inference.py
 
 clean:
 	rm -rf $(VENV) runs data-bin .pytest_cache

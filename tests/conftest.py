@@ -5,8 +5,10 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 
-import omoe_plugin  # noqa: F401 (registers the plugin's components)
+import omoe_plugin
 from omoe_plugin.models import OMoERobertaConfig, OMoERobertaModel
+
+omoe_plugin.register()  # every component, as --user-dir user_dir does
 
 HEAD = "sentence_classification_head"
 

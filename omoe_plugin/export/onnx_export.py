@@ -192,7 +192,6 @@ def export_onnx(model: OMoERobertaModel, info: ServingInfo, out: Path, head: str
     )
     onnxscript.optimizer.optimize(program.model, input_size_limit=2**62, output_size_limit=2**62)
     program.model.metadata_props.update(info.to_metadata())
-    out.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(out), external_data=False)
     onnx.checker.check_model(str(out), full_check=True)
 
@@ -268,19 +267,24 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     except (ValueError, FileNotFoundError, OSError) as e:
         sys.exit(f"omoe-export: {e}")
     info.optimization_level = args.optimization_level
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx" if args.int8 else args.out
-        export_onnx(model, info, fp32, args.head, args.opset)
-        parities = check_parity(model, info, fp32, args.head)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and move into place only once checked: a failed export
+    # leaves no file, and never half a file, under --out
+    with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
+        model_path = Path(tmp) / "fp32.onnx"
+        export_onnx(model, info, model_path, args.head, args.opset)
+        parities = check_parity(model, info, model_path, args.head)
         logger.info(f"fp32 parity with PyTorch: {_report(parities)}")
         failed = [p for p in parities if not p.within_tolerance or p.experts_agree < 1.0]
         if failed:
             sys.exit(f"omoe-export: the ONNX model differs from PyTorch beyond atol {ATOL} / "
                      f"rtol {RTOL} or routes differently: {_report(failed)}")
         if args.int8:
-            quantize_int8(fp32, args.out)
+            quantize_int8(model_path, Path(tmp) / "int8.onnx")
+            model_path = Path(tmp) / "int8.onnx"
             logger.info(f"int8 agreement with PyTorch: "
-                        f"{_report(check_parity(model, info, args.out, args.head))}")
+                        f"{_report(check_parity(model, info, model_path, args.head))}")
+        model_path.replace(args.out)
     size = args.out.stat().st_size / 2**20
     logger.info(f"wrote {args.out} ({size:.1f} MB, opset {args.opset}, "
                 f"{'int8' if args.int8 else 'fp32'}, labels {info.labels or 'regression'})")
