@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from omoe_plugin.export.inference import OMoEClassifier, classify_stream
-from omoe_plugin.export.onnx_export import ExportedClassifier
-from tests.conftest import HEAD
-from tests.export.test_onnx_export import export
+from omoe_plugin.export.onnx_export import ExportedClassifier, export_onnx, serving_info
+from tests.conftest import HEAD, tiny_model
+from tests.export.test_onnx_export import export, word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,20 @@ def test_files_that_are_not_omoe_models_are_refused(tmp_path):
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "foreign.onnx"))
     with pytest.raises(ValueError, match="not written by omoe-export"):
         OMoEClassifier(tmp_path / "foreign.onnx")
+
+
+def test_a_regression_head_serves_values(task, tmp_path):
+    model = tiny_model(task, max_positions=64)
+    model.register_classification_head("rating", num_classes=1)
+    info = serving_info(model.cfg, task.source_dictionary, [],
+                        word_tokenizer(task.source_dictionary.symbols))
+    export_onnx(model.eval(), info, tmp_path / "rating.onnx", head="rating")
+    classifier = OMoEClassifier(tmp_path / "rating.onnx")
+    texts = sentences(4, seed=2)
+    predictions = classifier.predict(texts)
+    assert all(p.label is None and p.probabilities is None for p in predictions)
+    with torch.no_grad():
+        for text, prediction in zip(texts, predictions):
+            tokens = torch.tensor([classifier.encode(text)[0]])
+            expected = ExportedClassifier(model, "rating")(tokens)[0][0, 0]
+            assert prediction.to_json() == {"value": pytest.approx(float(expected), abs=1e-5)}
