@@ -85,7 +85,7 @@ def load_checkpoint_to_cpu(
 
 def install_safe_loading() -> None:
     """Make fairseq read every checkpoint through `load_checkpoint_to_cpu` above (done when
-    the plugin is imported, i.e. by `--user-dir user_dir`)."""
+    the plugin registers with fairseq, i.e. by `--user-dir user_dir`)."""
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 
 

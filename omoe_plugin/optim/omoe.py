@@ -257,7 +257,7 @@ class OMoE(torch.optim.AdamW):
     def form_projectors(self) -> None:
         """Compute every expert's other-experts projector factor from the statistics.
 
-        An expert whose factor cannot be formed (Cholesky failure in this precision, or a
+        An expert whose factor cannot be formed (Cholesky failure even in float64, or a
         non-finite result) keeps the projector it had, the identity before the first one,
         and is counted (``counters["skipped_projectors"]``)."""
         traces = []
