@@ -358,9 +358,31 @@ class OMoE(torch.optim.AdamW):
                 f"OMoE state is for expert weights {sorted(omoe['stats'])}, the model has "
                 f"{sorted(self.stats)}"
             )
+        self._check_loaded(omoe)
         super().load_state_dict(state_dict)
         for key in self.stats:
             self.stats[key] = omoe["stats"][key].to(self.stats[key])
             self.stat_steps[key] = omoe["stat_steps"][key].to(self.stat_steps[key])
         self.factors = {k: v.to(self.stats[k]) for k, v in omoe["factors"].items()}
         self.counters.update(omoe["counters"])
+
+    def _check_loaded(self, omoe: dict) -> None:
+        """Refuse checkpointed OMoE state that does not fit this model or is not finite, so
+        that a corrupt or foreign checkpoint cannot plant a bad projector."""
+        for part in ("stats", "stat_steps", "factors"):
+            for key, value in omoe[part].items():
+                if not isinstance(value, torch.Tensor) or key not in self.stats:
+                    fits = False
+                elif part == "factors":  # what expert_factors returns for this mode and rank
+                    E, in_dim, r = self.stats[key].shape
+                    width = 0 if E == 1 else r if self.mode == "average" else (E - 1) * r
+                    fits = value.shape == (E, in_dim, width)
+                else:
+                    fits = value.shape == getattr(self, part)[key].shape
+                if not fits or not torch.isfinite(value).all():
+                    problem = ("does not fit the model, --omoe-mode and --omoe-max-rank"
+                               if not fits else "is not finite")
+                    raise ValueError(
+                        f"the checkpoint's OMoE {part} for expert weight {key} {problem}; "
+                        "resume with --reset-optimizer to start the statistics afresh"
+                    )

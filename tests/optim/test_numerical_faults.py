@@ -15,7 +15,7 @@ from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
     OMoESentencePredictionTask,
 )
-from tests.optim.test_omoe import HYPER, backward, batch, layer64, routed_inputs
+from tests.optim.test_omoe import HYPER, backward, batch, layer64, roundtrip, routed_inputs
 
 OPTIONS = dict(HYPER, stat="tokens", max_rank=16)
 
@@ -150,3 +150,22 @@ def test_the_task_logs_skipped_and_empty_statistics_and_training_goes_on():
     assert values["omoe_skipped"] == 1  # expert 0's fc1 summary
     assert values["omoe_empty"] == 2  # expert 1 received no token: its fc1 and fc2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("corrupt,message", (
+    (lambda omoe: omoe["factors"]["0.fc1"].__setitem__((0, 0, 0), float("nan")), "not finite"),
+    (lambda omoe: omoe["stats"]["0.fc2"].__setitem__((1, 0, 0), float("inf")), "not finite"),
+    (lambda omoe: omoe["stats"].__setitem__("0.fc1", torch.zeros(4, 16, 3)), "does not fit"),
+    (lambda omoe: omoe["factors"].__setitem__("0.fc1", torch.zeros(4, 16, 16)), "does not fit"),
+))
+def test_a_checkpoint_with_a_bad_projector_or_statistics_is_refused(corrupt, message):
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **OPTIONS)  # joint: factors [4, in, 3 * 16]
+    opt.accumulate(summaries(layer, batch(0), opt))
+    opt.form_projectors()
+    state = roundtrip(opt.state_dict())
+    corrupt(state["omoe"])
+    fresh = OMoE(layer64().parameters(), **OPTIONS)
+    with pytest.raises(ValueError, match=f"{message}.*--reset-optimizer"):
+        fresh.load_state_dict(state)
+    assert not fresh.factors and not any(s.any() for s in fresh.stats.values())
