@@ -149,11 +149,17 @@ def is_moe_layer(index: int, moe_freq: int) -> bool:
     return moe_freq > 0 and (index + 1) % moe_freq == 0
 
 
+def expert_ffn_dim(cfg) -> int:
+    """Hidden size of each expert: --moe-expert-ffn-dim, or --encoder-ffn-embed-dim when it
+    is 0 or absent (checkpoints saved before the option existed lack it)."""
+    return utils.safe_getattr(cfg, "moe_expert_ffn_dim", 0) or cfg.encoder_ffn_embed_dim
+
+
 def moe_args(cfg, index: int) -> MoEArgs:
     """The arguments of the MoE layer at encoder layer `index` under model config cfg."""
     return MoEArgs(
         embed_dim=cfg.encoder_embed_dim,
-        ffn_dim=cfg.moe_expert_ffn_dim or cfg.encoder_ffn_embed_dim,
+        ffn_dim=expert_ffn_dim(cfg),
         num_experts=cfg.moe_experts,
         top_k=cfg.moe_top_k,
         activation_fn=cfg.activation_fn,

@@ -17,7 +17,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import get_available_activation_fns, safe_getattr
 from omegaconf import II
 
-from .encoder import OMoEEncoder
+from .encoder import OMoEEncoder, expert_ffn_dim
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def validate_config(cfg: OMoERobertaConfig) -> None:
     Expert count and top-k are checked where they are used, by the router."""
     if cfg.moe_freq < 0:
         raise ValueError(f"--moe-freq must be >= 0 (0 = no MoE layer), got {cfg.moe_freq}")
-    if cfg.moe_expert_ffn_dim < 0:
+    if expert_ffn_dim(cfg) < 0:
         raise ValueError(
             f"--moe-expert-ffn-dim must be >= 0 (0 = --encoder-ffn-embed-dim), got "
             f"{cfg.moe_expert_ffn_dim}"

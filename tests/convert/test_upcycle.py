@@ -36,7 +36,8 @@ def test_split_shares_the_top_neurons_and_deals_the_rest_round_robin():
     assert neurons.tolist() == [[1, 5, 3, 4], [1, 5, 7, 6], [1, 5, 0, 2], [1, 5, 8, 9]]
 
 
-@pytest.mark.parametrize("ffn_dim,experts,shared", ((48, 4, 8), (1536, 4, 256), (30, 3, 0), (7, 1, 7)))
+@pytest.mark.parametrize("ffn_dim,experts,shared",
+                         ((48, 4, 8), (1536, 4, 256), (30, 3, 0), (7, 1, 7)))
 def test_every_neuron_is_in_an_expert_shared_ones_in_all_the_rest_in_one(ffn_dim, experts, shared):
     importance = torch.rand(ffn_dim, generator=torch.Generator().manual_seed(ffn_dim))
     neurons = split_neurons(importance, experts, shared)
@@ -121,7 +122,8 @@ def test_split_upcycle_on_real_data_uses_the_importance_order(dense_on_real_data
     assert (moe_cfg.moe_experts, moe_cfg.moe_expert_ffn_dim) == (4, 18)
     top = torch.topk(dense_importance(cfg, state, data, max_tokens=600)[1], 8).indices
     fc1 = moe_state["encoder.layers.1.moe.experts.fc1_weight"]  # [E, 18, d]
-    torch.testing.assert_close(fc1[:, :8], state["encoder.layers.1.fc1.weight"][top].expand(4, -1, -1))
+    shared = state["encoder.layers.1.fc1.weight"][top]  # [8, d]: the top neurons' weights
+    torch.testing.assert_close(fc1[:, :8], shared.expand(4, -1, -1))
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,12 @@
 """omoe_roberta: MoE layer placement, padding invariance, dense equivalence, bad options."""
 
+import dataclasses
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from omoe_plugin.models import OMoERobertaConfig
+from omoe_plugin.models import OMoERobertaConfig, OMoERobertaModel
 from omoe_plugin.models.encoder import EncoderLayer
 from tests.conftest import HEAD, tiny_model
 
@@ -109,3 +112,12 @@ def test_a_checkpoint_with_other_expert_sizes_names_the_option(task):
     narrow = tiny_model(task, moe_expert_ffn_dim=20)
     with pytest.raises(ValueError, match="pass --moe-expert-ffn-dim 20"):
         tiny_model(task).load_state_dict(narrow.state_dict())
+
+
+def test_a_config_saved_before_expert_ffn_dim_existed_still_builds(task):
+    """fairseq rebuilds a checkpoint's model from its stored config, without our defaults."""
+    fields = dataclasses.asdict(OMoERobertaConfig(encoder_embed_dim=32, encoder_ffn_embed_dim=48,
+                                                  encoder_attention_heads=4, max_positions=64))
+    del fields["moe_expert_ffn_dim"]
+    model = OMoERobertaModel.build_model(OmegaConf.create(fields), task)
+    assert model.encoder.layers[0].moe.experts.fc1_weight.shape == (4, 48, 32)
