@@ -109,7 +109,9 @@ def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dic
         [str(BIN / "fairseq-validate"), str(data), *TASK,
          "--path", str(run_dir / "checkpoints" / "checkpoint_best.pt"), "--valid-subset", "test",
          "--omoe-similarity-tokens", "0",
-         "--batch-size", "64"], check=True, capture_output=True, text=True)
+         "--batch-size", "64"], capture_output=True, text=True)
+    if test.returncode != 0:
+        sys.exit(f"scoring {run_dir} on the test split failed:\n{test.stderr[-3000:]}")
     test_acc = float(re.findall(r"\| accuracy ([\d.]+)", test.stderr + test.stdout)[-1])
     dense = "omoe_sim_cka" not in valid
     result = {"valid": max(valid["accuracy"]), "test": test_acc,
