@@ -40,7 +40,8 @@ def train_args(data: Path, run_dir: Path, args: list[str], max_update: int) -> l
             "--tensorboard-logdir", str(run_dir / "tensorboard")]
 
 
-def train(data: Path, run_dir: Path, args: list[str], max_update: int) -> subprocess.CompletedProcess:
+def train(data: Path, run_dir: Path, args: list[str],
+          max_update: int) -> subprocess.CompletedProcess:
     """fairseq-train into run_dir (resumes from its checkpoint_last.pt if there)."""
     return run("fairseq-train", *train_args(data, run_dir, args, max_update))
 

@@ -27,7 +27,7 @@ OMOE = [
     "--disable-validation", "--save-interval-updates", "4", "--keep-interval-updates", "1",
 ]
 UPDATES = 12
-KILLED_AT = (4, 8)  # checkpoints of updates 4 and 8: the next update is orthogonal, then accumulating
+KILLED_AT = (4, 8)  # after these checkpoints the next update is orthogonal, then accumulating
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(crashed):
     for log, n in zip(logs[1:], KILLED_AT):
         assert f"checkpoint_last.pt (epoch 1 @ {n} updates)" in log  # resumed where it died
     a, b = checkpoint(straight), checkpoint(killed)
-    assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == UPDATES
+    updates = [s["optimizer_history"][-1]["num_updates"] for s in (a, b)]
+    assert updates == [UPDATES, UPDATES]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     sa, sb = a["last_optimizer_state"]["omoe"], b["last_optimizer_state"]["omoe"]
@@ -99,13 +100,15 @@ def loader_command(tool: str, evil, data, tmp_path) -> list[str]:
     return {
         "restore-file": ["fairseq-train", *train_args, "--restore-file", str(evil)],
         "finetune": ["fairseq-train", *train_args, "--finetune-from-model", str(evil)],
-        "validate": ["fairseq-validate", str(data), *TASK, "--batch-size", "8", "--path", str(evil)],
+        "validate": ["fairseq-validate", str(data), *TASK, "--batch-size", "8",
+                     "--path", str(evil)],
         "upcycle": ["omoe-upcycle", str(evil), "--out", str(tmp_path / "moe.pt")],
         "analyze": ["omoe-analyze", str(evil), "--data", str(data)],
     }[tool]
 
 
-@pytest.mark.parametrize("tool", ("resume", "restore-file", "finetune", "validate", "upcycle", "analyze"))
+@pytest.mark.parametrize(
+    "tool", ("resume", "restore-file", "finetune", "validate", "upcycle", "analyze"))
 def test_every_loader_refuses_a_code_carrying_checkpoint_without_running_it(
         movie_reviews, tmp_path, payload, tool):
     evil, marker = payload

@@ -82,7 +82,9 @@ def compress(A: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([top, A.new_zeros(in_dim, rank - kept)], dim=1)
 
 
-def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> tuple[torch.Tensor, torch.Tensor]:
+def expert_factors(
+    stats: torch.Tensor, alpha: float, mode: Mode
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors of every expert's other-experts projector, from all experts' inputs.
 
     stats: [E, in, r], expert e's inputs as columns (second moment stats[e] stats[e]^T).
@@ -113,7 +115,8 @@ def expert_factors(stats: torch.Tensor, alpha: float, mode: Mode) -> tuple[torch
     width = r if mode == "average" else (E - 1) * r
     factors = stats.new_zeros(E, in_dim, width)  # the statistics' dtype
     for e in range(E):
-        cols = blocks[e] if mode == "average" else torch.cat([blocks[:e], blocks[e + 1 :]]).flatten()
+        cols = (blocks[e] if mode == "average"  # its own inputs, or all the others'
+                else torch.cat([blocks[:e], blocks[e + 1 :]]).flatten())
         Q = _factor(gram[cols][:, cols], A[:, cols])
         if Q is None:
             ok[e] = False

@@ -85,7 +85,8 @@ def test_all_zero_summaries_change_nothing_and_are_counted():
 def duplicated(dtype: torch.dtype) -> torch.Tensor:
     """Summaries [4, 16, 4] of 4 experts that saw the same inputs (upcycled copies), each
     input twice."""
-    x = torch.nn.functional.normalize(torch.randn(16, 2, generator=torch.Generator().manual_seed(3)), dim=0)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(3))
+    x = torch.nn.functional.normalize(x, dim=0)
     return torch.cat([x, x], dim=1).expand(4, 16, 4).to(dtype) / 2
 
 
