@@ -6,13 +6,15 @@ job, or carry a pickle payload that runs code when unpickled. Every loader of th
 (training resume and `--restore-file` through fairseq, `omoe-upcycle`, `omoe-analyze`, the
 exporter) reads through `read_checkpoint`, which only ever calls
 `torch.load(weights_only=True)` and turns every failure into a message that says what is
-wrong with the file. `install_safe_loading` routes fairseq's own loader through it.
-Only tensors and plain containers are written.
+wrong with the file. `install_safe_loading` routes fairseq's own loader through it, and
+makes fairseq's checkpoint copies atomic. Only tensors and plain containers are written.
 """
 
 import dataclasses
+import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -83,10 +85,34 @@ def load_checkpoint_to_cpu(
         ) from None
 
 
+_fairseq_copy = PathManager.copy  # fairseq's own, for remote paths
+
+
+def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+    """fairseq's `PathManager.copy` for local files, through a temporary file renamed into
+    place: fairseq saves one checkpoint atomically and copies it to the others
+    (`checkpoint_last.pt`, `checkpoint_best.pt`); a job killed during a plain copy would leave
+    half a file under that name, this leaves the previous one intact."""
+    if PathManager.path_requires_pathmanager(dst_path):
+        return _fairseq_copy(src_path, dst_path, overwrite)
+    if os.path.exists(dst_path) and not overwrite:
+        return False
+    tmp = f"{dst_path}.copying"
+    try:
+        shutil.copyfile(src_path, tmp)
+        os.replace(tmp, dst_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return True
+
+
 def install_safe_loading() -> None:
-    """Make fairseq read every checkpoint through `load_checkpoint_to_cpu` above (done when
-    the plugin registers with fairseq, i.e. by `--user-dir user_dir`)."""
+    """Make fairseq read every checkpoint through `load_checkpoint_to_cpu` and copy
+    checkpoints with `atomic_copy` (done when the plugin registers with fairseq, i.e. by
+    `--user-dir user_dir`)."""
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    PathManager.copy = staticmethod(atomic_copy)
 
 
 def save_encoder_checkpoint(path: Path, cfg: OMoERobertaConfig, model: dict) -> None:
