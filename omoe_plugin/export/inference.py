@@ -84,12 +84,20 @@ class OMoEClassifier:
 
     def encode(self, sentence: str) -> tuple[list[int], bool]:
         """Model ids of one sentence (`<s> ... </s>`) and whether it was truncated."""
-        if not sentence.strip():
-            raise ValueError("empty sentence")
-        tokens = self.tokenizer.encode(sentence, add_special_tokens=False).tokens
-        ids = [self.index.get(token, self.info.unk) for token in tokens]
+        return self.encode_batch([sentence])[0]
+
+    def encode_batch(self, sentences: Sequence[str]) -> list[tuple[list[int], bool]]:
+        """encode for many sentences at once (tokenised in parallel); raises ValueError naming
+        the first empty sentence."""
+        for i, sentence in enumerate(sentences):
+            if not sentence.strip():
+                raise ValueError(f"sentence {i} is empty")
         room = self.info.max_positions - 2
-        return [self.info.bos, *ids[:room], self.info.eos], len(ids) > room
+        encoded = []
+        for encoding in self.tokenizer.encode_batch(list(sentences), add_special_tokens=False):
+            ids = [self.index.get(token, self.info.unk) for token in encoding.tokens]
+            encoded.append(([self.info.bos, *ids[:room], self.info.eos], len(ids) > room))
+        return encoded
 
     def predict(self, sentences: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per sentence, in order (a truncated sentence's is marked so).
@@ -97,12 +105,7 @@ class OMoEClassifier:
         first empty sentence."""
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        encoded = []
-        for i, sentence in enumerate(sentences):
-            try:
-                encoded.append(self.encode(sentence))
-            except ValueError as e:
-                raise ValueError(f"sentence {i}: {e}") from None
+        encoded = self.encode_batch(sentences)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         outputs: list[Optional[np.ndarray]] = [None] * len(encoded)
         for start in range(0, len(order), batch_size):
