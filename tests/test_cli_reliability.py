@@ -52,6 +52,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(crashed):
     straight, killed, logs = crashed
     for log, n in zip(logs[1:], KILLED_AT):
         assert f"checkpoint_last.pt (epoch 1 @ {n} updates)" in log  # resumed where it died
+    assert "omoe_skipped=0" in logs[-1] and "omoe_empty=0" in logs[-1]  # fault counters logged
     a, b = checkpoint(straight), checkpoint(killed)
     updates = [s["optimizer_history"][-1]["num_updates"] for s in (a, b)]
     assert updates == [UPDATES, UPDATES]
