@@ -1,8 +1,6 @@
 """Routed-input summaries are summed over data-parallel workers (2 gloo processes on
 loopback): every rank ends with the same statistics, equal to one process seeing all data."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -33,14 +31,10 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gathered(tmp_path_factory):
+    from tests.cli import free_port  # here, not at the top: the workers need not import it
+
     out = tmp_path_factory.mktemp("ranks")
     mp.spawn(worker, args=(free_port(), str(out)), nprocs=2)
     return out
