@@ -21,7 +21,8 @@ the script does not know go to fairseq-train, so a sweep is one --out per settin
     python scripts/compare_optimizers.py --configs moe_split_omoe --seeds 1 \
         --out runs/sweep/alpha0.001 --omoe-alpha 0.001
 
-A finished run (its run directory holds result.json) is read back, not run again.
+Each run writes OUT/CONFIG/seedN/{train.log,checkpoints,tensorboard,result.json}; a finished
+run (its result.json exists) is read back, not run again.
 Defaults (phase lengths, alpha) are tuned on the validation column only; test is reported.
 """
 
