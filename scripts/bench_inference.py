@@ -1,7 +1,7 @@
 """Inference speed of a fine-tuned MoE classifier: PyTorch eager vs ONNX Runtime fp32 vs ONNX
 Runtime int8 (omoe-export --int8), each timed in its own process (ONNX Runtime's spinning
-threads distort timings taken beside another engine), medians of repeated runs, plus test
-accuracy of the three.
+threads distort timings taken beside another engine), engines interleaved over several
+rounds, median of each round's median; plus test accuracy of the three.
 
     python scripts/bench_inference.py [--checkpoint CKPT] [--data DIR] [--threads 2]
 
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench_inference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="worker processes per engine and shape (median of their medians)")
     parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "BATCH", "SEQ"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,13 +108,16 @@ def main() -> None:
                             "--data", str(args.data), *extra], check=True)
     results = {}
     for batch, seq in SHAPES:
-        row = {}
+        row, rounds = {}, {engine: [] for engine in ENGINES}
+        for _ in range(args.rounds):  # engines interleaved, so drifts in machine speed cancel
+            for engine in ENGINES:
+                worker = [sys.executable, __file__, "--worker", engine, str(batch), str(seq),
+                          "--checkpoint", str(args.checkpoint), "--out", str(args.out),
+                          "--threads", str(args.threads), "--repeats", str(args.repeats)]
+                rounds[engine].append(float(subprocess.run(
+                    worker, check=True, capture_output=True, text=True).stdout.split()[-1]))
         for engine in ENGINES:
-            worker = [sys.executable, __file__, "--worker", engine, str(batch), str(seq),
-                      "--checkpoint", str(args.checkpoint), "--out", str(args.out),
-                      "--threads", str(args.threads), "--repeats", str(args.repeats)]
-            ms = float(subprocess.run(worker, check=True, capture_output=True,
-                                      text=True).stdout.split()[-1])
+            ms = statistics.median(rounds[engine])
             row[f"{engine}_ms"] = round(ms, 2)
             row[f"{engine}_per_s"] = round(1000 * batch / ms, 1)
         for engine in ENGINES[1:]:
