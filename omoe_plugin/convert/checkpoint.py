@@ -64,9 +64,8 @@ def load_checkpoint_to_cpu(
     `--restore-file`, `--finetune-from-model`, fairseq-validate's `--path`) that reads through
     `read_checkpoint` and refuses files that are not fairseq checkpoints with a message.
 
-    fairseq's own version calls `torch.load` without `weights_only`, which the environment
-    variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns into a full unpickling; this one never
-    unpickles. Checkpoints whose configuration is an argparse Namespace (fairseq < 0.10)
+    fairseq's own version calls `torch.load` without `weights_only`, which one of torch's
+    environment variables turns into a full unpickling; this one never unpickles. Checkpoints whose configuration is an argparse Namespace (fairseq < 0.10)
     are refused for the same reason. `load_on_all_ranks` is accepted for compatibility:
     reading a local file needs no synchronisation.
     """
