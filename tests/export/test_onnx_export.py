@@ -1,7 +1,6 @@
 """ONNX export of omoe_roberta classifiers: parity with PyTorch at shapes other than the
 export example (padded and not), every expert kept in the graph, metadata, int8."""
 
-import numpy as np
 import onnx
 import pytest
 import torch
