@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BIN = Path(sys.executable).parent
@@ -81,6 +82,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_ranks(worker, out: Path, world_size: int = 2) -> Path:
+    """Run worker(rank, port, out_dir) in world_size processes that meet on a free loopback
+    port (torch.distributed over gloo); returns out, where the workers write."""
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=world_size)
+    return out
 
 
 def train_data_parallel(data: Path, run_dir: Path, args: list[str], max_update: int,

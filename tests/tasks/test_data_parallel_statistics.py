@@ -7,7 +7,6 @@ import datetime
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from omoe_plugin.moe.capture import RoutedInputCapture
 
@@ -31,11 +30,9 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory):
-    from tests.cli import free_port  # here, not at the top: the workers need not import it
+    from tests.cli import spawn_ranks  # here, not at the top: the workers need not import it
 
-    out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(worker, args=(free_port(), str(out)), nprocs=2)
-    return out
+    return spawn_ranks(worker, tmp_path_factory.mktemp("ranks"))
 
 
 @pytest.mark.parametrize("summary", SUMMARIES)
