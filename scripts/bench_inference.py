@@ -58,10 +58,15 @@ def time_engine(engine: str, checkpoint: Path, models: Path, batch: int, seq: in
     return 1000 * statistics.median(times)
 
 
+def test_split(data: Path) -> tuple[list[str], list[str]]:
+    """The raw test sentences and their labels."""
+    return tuple((data / "raw" / f"test.{column}").read_text(encoding="utf-8").splitlines()
+                 for column in ("text", "label"))
+
+
 def accuracy(model: Path, data: Path, threads: int) -> float:
     """Test accuracy (%) of an exported model on the raw test sentences."""
-    texts = (data / "raw" / "test.text").read_text(encoding="utf-8").splitlines()
-    labels = (data / "raw" / "test.label").read_text(encoding="utf-8").splitlines()
+    texts, labels = test_split(data)
     predictions = OMoEClassifier(model, threads=threads).predict(texts)
     return 100 * float(np.mean([p.label == y for p, y in zip(predictions, labels)]))
 
@@ -69,8 +74,7 @@ def accuracy(model: Path, data: Path, threads: int) -> float:
 def torch_accuracy(checkpoint: Path, classifier: OMoEClassifier, data: Path) -> float:
     """Test accuracy (%) of the PyTorch model, fed the same tokens as the exported ones."""
     model, info = load_classifier(checkpoint)
-    texts = (data / "raw" / "test.text").read_text(encoding="utf-8").splitlines()
-    labels = (data / "raw" / "test.label").read_text(encoding="utf-8").splitlines()
+    texts, labels = test_split(data)
     wrapper, correct = ExportedClassifier(model).eval(), 0
     for start in range(0, len(texts), 64):
         rows = [torch.tensor(classifier.encode(t)[0]) for t in texts[start:start + 64]]

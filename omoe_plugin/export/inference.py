@@ -20,17 +20,16 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .serving_info import OPTIMIZATION_LEVELS, ServingInfo
+from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
 
-LEVELS = {
+OPTIMIZATION_LEVELS = {  # --optimization-level -> ONNX Runtime's setting
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-assert tuple(LEVELS) == OPTIMIZATION_LEVELS
 
 
 def session(path: Path, threads: int = 0, level: str = "all") -> ort.InferenceSession:
@@ -41,7 +40,7 @@ def session(path: Path, threads: int = 0, level: str = "all") -> ort.InferenceSe
         raise FileNotFoundError(f"no model at {path}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.graph_optimization_level = LEVELS[level]
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own untyped errors

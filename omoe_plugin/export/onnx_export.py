@@ -36,8 +36,8 @@ from ..convert.checkpoint import encoder_config, read_checkpoint
 from ..data.movie_reviews import wordpiece_tokenizer
 from ..models import OMoERobertaConfig, OMoERobertaModel
 from ..models.encoder import OMoEEncoder, is_moe_layer
-from .inference import quiet_logging, session
-from .serving_info import OPTIMIZATION_LEVELS, ServingInfo
+from .inference import OPTIMIZATION_LEVELS, quiet_logging, session
+from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
 

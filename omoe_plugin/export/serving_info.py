@@ -13,7 +13,6 @@ from pathlib import Path
 
 PREFIX = "omoe."
 FORMAT_VERSION = 1
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 @dataclass
