@@ -12,8 +12,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_fp16_training_keeps_the_projector_maths_in_fp32(movie_reviews, tmp_path):
-    log = output(train(movie_reviews[0], tmp_path, [*OMOE, "--fp16", "--fp16-no-flatten-grads"], 8))
+    validated = [a for a in OMOE if a != "--disable-validation"] + ["--max-valid-steps", "2"]
+    log = output(train(movie_reviews[0], tmp_path, [*validated, "--fp16", "--fp16-no-flatten-grads"],
+                       8))
     assert "omoe_removed=" in log  # orthogonal updates were projected
+    assert "| omoe_sim_cos " in log and "| omoe_sim_delta " in log  # fp16 validation similarity
     state = checkpoint(tmp_path)["last_optimizer_state"]
     assert "loss_scale" in state  # fairseq's FP16Optimizer ran
     omoe = state["omoe"]

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from fairseq.data import data_utils
@@ -19,7 +20,13 @@ from fairseq.tasks.sentence_prediction import SentencePredictionTask
 from ..convert.checkpoint import load_encoder_checkpoint
 from ..models.encoder import load_encoder
 from ..moe import MoELayer
-from .similarity import expert_outputs, similarity_matrices
+from .similarity import (
+    displacement_similarity,
+    displacements,
+    expert_outputs,
+    pair_mean,
+    similarity_matrices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +47,16 @@ def held_out_batch(data: Path, split: str, dictionary, max_tokens: int) -> torch
 
 @torch.no_grad()
 def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
-                      max_tokens: int = 2048) -> list[dict]:
-    """Per MoE layer: its index, the [E, E] CKA and cosine matrices and their pair means."""
+                      max_tokens: int = 2048, start: Optional[Path] = None) -> list[dict]:
+    """Per MoE layer: its index, the [E, E] CKA and cosine matrices and their pair means;
+    with `start` (the checkpoint training began from, e.g. omoe-upcycle's output) also the
+    [E, E] cosine of the experts' displacements from it ("delta", "mean_delta")."""
     cfg, state = load_encoder_checkpoint(checkpoint)
     if cfg.moe_freq == 0:
         raise ValueError(f"{checkpoint} is a dense model: it has no experts to compare")
     dictionary = SentencePredictionTask.load_dictionary(str(data / "input0" / "dict.txt"))
     encoder = load_encoder(cfg, state, dictionary, str(checkpoint))
+    starts = None if start is None else _start_experts(start, encoder, dictionary)
     layers = {}
     for i, layer in enumerate(encoder.layers):
         if layer.moe is not None:
@@ -57,11 +67,32 @@ def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
     for i, (moe, x, padding_mask) in sorted(layers.items()):
         tokens = x[~padding_mask]
         cka, cos = similarity_matrices(expert_outputs(moe.experts, tokens))
-        pairs = torch.triu(torch.ones_like(cka, dtype=torch.bool), diagonal=1)
-        results.append({"layer": i, "tokens": len(tokens), "cka": cka.tolist(),
-                        "cos": cos.tolist(), "mean_cka": float(cka[pairs].mean()),
-                        "mean_cos": float(cos[pairs].mean())})
+        result = {"layer": i, "tokens": len(tokens), "cka": cka.tolist(), "cos": cos.tolist(),
+                  "mean_cka": pair_mean(cka), "mean_cos": pair_mean(cos)}
+        if starts is not None:
+            delta = displacement_similarity(displacements(moe.experts, starts[i]))
+            result.update(delta=delta.tolist(), mean_delta=pair_mean(delta))
+        results.append(result)
     return results
+
+
+def _start_experts(start: Path, encoder, dictionary) -> dict[int, tuple[torch.Tensor, ...]]:
+    """{MoE layer: (fc1_weight, fc2_weight)} of the start checkpoint; it must have the same
+    experts as the trained model."""
+    cfg, state = load_encoder_checkpoint(start)
+    begun = load_encoder(cfg, state, dictionary, str(start))
+    starts = {}
+    for i, (layer, first) in enumerate(zip(encoder.layers, begun.layers)):
+        if layer.moe is None:
+            continue
+        weights = (first.moe.experts.fc1_weight, first.moe.experts.fc2_weight) \
+            if first.moe is not None else ()
+        if tuple(w.shape for w in weights) != (layer.moe.experts.fc1_weight.shape,
+                                               layer.moe.experts.fc2_weight.shape):
+            raise ValueError(f"--start {start} does not have the trained model's experts in "
+                             f"layer {i}: give the checkpoint training began from")
+        starts[i] = weights
+    return starts
 
 
 def heat_maps(results: list[dict], title: str):
@@ -71,11 +102,14 @@ def heat_maps(results: list[dict], title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(2.6 * len(results), 5.2), squeeze=False)
+    metrics = ("cka", "cos", "delta") if "delta" in results[0] else ("cka", "cos")
+    fig, axes = plt.subplots(len(metrics), len(results), figsize=(2.6 * len(results),
+                                                                   2.6 * len(metrics)),
+                             squeeze=False)
     for col, r in enumerate(results):
-        for row, metric in enumerate(("cka", "cos")):
+        for row, metric in enumerate(metrics):
             ax = axes[row][col]
-            image = ax.imshow(r[metric], vmin=-1 if metric == "cos" else 0, vmax=1, cmap="viridis")
+            image = ax.imshow(r[metric], vmin=0 if metric == "cka" else -1, vmax=1, cmap="viridis")
             ax.set_title(f"layer {r['layer']} {metric.upper()} {r['mean_' + metric]:.3f}", fontsize=9)
             ax.set_xlabel("expert", fontsize=8)
             ax.set_ylabel("expert", fontsize=8)
@@ -91,6 +125,9 @@ def cli_main(argv=None) -> None:
                         help="the binarised data directory the model was trained on")
     parser.add_argument("--split", default="valid")
     parser.add_argument("--tokens", type=int, default=2048, help="held-out tokens to compare on")
+    parser.add_argument("--start", type=Path, default=None,
+                        help="the checkpoint training began from (e.g. omoe-upcycle's output): "
+                        "also compare the experts' displacements from it")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for similarity.png and similarity.json")
     parser.add_argument("--tensorboard-logdir", type=Path, default=None,
@@ -98,16 +135,19 @@ def cli_main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
-        results = expert_similarity(args.checkpoint, args.data, args.split, args.tokens)
+        results = expert_similarity(args.checkpoint, args.data, args.split, args.tokens,
+                                    args.start)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"omoe-analyze: {e}")
     print(f"expert similarity of {args.checkpoint} on {args.split} "
           f"({results[0]['tokens']} tokens), mean over expert pairs:")
-    print("| MoE layer | linear CKA | cosine |\n|---|---|---|")
+    keys = ["mean_cka", "mean_cos"] + (["mean_delta"] if args.start is not None else [])
+    header = ["MoE layer", "linear CKA", "cosine", "displacement cosine"][: len(keys) + 1]
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     for r in results:
-        print(f"| {r['layer']} | {r['mean_cka']:.4f} | {r['mean_cos']:.4f} |")
+        print(f"| {r['layer']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
     mean = lambda key: sum(r[key] for r in results) / len(results)
-    print(f"| mean | {mean('mean_cka'):.4f} | {mean('mean_cos'):.4f} |")
+    print("| mean | " + " | ".join(f"{mean(k):.4f}" for k in keys) + " |")
     fig = heat_maps(results, f"{args.checkpoint.name}: expert similarity on {args.split}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,30 @@ from ..moe import StackedExperts
 
 @torch.no_grad()
 def expert_outputs(experts: StackedExperts, x: torch.Tensor) -> torch.Tensor:
-    """Every expert's FFN output for every token: x [n, d] -> [E, n, d] (no dropout)."""
-    h = experts.activation_fn(torch.einsum("nd,ehd->enh", x, experts.fc1_weight)
-                              + experts.fc1_bias[:, None])
-    return torch.einsum("enh,edh->end", h, experts.fc2_weight) + experts.fc2_bias[:, None]
+    """Every expert's FFN output for every token: x [n, d] -> [E, n, d] (no dropout), in fp32
+    whatever the precision of the tokens and the weights (fp16 training validates in fp16)."""
+    x = x.float()
+    h = experts.activation_fn(torch.einsum("nd,ehd->enh", x, experts.fc1_weight.float())
+                              + experts.fc1_bias.float()[:, None])
+    return (torch.einsum("enh,edh->end", h, experts.fc2_weight.float())
+            + experts.fc2_bias.float()[:, None])
+
+
+def displacements(experts: StackedExperts, start: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Every expert's weights minus its start, flattened: [E, h d + d h] (fc1 then fc2).
+
+    start: (fc1_weight, fc2_weight) as they were when training began."""
+    E = experts.num_experts
+    return torch.cat([(experts.fc1_weight.float() - start[0].float()).reshape(E, -1),
+                      (experts.fc2_weight.float() - start[1].float()).reshape(E, -1)], dim=1)
+
+
+def displacement_similarity(moved: torch.Tensor) -> torch.Tensor:
+    """[E, E] cosine between the experts' displacements from their start ([E, p], see
+    `displacements`): 1 where two experts moved the same way, 0 where orthogonally. An
+    expert that has not moved has cosine 0 with every other."""
+    unit = F.normalize(moved.double(), dim=1)
+    return (unit @ unit.T).float().fill_diagonal_(1.0)
 
 
 def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -39,14 +59,18 @@ def similarity_matrices(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return cka, cos
 
 
+def pair_mean(matrix: torch.Tensor) -> float:
+    """Mean of an [E, E] similarity matrix over expert pairs (1.0 for a single expert)."""
+    E = matrix.size(0)
+    if E == 1:
+        return 1.0
+    return float(matrix[torch.triu(torch.ones(E, E, dtype=torch.bool), diagonal=1)].mean())
+
+
 def pairwise_similarity(outputs: torch.Tensor) -> tuple[float, float]:
     """Mean over expert pairs of (linear CKA, mean token cosine) of outputs [E, n, d]."""
-    E = outputs.size(0)
-    if E == 1:
-        return 1.0, 1.0
-    pairs = torch.triu(torch.ones(E, E, dtype=torch.bool), diagonal=1)
     cka, cos = similarity_matrices(outputs)
-    return float(cka[pairs].mean()), float(cos[pairs].mean())
+    return pair_mean(cka), pair_mean(cos)
 
 
 def layer_similarity(
@@ -61,4 +85,4 @@ def layer_similarity(
     tokens = x.reshape(-1, x.size(-1))
     if padding_mask is not None:
         tokens = tokens[~padding_mask.reshape(-1)]
-    return pairwise_similarity(expert_outputs(experts, tokens[:max_tokens].float()))
+    return pairwise_similarity(expert_outputs(experts, tokens[:max_tokens]))

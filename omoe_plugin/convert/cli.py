@@ -1,5 +1,5 @@
 """Console scripts: `omoe-import-bert` (HF BERT-family checkpoint -> fairseq) and
-`omoe-upcycle` (dense fairseq checkpoint -> MoE, `copy` or `split`)."""
+`omoe-upcycle` (dense fairseq checkpoint -> MoE, `copy`, `drop` or `split`)."""
 
 import argparse
 import logging
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.sources import minilm_dir
 from .bert import CheckpointError, convert_state, fairseq_dictionary, model_config, read_bert_dir
 from .checkpoint import load_encoder_checkpoint, save_encoder_checkpoint
-from .upcycle import METHODS, split_upcycle, upcycle
+from .upcycle import DROP_RATIO, METHODS, drop_upcycle, split_upcycle, upcycle
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,11 @@ def upcycle_main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="omoe-upcycle",
         description="Turn a dense omoe_roberta checkpoint into an MoE one. copy: every expert "
-        "starts as a copy of the dense FFN it replaces. split (MoEBERT): the FFN's neurons are "
-        "ranked by importance on --importance-data; every expert keeps the top --split-shared "
-        "ones and the rest are dealt out among the experts. The router starts random.",
+        "starts as a copy of the dense FFN it replaces. drop (Drop-Upcycling): a copy in which "
+        "every expert re-initialises its own random --drop-ratio of the neurons. split "
+        "(MoEBERT): the FFN's neurons are ranked by importance on --importance-data; every "
+        "expert keeps the top --split-shared ones and the rest are dealt out among the "
+        "experts. The router starts random.",
     )
     parser.add_argument("dense", type=Path, help="dense checkpoint (omoe-import-bert's model.pt)")
     parser.add_argument("--out", type=Path, required=True, help="MoE checkpoint to write")
@@ -59,6 +61,9 @@ def upcycle_main(argv=None) -> None:
     parser.add_argument("--moe-top-k", type=int, default=1)
     parser.add_argument("--moe-freq", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
+    parser.add_argument("--drop-ratio", type=float, default=None,
+                        help=f"--method drop: share of each expert's neurons re-initialised "
+                        f"(default {DROP_RATIO})")
     split = parser.add_argument_group("split", "--method split only")
     split.add_argument("--split-shared", type=int, default=None,
                        help="neurons every expert shares (default: the smallest count >= FFN "
@@ -74,9 +79,11 @@ def upcycle_main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     split_options = ("split_shared", "moe_expert_ffn_dim", "importance_data")
-    if args.method == "copy" and any(getattr(args, k) is not None for k in split_options):
+    if args.method != "split" and any(getattr(args, k) is not None for k in split_options):
         parser.error("--split-shared, --moe-expert-ffn-dim and --importance-data need "
                      "--method split")
+    if args.method != "drop" and args.drop_ratio is not None:
+        parser.error("--drop-ratio needs --method drop")
     if args.method == "split" and args.importance_data is None:
         parser.error("--method split needs --importance-data DIR (a binarised data directory "
                      "with the model's dictionary) to rank the neurons")
@@ -87,6 +94,10 @@ def upcycle_main(argv=None) -> None:
         if args.method == "copy":
             moe_cfg, state = upcycle(cfg, dense, args.moe_experts, args.moe_top_k,
                                      args.moe_freq, args.seed)
+        elif args.method == "drop":
+            ratio = DROP_RATIO if args.drop_ratio is None else args.drop_ratio
+            moe_cfg, state = drop_upcycle(cfg, dense, args.moe_experts, args.moe_top_k,
+                                          args.moe_freq, args.seed, ratio)
         else:
             moe_cfg, state = split_upcycle(
                 cfg, dense, args.importance_data, args.moe_experts, args.moe_top_k,

@@ -1,10 +1,17 @@
-"""Dense -> MoE upcycling of an omoe_roberta encoder state: `copy` or `split`.
+"""Dense -> MoE upcycling of an omoe_roberta encoder state: `copy`, `drop` or `split`.
 
 `copy` (sparse upcycling, Komatsuzaki et al. 2023): every expert of an MoE layer starts as
 the dense FFN it replaces and the router starts random (normal, std 0.02, as BERT's
 initialisation). Whatever the router picks, the renormalised top-k weights sum to 1, so the
 upcycled model computes exactly what the dense one did until training moves the experts
 apart: the homogeneous starting point the paper's optimizer is meant to diversify.
+
+`drop` (Drop-Upcycling, Nakamura et al. 2025): `copy`, then in every expert a random
+fraction r (`--drop-ratio`, 0.5 by default, their best) of the FFN's hidden neurons is
+re-initialised: the neuron's fc1 row and bias and its fc2 column are drawn from a normal
+with the mean and standard deviation of the dense fc1 weight, fc1 bias and fc2 weight.
+Each expert drops its own neurons, so experts start partly different yet keep (1 - r) of
+the pretrained FFN; the output bias stays shared.
 
 `split` (MoEBERT, Zuo et al. 2022): the dense FFN's h hidden neurons are ranked by
 importance; every expert keeps the `shared` most important ones and the other h - shared
@@ -39,7 +46,8 @@ from ..models import OMoERobertaConfig
 from ..models.encoder import is_moe_layer, load_encoder, moe_args
 from ..moe import MoELayer
 
-METHODS = ("copy", "split")
+METHODS = ("copy", "drop", "split")
+DROP_RATIO = 0.5  # Drop-Upcycling's best ratio
 SHARED_FRACTION = 6  # default: a sixth of the neurons shared (MoEBERT on BERT-base: 512 of 3072)
 
 
@@ -193,6 +201,42 @@ def split_upcycle(
     neurons = {i: split_neurons(importance[i], num_experts, shared)
                for i in range(cfg.encoder_layers) if is_moe_layer(i, moe_freq)}
     return upcycle(cfg, dense, num_experts, top_k, moe_freq, seed, neurons)
+
+
+def drop_upcycle(
+    cfg: OMoERobertaConfig,
+    dense: dict[str, torch.Tensor],
+    num_experts: int,
+    top_k: int = 1,
+    moe_freq: int = 1,
+    seed: int = 0,
+    ratio: float = DROP_RATIO,
+) -> tuple[OMoERobertaConfig, dict[str, torch.Tensor]]:
+    """`drop` upcycling: :func:`upcycle` by copy, then every expert re-initialises its own
+    random `ratio` of the hidden neurons (see the module docstring)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"--drop-ratio must be in [0, 1], got {ratio}")
+    moe_cfg, state = upcycle(cfg, dense, num_experts, top_k, moe_freq, seed)
+    generator = torch.Generator().manual_seed(seed + 1)  # not the router's stream
+    for i in range(cfg.encoder_layers):
+        if not is_moe_layer(i, moe_freq):
+            continue
+        prefix = f"encoder.layers.{i}.moe.experts."
+        fc1_w, fc1_b, fc2_w = (state[prefix + n] for n in ("fc1_weight", "fc1_bias", "fc2_weight"))
+        E, h = fc1_b.shape
+        dropped = round(ratio * h)
+        for e in range(E):
+            neurons = torch.randperm(h, generator=generator)[:dropped]
+            fc1_w[e, neurons] = _like(fc1_w[e], (dropped, fc1_w.size(2)), generator)
+            fc1_b[e, neurons] = _like(fc1_b[e], (dropped,), generator)
+            fc2_w[e][:, neurons] = _like(fc2_w[e], (fc2_w.size(1), dropped), generator)
+    return moe_cfg, state
+
+
+def _like(weights: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A normal draw of `shape` with the mean and standard deviation of `weights` (every
+    expert still holds the dense values when it is drawn)."""
+    return torch.normal(float(weights.mean()), float(weights.std()), shape, generator=generator)
 
 
 def _linear(state: dict[str, torch.Tensor], prefix: str) -> nn.Linear:

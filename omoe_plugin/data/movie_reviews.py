@@ -1,11 +1,14 @@
-"""Movie-review sentiment data (Hutto & Gilbert 2014, shipped in the vaderSentiment sdist),
-tokenised with the pretrained encoder's WordPiece tokenizer and binarised for fairseq's
-`sentence_prediction` task.
+"""Rated-sentence sentiment data (Hutto & Gilbert 2014, shipped in the vaderSentiment sdist):
+movie-review sentences by default, or tweets, product-review or news-editorial sentences
+(`--corpus`), tokenised with the pretrained encoder's WordPiece tokenizer and binarised for
+fairseq's `sentence_prediction` task.
 
 Each source line is `id<TAB>mean_rating<TAB>text`, the rating a mean of 20+ raters in
-[-4, 4]. The label is the rating's sign; the 37 sentences rated exactly 0 are left out.
-The split is fixed by id, with no randomness: id % 10 == 0 -> test, id % 10 == 1 -> valid,
-the rest -> train (80 / 10 / 10).
+[-4, 4]. The label is the rating's sign; sentences rated exactly 0 are left out (37 of the
+movie reviews). The split is fixed by id, with no randomness: id % 10 == 0 -> test,
+id % 10 == 1 -> valid, the rest -> train (80 / 10 / 10). Where an id is
+`document_sentence` (product reviews, editorials), the document number is the id, so the
+sentences of one document stay in one split.
 
 Output layout (what `fairseq-train DIR --task sentence_prediction` reads):
   DIR/input0/   binarised WordPiece tokens + dict.txt
@@ -23,7 +26,7 @@ from typing import NamedTuple, Optional
 
 from tokenizers import Tokenizer
 
-from .sources import minilm_file, movie_review_lines
+from .sources import VADER_CORPORA, minilm_file, rated_lines
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ def parse(lines: list[str]) -> list[Review]:
         fields = line.rstrip("\r\n").split("\t")
         if len(fields) != 3:
             raise ValueError(f"line {number}: expected id<TAB>rating<TAB>text, got {line!r}")
-        reviews.append(Review(int(fields[0]), float(fields[1]), fields[2].strip()))
+        document = fields[0].split("_")[0]
+        reviews.append(Review(int(document), float(fields[1]), fields[2].strip()))
     return reviews
 
 
@@ -102,9 +106,10 @@ def binarize(
         (out_dir / "label" / f"{split}.label").write_text(ratings, encoding="utf-8")
 
 
-def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None) -> dict[str, int]:
-    """Fetch, tokenise, split and binarise the movie reviews into out_dir."""
-    reviews = parse(movie_review_lines())
+def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None,
+            corpus: str = "movie_reviews") -> dict[str, int]:
+    """Fetch, tokenise, split and binarise one rated-sentence corpus into out_dir."""
+    reviews = parse(rated_lines(corpus))
     sizes = write_raw(reviews, out_dir / "raw", wordpiece_tokenizer())
     binarize(out_dir / "raw", out_dir, workers, srcdict)
     return sizes
@@ -113,15 +118,17 @@ def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None) -> 
 def cli_main() -> None:
     parser = argparse.ArgumentParser(
         prog="omoe-prepare-data",
-        description="Fetch the movie-review sentiment sentences and binarise them for "
-        "fairseq's sentence_prediction task (see the module docstring for the layout).",
+        description="Fetch rated sentiment sentences (movie reviews by default) and binarise "
+        "them for fairseq's sentence_prediction task (see the module docstring for the layout).",
     )
     parser.add_argument("out_dir", type=Path, help="output directory (created)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     parser.add_argument("--srcdict", type=Path, default=None,
                         help="token dictionary to binarise with (omoe-import-bert's dict.txt); "
                         "default: built from the training split")
+    parser.add_argument("--corpus", choices=list(VADER_CORPORA), default="movie_reviews",
+                        help="which rated-sentence set of the vaderSentiment sdist")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    sizes = prepare(args.out_dir, args.workers, args.srcdict)
+    sizes = prepare(args.out_dir, args.workers, args.srcdict, args.corpus)
     logger.info(f"wrote {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))

@@ -45,12 +45,25 @@ def fetch(package: tuple[str, str], sdist: bool = False) -> Path:
     return found[0]
 
 
-def movie_review_lines() -> list[str]:
-    """The lines of movieReviewSnippets_GroundTruth.txt from the vaderSentiment sdist."""
+# The rated sentence sets of Hutto & Gilbert (2014) inside the vaderSentiment sdist:
+# --corpus name -> file in additional_resources/hutto_ICWSM_2014.tar.gz
+VADER_CORPORA = {
+    "movie_reviews": "movieReviewSnippets_GroundTruth.txt",  # 10,605 movie-review sentences
+    "tweets": "tweets_GroundTruth.txt",  # 4,200 tweets
+    "amazon": "amazonReviewSnippets_GroundTruth.txt",  # 3,708 product-review sentences
+    "nyt": "nytEditorialSnippets_GroundTruth.txt",  # 5,190 news-editorial sentences
+}
+
+
+def rated_lines(corpus: str = "movie_reviews") -> list[str]:
+    """The lines (`id<TAB>mean_rating<TAB>text`) of one of VADER_CORPORA from the
+    vaderSentiment sdist."""
+    if corpus not in VADER_CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}: choose one of {', '.join(VADER_CORPORA)}")
     with tarfile.open(fetch(VADER, sdist=True)) as sdist:
         inner = sdist.extractfile(f"{'-'.join(VADER)}/additional_resources/hutto_ICWSM_2014.tar.gz")
         with tarfile.open(fileobj=inner) as resources:
-            member = resources.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+            member = resources.extractfile(f"hutto_ICWSM_2014/{VADER_CORPORA[corpus]}")
             return member.read().decode("utf-8").splitlines()
 
 

@@ -1,10 +1,12 @@
-"""Capture of the inputs routed to each expert, summarised per update for the OMoE optimizer.
+"""Capture of what each expert sees, summarised per update for the OMoE optimizer.
 
 Installed on the MoE layers by the alternating task during accumulating updates only; the
-experts call it with each expert's routed tokens (fc1's input space) and hidden
-activations (fc2's input space). Inputs are normalised to unit length first, so that a
-summary's second moment has trace <= 1 in every layer and `--omoe-alpha` means the same
-everywhere (a fraction of the input energy).
+experts call it with each expert weight's input and output on the expert's routed tokens
+(fc1: token -> pre-activation, fc2: hidden activation -> expert output). The capture keeps
+the inputs (`--omoe-space inputs`), the inputs centred per expert and micro-batch
+(`centred`) or the outputs (`outputs`). Vectors are normalised to unit length first, so that
+a summary's second moment has trace <= 1 in every layer and `--omoe-alpha` means the same
+everywhere (a fraction of the energy).
 """
 
 from typing import Literal, Optional
@@ -17,6 +19,7 @@ from ..optim.projector import compress
 from .experts import expert_weight_key
 
 Summary = Literal["mean", "pca", "tokens"]
+Space = Literal["inputs", "centred", "outputs"]
 
 
 class RoutedInputCapture:
@@ -30,22 +33,34 @@ class RoutedInputCapture:
       them into its rank-limited statistics with an eigen-decomposition of their Gram matrix).
     """
 
-    def __init__(self, summary: Summary, width: int = 1) -> None:
-        """width: directions kept per update with summary "pca" (--omoe-stat-rank)."""
+    def __init__(self, summary: Summary, width: int = 1, space: Space = "inputs") -> None:
+        """width: directions kept per update with summary "pca" (--omoe-stat-rank);
+        space: what is summarised (--omoe-space)."""
         if summary not in ("mean", "pca", "tokens"):
             raise ValueError(f"--omoe-stat must be mean, pca or tokens, got {summary!r}")
-        self.summary = summary
+        if space not in ("inputs", "centred", "outputs"):
+            raise ValueError(f"no routed-input capture for --omoe-space {space!r}")
+        self.summary, self.space = summary, space
         self.width = width
-        self.sums: dict[str, dict[int, torch.Tensor]] = {}  # key -> expert -> [in, w]
+        self.sums: dict[str, dict[int, torch.Tensor]] = {}  # key -> expert -> [dim, w]
         self.counts: dict[str, dict[int, int]] = {}
         self.num_experts: dict[str, int] = {}
 
-    def __call__(self, layer: int, num_experts: int, expert: int, **inputs: torch.Tensor) -> None:
-        """Record expert `expert`'s routed inputs, e.g. fc1=[n, d], fc2=[n, h]."""
+    def __call__(self, layer: int, num_experts: int, expert: int,
+                 outputs: Optional[dict[str, torch.Tensor]] = None,
+                 **inputs: torch.Tensor) -> None:
+        """Record what expert `expert`'s weights saw: their inputs by role, e.g. fc1=[n, d],
+        fc2=[n, h], and (needed with space "outputs") their outputs, e.g.
+        outputs={"fc1": [n, h], "fc2": [n, d]}."""
         for role, x in inputs.items():
             key = expert_weight_key(layer, role)
             self.num_experts[key] = num_experts
-            x = F.normalize(x.detach().float(), dim=-1).T  # [in, n]
+            if self.space == "outputs":
+                x = outputs[role]
+            x = x.detach().float()
+            if self.space == "centred":
+                x = x - x.mean(dim=0)
+            x = F.normalize(x, dim=-1).T  # [dim, n]
             if self.summary == "mean":
                 s = x.sum(dim=1, keepdim=True)
             elif self.summary == "pca":
@@ -68,15 +83,15 @@ class RoutedInputCapture:
     ) -> dict[str, torch.Tensor]:
         """This update's summaries, summed over data-parallel workers, then cleared.
 
-        like: key -> a tensor [E, in, ...] per expert weight (the optimizer's statistics),
+        like: key -> a tensor [E, dim, ...] per expert weight (the optimizer's statistics),
         in the same order on every worker: its sizes and device give the summary's, and
         every key is reduced even where this worker captured nothing for it (a dummy batch
         at the end of an uneven epoch), so all workers make the same collective calls on
         the device their backend needs. Without it: the keys captured here, on the CPU.
 
-        Returns key -> X [E, in, w]: step columns with X[e] X[e]^T = expert e's normalised
-        input second moment (mean: the mean input's outer product); all-zero for an expert
-        that received no token on any worker.
+        Returns key -> X [E, dim, w]: step columns with X[e] X[e]^T = expert e's normalised
+        second moment (mean: the mean vector's outer product); all-zero for an expert that
+        received no token on any worker.
         """
         if like is None:
             like = {k: torch.empty(self.num_experts[k], next(iter(s.values())).size(0), 0)

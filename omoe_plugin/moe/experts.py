@@ -96,10 +96,11 @@ class StackedExperts(nn.Module):
         for e in range(self.num_experts):
             token, slot = torch.where(experts == e)  # [n_e] each
             x_e = x[token]  # [n_e, d]
-            h = self.activation_fn(F.linear(x_e, fc1_w[e], fc1_b[e]))  # [n_e, h]
-            if self.capture is not None:
-                self.capture(self.layer_index, self.num_experts, e, fc1=x_e, fc2=h)
-            h = self.activation_dropout(h)
-            y = F.linear(h, fc2_w[e], fc2_b[e])  # [n_e, d]
+            z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
+            h = self.activation_fn(z)
+            y = F.linear(self.activation_dropout(h), fc2_w[e], fc2_b[e])  # [n_e, d]
+            if self.capture is not None:  # each weight's input and output on expert e's tokens
+                self.capture(self.layer_index, self.num_experts, e, fc1=x_e, fc2=h,
+                             outputs={"fc1": z, "fc2": y})
             out.index_add_(0, token, y * weights[token, slot].unsqueeze(-1).to(y.dtype))
         return out

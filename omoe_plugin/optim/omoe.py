@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
-from .projector import compress, expert_factors, project, removed_part, update_products
+from .projector import compress, expert_factors, removed_part, update_products
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,28 @@ class OMoEConfig(FairseqDataclass):
         default=16,
         metadata={"help": "rank kept of each expert's input statistics (projector memory)"},
     )
+    omoe_space: ChoiceEnum(["inputs", "centred", "outputs", "deltas"]) = field(
+        default="inputs",
+        metadata={
+            "help": "what an expert's update is made orthogonal to: the other experts' routed "
+            "inputs (inputs, OWM), the same centred per expert (centred), their outputs "
+            "(outputs, projected from the left), or their recent update directions (deltas)"
+        },
+    )
+    omoe_max_gain: float = field(
+        default=1.0,
+        metadata={
+            "help": "rescale each projected expert update back towards the norm it had before "
+            "the projection, by at most this factor (1 = plain projection)"
+        },
+    )
+    omoe_project_moment: bool = field(
+        default=False,
+        metadata={
+            "help": "also project AdamW's first moment in orthogonal updates, so the removed "
+            "component is not replayed in the next accumulating phase"
+        },
+    )
     omoe_forget: float = field(
         default=0.0,
         metadata={
@@ -95,6 +118,9 @@ class FairseqOMoE(FairseqOptimizer):
             stat_rank=cfg.omoe_stat_rank,
             max_rank=cfg.omoe_max_rank,
             forget=cfg.omoe_forget,
+            space=cfg.omoe_space,
+            max_gain=cfg.omoe_max_gain,
+            project_moment=cfg.omoe_project_moment,
         )
 
     @property
@@ -112,7 +138,7 @@ def _stat_dtype(p: torch.Tensor) -> torch.dtype:
 
 
 def _fold(stats: torch.Tensor, X: torch.Tensor, max_rank: int) -> Optional[torch.Tensor]:
-    """An expert's statistics [in, max_rank] with new columns X [in, w] folded in, or None
+    """An expert's statistics [dim, max_rank] with new columns X [dim, w] folded in, or None
     if X or the result is not finite (or the eigen-decomposition fails)."""
     if not torch.isfinite(X).all():
         return None
@@ -121,6 +147,51 @@ def _fold(stats: torch.Tensor, X: torch.Tensor, max_rank: int) -> Optional[torch
     except torch.linalg.LinAlgError:
         return None
     return folded if torch.isfinite(folded).all() else None
+
+
+SPACES = ("inputs", "centred", "outputs", "deltas")
+# Where each space's projector acts on a stacked expert weight W [E, out, in]: on its rows
+# (right-multiplied, the input space), on its columns (left-multiplied, the output space),
+# or on the whole flattened matrix (weight space).
+_ACTS_ON = {"inputs": "in", "centred": "in", "outputs": "out", "deltas": "weight"}
+
+
+def as_rows(W: torch.Tensor, space: str) -> torch.Tensor:
+    """W [E, out, in] as [E, rows, dim] whose rows the space's projector [dim x dim] acts on."""
+    acts_on = _ACTS_ON[space]
+    if acts_on == "in":
+        return W
+    return W.transpose(1, 2) if acts_on == "out" else W.reshape(W.size(0), 1, -1)
+
+
+def from_rows(rows: torch.Tensor, like: torch.Tensor, space: str) -> torch.Tensor:
+    """The inverse of `as_rows`: back to like's shape [E, out, in]."""
+    acts_on = _ACTS_ON[space]
+    if acts_on == "in":
+        return rows
+    return rows.transpose(1, 2) if acts_on == "out" else rows.reshape(like.shape)
+
+
+# What a changed setting does to a resumed run (see OMoE.load_state_dict).
+_CHANGED = {
+    "alpha": "projectors formed from the next switch on use the new value",
+    "accumulate_steps": "the phase is recomputed from the update count with the new cycle, so "
+    "this run may switch phase at other updates than the checkpointed run would have",
+    "orthogonal_steps": "the phase is recomputed from the update count with the new cycle, so "
+    "this run may switch phase at other updates than the checkpointed run would have",
+    "stat": "the checkpointed statistics were summarised the old way; new updates fold in "
+    "the new kind until the next cycle restarts them",
+    "stat_rank": "the checkpointed statistics were summarised the old way; new updates fold "
+    "in the new kind until the next cycle restarts them",
+    "forget": "the statistics carried over at the next cycle boundary follow the new factor",
+    "project_what": "orthogonal updates from now on follow the new rule",
+    "max_gain": "orthogonal updates from now on follow the new rule",
+    "project_moment": "orthogonal updates from now on follow the new rule",
+    "mode": "the checkpointed projectors were formed the old way",
+    "space": "the checkpointed statistics and projectors live in the old space",
+    "max_rank": "the checkpointed statistics have the old rank",
+}
+_OPTION = {"project_what": "project"}  # setting -> --omoe-* option name, where they differ
 
 
 class OMoE(torch.optim.AdamW):
@@ -132,16 +203,27 @@ class OMoE(torch.optim.AdamW):
     task, which calls ``set_phase`` before every step:
 
     - accumulating: every parameter takes the AdamW update; the task hands over each
-      update's summary X_e of the inputs routed to expert e (``accumulate``), folded into
-      rank-limited statistics A_e with A_e A_e^T = sum of the X_e X_e^T (times ``forget`` per
-      cycle boundary). C_e = A_e A_e^T / n_e is expert e's mean input second moment.
+      update's summary X_e of what expert e saw (``accumulate``), folded into rank-limited
+      statistics A_e with A_e A_e^T = sum of the X_e X_e^T (times ``forget`` per cycle
+      boundary). C_e = A_e A_e^T / n_e is expert e's mean second moment. What is summarised
+      is the ``space``: ``inputs`` (the routed inputs, OWM), ``centred`` (the same minus
+      their mean per expert and micro-batch), ``outputs`` (the expert weight's outputs on
+      its routed tokens). ``deltas`` keeps no statistics (below).
     - at the switch (``form_projectors``) every expert gets the factor of its other-experts
       projector: ``joint``: P_{-e} = alpha (sum_{j != e} C_j + alpha I)^{-1};
       ``average``: P_{-e} = (sum_j P_j - P_e) / (E - 1) with P_j = alpha (C_j + alpha I)^{-1}.
     - orthogonal: non-expert parameters and expert biases take the AdamW update; an expert
       weight's update dW_e (AdamW's final step, decay included, or with ``project_what =
-      "gradient"`` its gradient before AdamW) becomes dW_e P_{-e}, so it barely moves
-      (``average``) or does not move (``joint``) the outputs for inputs the other experts saw.
+      "gradient"`` its gradient before AdamW) is projected: dW_e P_{-e} in the input spaces
+      (it barely moves, or does not move, the outputs for inputs the other experts saw),
+      P_{-e} dW_e for ``outputs`` (it adds nothing along the other experts' output
+      directions), and for ``deltas`` vec(dW_e) is projected away from the other experts'
+      recent update directions (their AdamW first moments, flattened, read at every
+      orthogonal step: no state of its own), so copies are pushed apart in weight space.
+      With ``max_gain`` > 1 each expert's projected update is scaled back towards its
+      unprojected norm (by at most max_gain): the direction changes, the step length not.
+      With ``project_moment`` the experts' first moments are projected the same way, so
+      the removed component is not replayed after the orthogonal phase.
 
     With only accumulating phases the parameters follow torch.optim.AdamW exactly.
     """
@@ -163,7 +245,12 @@ class OMoE(torch.optim.AdamW):
         stat_rank: int = 4,
         max_rank: int = 16,
         forget: float = 0.0,
+        space: str = "inputs",
+        max_gain: float = 1.0,
+        project_moment: bool = False,
     ) -> None:
+        # plain strings (fairseq hands over its ChoiceEnum values): they go into checkpoints
+        mode, project_what, stat, space = map(str, (mode, project_what, stat, space))
         checks = (
             (alpha > 0, "--omoe-alpha must be > 0", alpha),
             (accumulate_steps >= 1, "--omoe-accumulate-steps must be >= 1", accumulate_steps),
@@ -175,14 +262,25 @@ class OMoE(torch.optim.AdamW):
             (stat_rank >= 1, "--omoe-stat-rank must be >= 1", stat_rank),
             (max_rank >= 1, "--omoe-max-rank must be >= 1", max_rank),
             (0.0 <= forget <= 1.0, "--omoe-forget must be in [0, 1]", forget),
+            (space in SPACES, f"--omoe-space must be one of {', '.join(SPACES)}", space),
+            (max_gain >= 1.0, "--omoe-max-gain must be >= 1 (1 = no rescaling)", max_gain),
+            (not (space == "centred" and stat == "mean"), "--omoe-space centred needs "
+             "--omoe-stat pca or tokens (the mean of centred inputs is zero), got stat", stat),
         )
         for ok, message, value in checks:
             if not ok:
                 raise ValueError(f"{message}, got {value!r}")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.settings = dict(
+            alpha=alpha, accumulate_steps=accumulate_steps, orthogonal_steps=orthogonal_steps,
+            mode=mode, project_what=project_what, stat=stat, stat_rank=stat_rank,
+            max_rank=max_rank, forget=forget, space=space, max_gain=max_gain,
+            project_moment=project_moment,
+        )
         self.alpha, self.mode, self.project_what = alpha, mode, project_what
         self.accumulate_steps, self.orthogonal_steps = accumulate_steps, orthogonal_steps
         self.stat, self.stat_rank, self.max_rank, self.forget = stat, stat_rank, max_rank, forget
+        self.space, self.max_gain, self.project_moment = space, max_gain, project_moment
         self.experts = {}  # "{layer}.{fc1|fc2}" -> stacked weight [E, out, in]
         for group in self.param_groups:
             for p in group["params"]:
@@ -201,20 +299,29 @@ class OMoE(torch.optim.AdamW):
                 "gradients are one tensor with no expert weights in it. A copy.deepcopy of the "
                 "model also loses the expert tags (moe_expert_axis, moe_input, moe_layer)."
             )
-        # projector maths in fp32 at least, whatever the parameters' precision
-        self.stats = {
-            k: torch.zeros(p.size(0), p.size(2), max_rank, dtype=_stat_dtype(p), device=p.device)
+        # projector maths in fp32 at least, whatever the parameters' precision; statistics
+        # live in the space the projector acts on (deltas: none, its directions are read off
+        # AdamW's state)
+        self.stats = {} if space == "deltas" else {
+            k: torch.zeros(p.size(0), as_rows(p, space).size(2), max_rank,
+                           dtype=_stat_dtype(p), device=p.device)
             for k, p in self.experts.items()
         }
         self.stat_steps = {k: torch.zeros_like(v[:, 0, 0]) for k, v in self.stats.items()}
         self.factors: dict[str, torch.Tensor] = {}
         self.counters = {"cycles": 0, "projector_updates": 0, "skipped_stats": 0,
                          "skipped_projectors": 0, "empty_stats": 0}
-        self.health = {}  # last projector measurements, for logging
+        self.last_measured = {}  # "trace", "removed": last projector measurements, for logging
         self._measure_next = False  # measure the removed share on the next orthogonal step
         self.phase: Optional[str] = None
 
     # -- called by the alternating task ---------------------------------------------------
+
+    @property
+    def projectors_formed(self) -> bool:
+        """Whether form_projectors has run (in this run or the checkpointed one)."""
+        return self.counters["projector_updates"] > 0 and (self.space == "deltas"
+                                                           or bool(self.factors))
 
     def set_phase(self, phase: str) -> None:
         """'accumulate' or 'orthogonal' for the next step (consumed by it)."""
@@ -232,7 +339,7 @@ class OMoE(torch.optim.AdamW):
 
     @torch.no_grad()
     def accumulate(self, step_stats: dict[str, torch.Tensor]) -> None:
-        """Fold one update's routed-input summaries (key -> [E, in, w]) into the statistics.
+        """Fold one update's summaries (key -> [E, dim, w]) into the statistics.
 
         An expert whose summary is all zero received no token on any worker (or only
         all-zero inputs): it is left as it is and counted (``counters["empty_stats"]``). A
@@ -259,7 +366,8 @@ class OMoE(torch.optim.AdamW):
 
         An expert whose factor cannot be formed (Cholesky failure even in float64, or a
         non-finite result) keeps the projector it had, the identity before the first one,
-        and is counted (``counters["skipped_projectors"]``)."""
+        and is counted (``counters["skipped_projectors"]``). ``deltas`` forms its
+        projectors at every orthogonal step from the live first moments instead."""
         traces = []
         for key, stats in self.stats.items():
             mean_stats = stats / self.stat_steps[key].clamp(min=1.0).sqrt().view(-1, 1, 1)
@@ -271,7 +379,8 @@ class OMoE(torch.optim.AdamW):
             self.factors[key] = factors
             traces.append(self._mean_trace(factors))
         self.counters["projector_updates"] += 1
-        self.health["trace"] = sum(traces) / len(traces)
+        if traces:
+            self.last_measured["trace"] = sum(traces) / len(traces)
         self._measure_next = True
 
     @property
@@ -280,12 +389,34 @@ class OMoE(torch.optim.AdamW):
         return self.counters["skipped_stats"] + self.counters["skipped_projectors"]
 
     def _mean_trace(self, factors: torch.Tensor) -> float:
-        """Mean over experts of trace(P_{-e}) / in: 1 = projects nothing, 0 = everything."""
-        E, in_dim = factors.shape[:2]
-        norms = factors.square().sum(dim=(1, 2))  # ||Q_e||_F^2 = in - trace(I - Q Q^T)
+        """Mean over experts of trace(P_{-e}) / dim: 1 = projects nothing, 0 = everything."""
+        E, dim = factors.shape[:2]
+        norms = factors.square().sum(dim=(1, 2))  # ||Q_e||_F^2 = dim - trace(I - Q Q^T)
         if self.mode == "average" and E > 1:  # trace of (S - P_e) / (E - 1)
             norms = (norms.sum() - norms) / (E - 1)
-        return float(1.0 - norms.mean() / in_dim)
+        return float(1.0 - norms.mean() / dim)
+
+    def _step_factors(self, active: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each active expert weight's projector factors for this orthogonal step, in the
+        projector precision (fp32 at least), acting on `as_rows` of the weight."""
+        if self.space != "deltas":
+            missing = [k for k in active if k not in self.factors]
+            if missing:
+                raise RuntimeError(
+                    f"OMoE orthogonal step before projectors were formed for {missing}: call "
+                    "form_projectors() at the switch from accumulating to orthogonal"
+                )
+            return {k: self.factors[k].to(p.device) for k, p in active.items()}
+        factors = {}
+        for key, p in active.items():
+            moment = self.state[p].get("exp_avg")
+            if moment is None:  # no AdamW step yet: no recent update to leave
+                factors[key] = p.new_zeros(p.size(0), p[0].numel(), 0, dtype=_stat_dtype(p))
+                continue
+            directions = F.normalize(moment.to(_stat_dtype(p)).reshape(p.size(0), -1), dim=1)
+            factors[key], ok = expert_factors(directions.unsqueeze(-1), self.alpha, self.mode)
+            self.counters["skipped_projectors"] += int((~ok).sum())
+        return factors
 
     # -- the update -----------------------------------------------------------------------
 
@@ -297,41 +428,57 @@ class OMoE(torch.optim.AdamW):
         active = {k: p for k, p in self.experts.items() if p.grad is not None}
         if not orthogonal or not active:
             return super().step(closure)
-        missing = [k for k in active if k not in self.factors]
-        if missing:
-            raise RuntimeError(
-                f"OMoE orthogonal step before projectors were formed for {missing}: call "
-                "form_projectors() at the switch from accumulating to orthogonal"
-            )
-        # projector maths in the factors' precision (fp32 at least), whatever the parameters'
-        factors = {k: self.factors[k].to(p.device) for k, p in active.items()}
-        if self.project_what == "gradient":
-            for key, p in active.items():
-                p.grad.copy_(project(p.grad.to(factors[key].dtype), factors[key], self.mode))
-            return super().step(closure)
-        # Project AdamW's update dW = new - old without materialising it: the projection
-        # removes removed_part(update_products(dW)), and the products are linear in dW and
-        # small ([E, out, rank]).
+        factors = self._step_factors(active)
+        projections = {k: _Projection(factors[k], self.mode, self.space)
+                       for k in active if factors[k].size(-1) > 0}
         measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
         self._measure_next = False
-        old = {k: p.detach().clone() for k, p in active.items()} if measure else {}
-        before = {k: update_products(p.to(factors[k].dtype), factors[k], self.mode)
-                  for k, p in active.items()}
+        if self.project_what == "gradient":
+            for key, projection in projections.items():
+                grad = active[key].grad
+                projected = projection.apply(grad.to(projection.dtype))
+                grad.copy_(self._rescaled(projected, grad.to(projection.dtype)))
+            loss = super().step(closure)
+        else:
+            loss = self._step_projecting_update(closure, active, projections, measure)
+        if self.project_moment:
+            for key, projection in projections.items():
+                moment = self.state[active[key]]["exp_avg"]
+                moment.copy_(projection.apply(moment.to(projection.dtype)))
+        return loss
+
+    def _step_projecting_update(self, closure, active, projections, measure):
+        """AdamW, then each expert weight's update dW = new - old projected. Without
+        rescaling, dW is never materialised: the projection removes
+        removed(products(dW)), and the products are linear in dW and small."""
+        keep_old = measure or self.max_gain > 1.0
+        old = {k: active[k].detach().clone() for k in projections} if keep_old else {}
+        before = {k: proj.products(active[k]) for k, proj in projections.items()}
         loss = super().step(closure)
         removed = []
-        for key, p in active.items():
-            if factors[key].size(-1) == 0:
-                continue  # no other expert: nothing to remove
-            after = update_products(p.to(factors[key].dtype), factors[key], self.mode)
-            products = tuple(a - b for a, b in zip(after, before[key]))
-            cut = removed_part(products, factors[key], self.mode)
-            p.sub_(cut.to(p.dtype))
+        for key, projection in projections.items():
+            p = active[key]
+            after = projection.products(p)
+            cut = projection.removed(tuple(a - b for a, b in zip(after, before[key])), p)
             if measure:
-                delta = p + cut - old[key]
+                delta = p - old[key]
                 removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))
+            if self.max_gain > 1.0:
+                delta = p.to(cut.dtype) - old[key].to(cut.dtype)
+                p.copy_((old[key].to(cut.dtype) + self._rescaled(delta - cut, delta)).to(p.dtype))
+            else:
+                p.sub_(cut.to(p.dtype))
         if removed:
-            self.health["removed"] = sum(removed) / len(removed)
+            self.last_measured["removed"] = sum(removed) / len(removed)
         return loss
+
+    def _rescaled(self, projected: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """projected [E, ...] scaled per expert towards original's norm, by at most max_gain."""
+        if self.max_gain == 1.0:
+            return projected
+        dims = tuple(range(1, projected.dim()))
+        gain = original.norm(dim=dims) / projected.norm(dim=dims).clamp(min=1e-30)
+        return projected * gain.clamp(1.0, self.max_gain).view(-1, *[1] * len(dims))
 
     # -- checkpointing: statistics, projectors and counters are optimizer state ---------------
 
@@ -342,6 +489,7 @@ class OMoE(torch.optim.AdamW):
             "stat_steps": dict(self.stat_steps),
             "factors": dict(self.factors),
             "counters": dict(self.counters),
+            "settings": dict(self.settings),
         }
         return state
 
@@ -353,10 +501,12 @@ class OMoE(torch.optim.AdamW):
                 "this optimizer state has no OMoE statistics (was it saved by another "
                 "optimizer?); resume with --reset-optimizer to start them afresh"
             )
+        self._report_changed_settings(omoe.get("settings"))
         if set(omoe["stats"]) != set(self.stats):
             raise ValueError(
-                f"OMoE state is for expert weights {sorted(omoe['stats'])}, the model has "
-                f"{sorted(self.stats)}"
+                f"OMoE state has statistics for expert weights {sorted(omoe['stats'])}, this "
+                f"model and --omoe-space need {sorted(self.stats)}; resume with "
+                "--reset-optimizer to start them afresh"
             )
         self._check_loaded(omoe)
         super().load_state_dict(state_dict)
@@ -366,6 +516,19 @@ class OMoE(torch.optim.AdamW):
         self.factors = {k: v.to(self.stats[k]) for k, v in omoe["factors"].items()}
         self.counters.update(omoe["counters"])
 
+    def _report_changed_settings(self, saved: Optional[dict]) -> None:
+        """Say, on resume, which OMoE settings differ from the checkpoint's and what that does
+        (those that change the state's shapes are then refused by `_check_loaded`)."""
+        if saved is None:
+            logger.warning("the checkpoint's OMoE state predates stored settings: a change of "
+                           "--omoe-* options since it was saved cannot be detected")
+            return
+        for name, value in self.settings.items():
+            if name in saved and saved[name] != value:
+                option = "--omoe-" + _OPTION.get(name, name).replace("_", "-")
+                logger.warning(f"{option} changed since the checkpoint ({saved[name]!r} -> "
+                               f"{value!r}): {_CHANGED[name]}")
+
     def _check_loaded(self, omoe: dict) -> None:
         """Refuse checkpointed OMoE state that does not fit this model or is not finite, so
         that a corrupt or foreign checkpoint cannot plant a bad projector."""
@@ -374,15 +537,36 @@ class OMoE(torch.optim.AdamW):
                 if not isinstance(value, torch.Tensor) or key not in self.stats:
                     fits = False
                 elif part == "factors":  # what expert_factors returns for this mode and rank
-                    E, in_dim, r = self.stats[key].shape
+                    E, dim, r = self.stats[key].shape
                     width = 0 if E == 1 else r if self.mode == "average" else (E - 1) * r
-                    fits = value.shape == (E, in_dim, width)
+                    fits = value.shape == (E, dim, width)
                 else:
                     fits = value.shape == getattr(self, part)[key].shape
                 if not fits or not torch.isfinite(value).all():
-                    problem = ("does not fit the model, --omoe-mode and --omoe-max-rank"
-                               if not fits else "is not finite")
+                    problem = ("does not fit the model, --omoe-space, --omoe-mode and "
+                               "--omoe-max-rank" if not fits else "is not finite")
                     raise ValueError(
                         f"the checkpoint's OMoE {part} for expert weight {key} {problem}; "
                         "resume with --reset-optimizer to start the statistics afresh"
                     )
+
+
+class _Projection:
+    """One stacked expert weight's other-experts projection for one step: the factors
+    [E, dim, R] of `expert_factors`, acting on `as_rows` of the weight in its space."""
+
+    def __init__(self, factors: torch.Tensor, mode: str, space: str) -> None:
+        self.factors, self.mode, self.space = factors, mode, space
+        self.dtype = factors.dtype
+
+    def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The small products of W [E, out, in] with the factors (linear in W)."""
+        return update_products(as_rows(W.to(self.dtype), self.space), self.factors, self.mode)
+
+    def removed(self, products: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:
+        """What the projection removes from the W whose `products` these are, shaped like it."""
+        return from_rows(removed_part(products, self.factors, self.mode), like, self.space)
+
+    def apply(self, W: torch.Tensor) -> torch.Tensor:
+        """W [E, out, in] projected."""
+        return W - self.removed(self.products(W), W)

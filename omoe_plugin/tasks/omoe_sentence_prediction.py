@@ -5,13 +5,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
+import torch
 import torch.distributed as dist
 from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 
-from ..analysis.similarity import layer_similarity
+from ..analysis.similarity import (
+    displacement_similarity,
+    displacements,
+    layer_similarity,
+    pair_mean,
+)
 from ..moe import MoELayer, StackedExperts
 from ..moe.capture import RoutedInputCapture
 from ..optim.omoe import OMoE
@@ -71,15 +77,21 @@ class OMoESentencePredictionTask(SentencePredictionTask):
     norm the projection removed, as last measured on the first orthogonal update of a cycle),
     `omoe_skipped` (statistics and projector updates skipped in the interval because of
     NaN/Inf or a failed factorisation), `omoe_empty` (experts' statistics updates in the
-    interval with no routed token) and, on validation, `omoe_sim_cka` / `omoe_sim_cos`.
+    interval with no routed token) and, on validation, `omoe_sim_cka` / `omoe_sim_cos` (the
+    experts' outputs on the same tokens) and `omoe_sim_delta` (mean cosine of the experts'
+    weight displacements since this process began training; it keeps one copy of the
+    expert weights, only while similarity logging is on).
     With another optimizer it trains like sentence_prediction and still logs similarity.
     """
 
     def __init__(self, cfg, data_dictionary, label_dictionary) -> None:
         super().__init__(cfg, data_dictionary, label_dictionary)
         self.capture: Optional[RoutedInputCapture] = None
-        self._captured_update: Optional[int] = None
         self._warned = False
+        # expert weights when this process began training, {layer: (fc1, fc2)}, and the
+        # mean cosine of the experts' displacements from them at the last validation
+        self._start: Optional[dict[int, tuple[torch.Tensor, torch.Tensor]]] = None
+        self._displacement_cos: Optional[float] = None
 
     def _omoe(self, optimizer) -> Optional[OMoE]:
         omoe = find_omoe(optimizer)
@@ -89,17 +101,18 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         return omoe
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if self._start is None and self.cfg.omoe_similarity_tokens > 0:
+            self._start = {m.layer_index: (m.fc1_weight.detach().clone(),
+                                           m.fc2_weight.detach().clone())
+                           for m in model.modules() if isinstance(m, StackedExperts)}
         omoe = self._omoe(optimizer)
-        capture = None
-        if omoe is not None and not ignore_grad:
+        if omoe is not None and _starts_update(model):
+            # a fresh capture for every trainer step, also after one that was skipped (OOM,
+            # fp16 overflow) without advancing update_num: its inputs are not this update's
             phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
-            if phase.accumulating:
-                if self.capture is None or self._captured_update != update_num:
-                    # a new update (an earlier one may have been skipped, e.g. on OOM)
-                    self.capture = RoutedInputCapture(omoe.stat, omoe.stat_rank)
-                    self._captured_update = update_num
-                capture = self.capture
-        _set_capture(model, capture)
+            self.capture = (RoutedInputCapture(omoe.stat, omoe.stat_rank, omoe.space)
+                            if omoe.stats and phase.accumulating else None)
+        _set_capture(model, None if ignore_grad else self.capture)
         try:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
         finally:
@@ -114,12 +127,10 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         if phase.position == 0:
             omoe.begin_cycle()
         if phase.accumulating:
-            # every worker reduces, also one that captured nothing (a dummy batch, a stale capture)
-            capture = self.capture
-            if capture is None or self._captured_update != update_num:
-                capture = RoutedInputCapture(omoe.stat, omoe.stat_rank)
-            omoe.accumulate(capture.take(_data_parallel_group(), like=omoe.stats))
-        elif phase.position == omoe.accumulate_steps or not omoe.factors:
+            if omoe.stats:  # every worker reduces, also one that captured nothing (a dummy batch)
+                capture = self.capture or RoutedInputCapture(omoe.stat, omoe.stat_rank, omoe.space)
+                omoe.accumulate(capture.take(_data_parallel_group(), like=omoe.stats))
+        elif phase.position == omoe.accumulate_steps or not omoe.projectors_formed:
             omoe.form_projectors()
         self.capture = None
         omoe.set_phase(phase.name)
@@ -128,10 +139,18 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         metrics.log_scalar_sum("omoe_skipped", omoe.skipped - skipped_before)
         if phase.accumulating:
             metrics.log_scalar_sum("omoe_empty", omoe.counters["empty_stats"] - empty_before)
-        if "trace" in omoe.health:
-            metrics.log_scalar("omoe_trace", omoe.health["trace"], round=4)
-        if "removed" in omoe.health:  # measured on the first orthogonal update of a cycle
-            metrics.log_scalar("omoe_removed", omoe.health["removed"], round=4)
+        if "trace" in omoe.last_measured:
+            metrics.log_scalar("omoe_trace", omoe.last_measured["trace"], round=4)
+        if "removed" in omoe.last_measured:  # measured on the first orthogonal update of a cycle
+            metrics.log_scalar("omoe_removed", omoe.last_measured["removed"], round=4)
+
+    @torch.no_grad()
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        if self._start:
+            sims = [pair_mean(displacement_similarity(displacements(m, self._start[m.layer_index])))
+                    for m in model.modules() if isinstance(m, StackedExperts)]
+            self._displacement_cos = sum(sims) / len(sims)
 
     def valid_step(self, sample, model, criterion):
         sims = []
@@ -151,15 +170,24 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         if sims:
             logging_output["omoe_sim_cka"] = sample_size * sum(s[0] for s in sims) / len(sims)
             logging_output["omoe_sim_cos"] = sample_size * sum(s[1] for s in sims) / len(sims)
+        if self._displacement_cos is not None:
+            logging_output["omoe_sim_delta"] = sample_size * self._displacement_cos
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
         sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
-        for key in ("omoe_sim_cka", "omoe_sim_cos"):
+        for key in ("omoe_sim_cka", "omoe_sim_cos", "omoe_sim_delta"):
             if any(key in log for log in logging_outputs):
                 total = sum(log.get(key, 0) for log in logging_outputs)
                 metrics.log_scalar(key, total / max(sample_size, 1), sample_size, round=4)
+
+
+def _starts_update(model) -> bool:
+    """Whether this micro-batch is the first of a trainer step: fairseq's trainer sets every
+    gradient to None at the start of each step (Trainer.zero_grad), and at no other time
+    before the step's backward passes."""
+    return all(p.grad is None for p in model.parameters())
 
 
 def _set_capture(model, capture: Optional[RoutedInputCapture]) -> None:

@@ -2,7 +2,13 @@
 
 import torch
 
-from omoe_plugin.analysis.similarity import layer_similarity, linear_cka, pairwise_similarity
+from omoe_plugin.analysis.similarity import (
+    displacement_similarity,
+    layer_similarity,
+    linear_cka,
+    pair_mean,
+    pairwise_similarity,
+)
 from omoe_plugin.moe import MoEArgs, MoELayer
 
 
@@ -44,3 +50,23 @@ def test_pairwise_similarity_averages_over_pairs():
     cka, cos = pairwise_similarity(outputs)
     assert abs(cka - 1.0) < 1e-5  # CKA ignores sign
     assert abs(cos - (1 - 1 - 1) / 3) < 1e-5
+
+
+def test_similarity_of_fp16_experts_is_computed_in_fp32():
+    """fp16 training validates fp16 tokens against fp16 expert weights."""
+    torch.manual_seed(0)
+    layer = MoELayer(MoEArgs(embed_dim=16, ffn_dim=24, num_experts=3))
+    x = torch.randn(50, 16)
+    expected = layer_similarity(layer.experts, x)
+    got = layer_similarity(layer.half().experts, x.half())
+    assert abs(got[0] - expected[0]) < 1e-2 and abs(got[1] - expected[1]) < 1e-2
+
+
+def test_displacement_similarity_of_copies_moved_alike_apart_and_not_at_all():
+    start = torch.randn(1, 6).expand(4, 6)
+    moved = torch.tensor([[1.0, 0, 0, 0, 0, 0], [2.0, 0, 0, 0, 0, 0],
+                          [0, 1.0, 0, 0, 0, 0], [0.0] * 6])
+    sims = displacement_similarity((start + moved) - start)
+    assert sims[0, 1] == 1.0 and sims[0, 2] == 0.0 and sims[3, 0] == 0.0
+    assert torch.equal(sims.diagonal(), torch.ones(4))
+    assert abs(pair_mean(sims) - 1 / 6) < 1e-6

@@ -19,10 +19,10 @@ from omoe_plugin.convert.bert import (
 )
 from omoe_plugin.convert.checkpoint import load_encoder_checkpoint, save_encoder_checkpoint
 from omoe_plugin.convert.upcycle import upcycle
-from omoe_plugin.data.sources import minilm_dir, movie_review_lines
+from omoe_plugin.data.sources import minilm_dir, rated_lines
 from omoe_plugin.models import OMoERobertaModel
 
-SENTENCES = [line.split("\t")[2] for line in movie_review_lines()[:16]]
+SENTENCES = [line.split("\t")[2] for line in rated_lines()[:16]]
 
 
 @pytest.fixture(scope="module")

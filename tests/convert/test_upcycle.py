@@ -9,6 +9,7 @@ from omoe_plugin.convert.checkpoint import load_encoder_checkpoint, save_encoder
 from omoe_plugin.convert.cli import upcycle_main
 from omoe_plugin.convert.upcycle import (
     dense_importance,
+    drop_upcycle,
     neuron_importance,
     split_neurons,
     split_sizes,
@@ -88,6 +89,33 @@ def test_one_expert_split_reproduces_the_dense_model(task):
                                dense(x, classification_head_name=HEAD)[0], atol=1e-6, rtol=1e-5)
 
 
+def test_drop_reinitialises_each_experts_own_share_of_neurons(task):
+    dense = tiny_model(task, seed=1, moe_freq=0)
+    state = dense.state_dict()
+    for i in range(2):  # BERT initialises biases to zero; a pretrained FFN's are not
+        state[f"encoder.layers.{i}.fc1.bias"].normal_(generator=torch.Generator().manual_seed(i))
+    _, copied = upcycle(dense.cfg, state, num_experts=4, moe_freq=1, seed=3)
+    _, dropped = drop_upcycle(dense.cfg, state, num_experts=4, moe_freq=1, seed=3, ratio=0.25)
+    for i in range(2):
+        prefix = f"encoder.layers.{i}.moe."
+        fc1, fc1_b, fc2 = (dropped[prefix + "experts." + n]
+                           for n in ("fc1_weight", "fc1_bias", "fc2_weight"))
+        kept = (fc1 == copied[prefix + "experts.fc1_weight"]).all(dim=2)  # [E, h]
+        assert kept.sum(dim=1).tolist() == [36] * 4  # 48 - 12 re-initialised, per expert
+        assert torch.equal(kept, (fc2 == copied[prefix + "experts.fc2_weight"]).all(dim=1))
+        assert torch.equal(kept, fc1_b == copied[prefix + "experts.fc1_bias"])
+        assert len({tuple(k.tolist()) for k in kept}) == 4  # each expert drops its own
+        dense_fc1 = state[f"encoder.layers.{i}.fc1.weight"]
+        drawn = fc1[~kept]  # the re-initialised rows follow the dense weight's statistics
+        assert abs(float(drawn.std() / dense_fc1.std()) - 1) < 0.1
+        assert torch.equal(dropped[prefix + "router.gate.weight"],
+                           copied[prefix + "router.gate.weight"])
+        assert torch.equal(dropped[prefix + "experts.fc2_bias"],
+                           copied[prefix + "experts.fc2_bias"])
+    with pytest.raises(ValueError, match="--drop-ratio"):
+        drop_upcycle(dense.cfg, state, num_experts=4, ratio=1.5)
+
+
 @pytest.fixture(scope="module")
 def dense_on_real_data(movie_reviews, tmp_path_factory):
     """A small random dense model on the real movie-review data's dictionary, saved."""
@@ -130,6 +158,9 @@ def test_split_upcycle_on_real_data_uses_the_importance_order(dense_on_real_data
     "args,message",
     (
         (["--split-shared", "8"], "need --method split"),
+        (["--method", "drop", "--split-shared", "8"], "need --method split"),
+        (["--drop-ratio", "0.5"], "--drop-ratio needs --method drop"),
+        (["--method", "drop", "--drop-ratio", "2"], "--drop-ratio must be in [0, 1]"),
         (["--method", "split"], "needs --importance-data"),
         (["--method", "split", "--importance-data", "DATA", "--split-shared", "5"],
          "cannot be dealt out evenly"),

@@ -12,8 +12,8 @@ from omoe_plugin.criterions.omoe_sentence_prediction import (
 from tests.conftest import tiny_model
 
 
-def sample(task, batch: int = 6, seq: int = 10) -> dict:
-    torch.manual_seed(7)
+def sample(task, batch: int = 6, seq: int = 10, seed: int = 7) -> dict:
+    torch.manual_seed(seed)
     d = task.source_dictionary
     src = torch.randint(d.nspecial, len(d), (batch, seq))
     src[1:, seq - 3 :] = d.pad()

@@ -4,6 +4,7 @@ import pytest
 from fairseq.data import Dictionary, data_utils
 
 from omoe_plugin.data.movie_reviews import Review, parse, split_of
+from omoe_plugin.data.sources import VADER_CORPORA, rated_lines
 
 
 def test_parse_reads_id_rating_text_with_crlf():
@@ -13,6 +14,20 @@ def test_parse_reads_id_rating_text_with_crlf():
 def test_parse_names_a_malformed_line():
     with pytest.raises(ValueError, match="line 2"):
         parse(["1\t0.5\tfine", "2\tno rating here"])
+
+
+def test_a_document_sentence_id_keeps_a_document_in_one_split():
+    reviews = parse(["12_1\t0.4\tGood.", "12_2\t-0.2\tBad.", "31_1\t1\tFine."])
+    assert [r.id for r in reviews] == [12, 12, 31]
+    assert {split_of(r) for r in reviews[:2]} == {"train"} and split_of(reviews[2]) == "valid"
+
+
+def test_every_vader_corpus_is_read_from_the_sdist():
+    sizes = {name: len(rated_lines(name)) for name in VADER_CORPORA}
+    assert sizes == {"movie_reviews": 10605, "tweets": 4200, "amazon": 3708, "nyt": 5190}
+    assert all(len(parse(rated_lines(name))) == n for name, n in sizes.items())
+    with pytest.raises(ValueError, match="unknown corpus 'imdb'"):
+        rated_lines("imdb")
 
 
 def test_split_is_fixed_by_id():

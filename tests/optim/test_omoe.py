@@ -31,9 +31,10 @@ def backward(layer: MoELayer, x: torch.Tensor, capture=None) -> None:
 
 
 def accumulate_step(opt: OMoE, layer: MoELayer, x: torch.Tensor, stat: str = "tokens") -> None:
-    capture = RoutedInputCapture(stat, width=opt.max_rank)
+    capture = RoutedInputCapture(stat, width=opt.max_rank, space=opt.space) if opt.stats else None
     backward(layer, x, capture)
-    opt.accumulate(capture.take())
+    if capture is not None:
+        opt.accumulate(capture.take())
     opt.set_phase("accumulate")
     opt.step()
 
@@ -65,17 +66,24 @@ def test_orthogonal_phase_without_statistics_matches_adamw():
             torch.testing.assert_close(p, q, atol=1e-14, rtol=0)
 
 
-def routed_inputs(layer: MoELayer, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    """Every expert's raw routed inputs, per weight: {"0.fc1": [X_e [n_e, d]], ...}."""
-    seen = {"0.fc1": {}, "0.fc2": {}}
+def routed(layer: MoELayer, x: torch.Tensor, seen: str = "inputs") -> dict[str, list[torch.Tensor]]:
+    """Every expert's raw routed inputs (or outputs), per weight: {"0.fc1": [X_e [n_e, .]]}."""
+    kept = {"0.fc1": {}, "0.fc2": {}}
 
-    def record(_layer, _E, e, fc1, fc2):
-        seen["0.fc1"][e], seen["0.fc2"][e] = fc1.detach(), fc2.detach()
+    def record(_layer, _E, e, fc1, fc2, outputs):
+        if seen == "outputs":
+            fc1, fc2 = outputs["fc1"], outputs["fc2"]
+        kept["0.fc1"][e], kept["0.fc2"][e] = fc1.detach(), fc2.detach()
 
     layer.experts.capture = record
     layer(x)
     layer.experts.capture = None
-    return {k: [v[e] for e in sorted(v)] for k, v in seen.items()}
+    return {k: [v[e] for e in sorted(v)] for k, v in kept.items()}
+
+
+def routed_inputs(layer: MoELayer, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every expert's raw routed inputs, per weight: {"0.fc1": [X_e [n_e, d]], ...}."""
+    return routed(layer, x, "inputs")
 
 
 def roundtrip(state: dict) -> dict:
@@ -86,20 +94,20 @@ def roundtrip(state: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-def orthogonal_deltas(mode: str, alpha: float, project_what: str = "update"):
+def orthogonal_deltas(mode: str, alpha: float, project_what: str = "update", **options):
     """One accumulating step on a batch, then one orthogonal step: the projected change
     and, from an identical twin stepped without projection, the unprojected one."""
+    options = dict(HYPER, alpha=alpha, mode=mode, stat="tokens", max_rank=16,
+                   project_what=project_what, **options)
     layer = layer64()
-    opt = OMoE(layer.parameters(), **HYPER, alpha=alpha, mode=mode, stat="tokens",
-               max_rank=16, project_what=project_what)
+    opt = OMoE(layer.parameters(), **options)
     x = batch(0)
-    inputs = routed_inputs(layer, x)  # what the accumulating step is about to see
+    inputs = routed(layer, x, "outputs" if opt.space == "outputs" else "inputs")
     accumulate_step(opt, layer, x)
     opt.form_projectors()
     twin = layer64(seed=99)  # deepcopy would drop the expert tags on the parameters
     twin.load_state_dict(layer.state_dict())
-    twin_opt = OMoE(twin.parameters(), **HYPER, alpha=alpha, mode=mode, stat="tokens",
-                    max_rank=16, project_what=project_what)
+    twin_opt = OMoE(twin.parameters(), **options)
     twin_opt.load_state_dict(roundtrip(opt.state_dict()))  # a copy, not shared tensors
     before = {k: p.detach().clone() for k, p in opt.experts.items()}
     backward(layer, batch(1))
@@ -154,13 +162,13 @@ def test_gradient_mode_feeds_adamw_the_projected_gradient():
     twin_opt.step()
     for p, q in zip(layer.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, atol=1e-14, rtol=0)
-    assert "removed" not in opt.health  # the update itself is not projected again
+    assert "removed" not in opt.last_measured  # the update itself is not projected again
 
 
 def test_biases_and_router_are_never_projected():
     _, opt, projected, _ = orthogonal_deltas("joint", alpha=1e-9)
     assert set(projected) == {"0.fc1", "0.fc2"}
-    assert opt.health["removed"] > 0.1
+    assert opt.last_measured["removed"] > 0.1
 
 
 def drive(layer: MoELayer, opt: OMoE, steps: range) -> None:
@@ -219,6 +227,9 @@ def test_step_without_the_alternating_task_says_what_is_missing():
         (dict(mode="sum"), "--omoe-mode"),
         (dict(forget=1.5), "--omoe-forget"),
         (dict(max_rank=0), "--omoe-max-rank"),
+        (dict(space="weights"), "--omoe-space"),
+        (dict(space="centred", stat="mean"), "--omoe-space centred needs"),
+        (dict(max_gain=0.5), "--omoe-max-gain"),
     ),
 )
 def test_invalid_values_name_the_option(options, flag):

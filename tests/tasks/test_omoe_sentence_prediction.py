@@ -1,10 +1,23 @@
-"""The alternating schedule and the optimizer lookup of the omoe_sentence_prediction task."""
+"""The alternating schedule, the routed-input capture per update and the optimizer lookup of the
+omoe_sentence_prediction task."""
 
+import torch
+from fairseq.data import Dictionary
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
+from omoe_plugin.criterions.omoe_sentence_prediction import OMoESentencePredictionConfig as \
+    CriterionConfig
+from omoe_plugin.criterions.omoe_sentence_prediction import OMoESentencePredictionCriterion
 from omoe_plugin.moe import MoEArgs, MoELayer
 from omoe_plugin.optim.omoe import FairseqOMoE, OMoEConfig
-from omoe_plugin.tasks.omoe_sentence_prediction import find_omoe, phase_of
+from omoe_plugin.tasks.omoe_sentence_prediction import (
+    OMoESentencePredictionConfig,
+    OMoESentencePredictionTask,
+    find_omoe,
+    phase_of,
+)
+from tests.conftest import tiny_model
+from tests.criterions.test_omoe_sentence_prediction import sample
 
 
 def test_phase_cycles_accumulate_then_orthogonal():
@@ -21,3 +34,46 @@ def test_find_omoe_unwraps_the_fairseq_optimizer():
     assert wrapper.optimizer.defaults["betas"] == (0.9, 0.98)
     adam = FairseqAdam(FairseqAdamConfig(lr=[0.1], adam_betas="(0.9, 0.999)"), list(layer.parameters()))
     assert find_omoe(adam) is None
+
+
+def omoe_task():
+    """The alternating task on the conftest vocabulary, a tiny MoE model and its OMoE."""
+    words, labels = Dictionary(), Dictionary()
+    for i in range(40):
+        words.add_symbol(f"w{i}")
+    for name in ("neg", "pos"):
+        labels.add_symbol(name)
+    task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), words, labels)
+    model = tiny_model(task).train()
+    optimizer = FairseqOMoE(OMoEConfig(lr=[0.01], omoe_stat="tokens"), list(model.parameters()))
+    return task, model, optimizer, OMoESentencePredictionCriterion(CriterionConfig(), task)
+
+
+def test_a_skipped_update_leaves_nothing_in_the_next_updates_statistics():
+    """fairseq does not advance update_num when a step is skipped (OOM, fp16 overflow): the
+    inputs of the skipped step's micro-batches must not reach the statistics."""
+    task, model, optimizer, criterion = omoe_task()
+    optimizer.zero_grad()  # what Trainer.train_step does first, every step
+    task.train_step(sample(task, seed=1), model, criterion, optimizer, update_num=0)
+    optimizer.zero_grad()  # the step was skipped: the trainer clears it and moves on
+    task.train_step(sample(task, seed=2), model, criterion, optimizer, update_num=0)
+    task.optimizer_step(optimizer, model, update_num=0)
+
+    clean_task, clean_model, clean_optimizer, clean_criterion = omoe_task()
+    clean_optimizer.zero_grad()
+    clean_task.train_step(sample(clean_task, seed=2), clean_model, clean_criterion,
+                          clean_optimizer, update_num=0)
+    clean_task.optimizer_step(clean_optimizer, clean_model, update_num=0)
+    stats, clean = find_omoe(optimizer).stats, find_omoe(clean_optimizer).stats
+    assert any(s.any() for s in clean.values())
+    for key in clean:
+        torch.testing.assert_close(stats[key], clean[key], atol=1e-6, rtol=0)
+
+
+def test_micro_batches_of_one_update_share_one_capture():
+    task, model, optimizer, criterion = omoe_task()
+    optimizer.zero_grad()
+    task.train_step(sample(task, seed=1), model, criterion, optimizer, update_num=0)
+    first = task.capture
+    task.train_step(sample(task, seed=2), model, criterion, optimizer, update_num=0)
+    assert task.capture is first and first.counts  # --update-freq 2: both micro-batches
