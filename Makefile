@@ -41,6 +41,8 @@ $(PRE)/model.pt: | setup
 	$(VENV)/bin/omoe-import-bert --minilm --out $(PRE) --max-positions 128
 $(PRE)/moe4.pt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1
+$(PRE)/moe4_drop.pt: $(PRE)/model.pt
+	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 --method drop
 $(PRE)/moe4_split.pt: $(PRE)/model.pt $(PRE_DATA)/input0/dict.txt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 \
 	  --method split --importance-data $(PRE_DATA)
@@ -71,10 +73,11 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  "not the best movie of the year, but not bad" | $(VENV)/bin/omoe-infer $(RUN)/model.onnx
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt   ONNX: $(RUN)/model.onnx"
 
-# dense vs MoE (copy and split upcycled) + AdamW / + OMoE from the pretrained encoder,
-# 3 seeds: runs/compare/pretrained/results.md
-compare: setup $(PRE)/moe4.pt $(PRE)/moe4_split.pt $(PRE_DATA)/input0/dict.txt
-	$(PY) scripts/compare_optimizers.py --setting pretrained
+# dense vs MoE (copy, drop and split upcycled) + AdamW / + OMoE in every reading from the
+# pretrained encoder, 3 seeds, on three corpora: runs/compare/pretrained/CORPUS/results.md
+compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop.pt $(PRE)/moe4_split.pt $(PRE_DATA)/input0/dict.txt
+	for corpus in movie_reviews tweets amazon; do \
+	  $(PY) scripts/compare_optimizers.py --setting pretrained --corpus $$corpus || exit 1; done
 
 bench: setup
 	$(PY) scripts/bench_moe_layer.py

@@ -1,19 +1,22 @@
-"""Compare fine-tuning with AdamW and with OMoE on the movie-review data: for every
+"""Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data: for every
 configuration and seed, run fairseq-train, read the best validation accuracy and the last
 validation expert similarity back from the TensorBoard event files, score
 checkpoint_best.pt on the test split with fairseq-validate, and write a markdown table
 (mean and standard deviation over seeds).
 
-    python scripts/compare_optimizers.py --setting pretrained [--seeds 1 2 3] [--out DIR]
-        [--configs NAME ...] [fairseq-train options added to every run]
+    python scripts/compare_optimizers.py --setting pretrained [--corpus movie_reviews]
+        [--seeds 1 2 3] [--out DIR] [--configs NAME ...]
+        [fairseq-train options added to every run]
 
 Settings:
   pretrained: all-MiniLM-L6-v2 (omoe-import-bert) fine-tuned dense, and upcycled to 4
-    experts with `copy` (data-bin/minilm/moe4.pt) and with `split`
-    (data-bin/minilm/moe4_split.pt, experts of 576 neurons) fine-tuned with AdamW and with
-    OMoE; needs `make demo`'s data-bin/minilm and data-bin/movie_reviews_minilm, and
-    `make compare`'s split checkpoint.
-  scratch: a small 4-layer MoE trained from scratch with AdamW, OMoE joint and OMoE average.
+    experts with `copy` (data-bin/minilm/moe4.pt), `drop` (moe4_drop.pt, Drop-Upcycling)
+    and `split` (moe4_split.pt, experts of 576 neurons), fine-tuned with AdamW and with
+    OMoE in each of its readings (--omoe-space, --omoe-mode); needs `make compare`'s
+    checkpoints. --corpus picks the data: movie_reviews, tweets or amazon (binarised with
+    the encoder's vocabulary into data-bin/CORPUS_minilm on first use).
+  scratch: a small 4-layer MoE trained from scratch on the movie reviews with AdamW, OMoE
+    joint and OMoE average.
 
 --configs picks configurations by their run-directory name (e.g. moe_split_omoe); options
 the script does not know go to fairseq-train, so a sweep is one --out per setting:
@@ -21,8 +24,9 @@ the script does not know go to fairseq-train, so a sweep is one --out per settin
     python scripts/compare_optimizers.py --configs moe_split_omoe --seeds 1 \
         --out runs/sweep/alpha0.001 --omoe-alpha 0.001
 
-Each run writes OUT/CONFIG/seedN/{train.log,checkpoints,tensorboard,result.json}; a finished
-run (its result.json exists) is read back, not run again.
+Each run writes OUT/CONFIG/seedN/{train.log,checkpoints,tensorboard,result.json} (OUT:
+runs/compare/SETTING/CORPUS by default); a finished run (its result.json exists) is read
+back, not run again.
 Defaults (phase lengths, alpha) are tuned on the validation column only; test is reported.
 """
 
@@ -38,6 +42,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from omoe_plugin.data.movie_reviews import prepare
 
+CORPORA = ("movie_reviews", "tweets", "amazon")  # rated sentences of the vaderSentiment sdist
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PRE = ROOT / "data-bin" / "minilm"
@@ -51,10 +57,11 @@ COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--bat
 ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
 OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
 COPY = ["--finetune-from-model", str(PRE / "moe4.pt")]
+DROP = ["--finetune-from-model", str(PRE / "moe4_drop.pt")]
 SPLIT = ["--finetune-from-model", str(PRE / "moe4_split.pt"), "--moe-expert-ffn-dim", "576"]
 SETTINGS = {
     "pretrained": {
-        "data": ROOT / "data-bin" / "movie_reviews_minilm",
+        "data": lambda corpus: ROOT / "data-bin" / f"{corpus}_minilm",
         "args": ["--arch", "omoe_roberta_minilm", "--layer-norm-eps", "1e-12", "--moe-experts",
                  "4", "--moe-top-k", "1", "--lr", "1e-4", "--warmup-updates", "20",
                  "--total-num-update", "200", "--max-update", "200"],
@@ -62,13 +69,20 @@ SETTINGS = {
             "dense fine-tune": ["--finetune-from-model", str(PRE / "model.pt"), "--moe-freq", "0",
                                 *ADAM],
             "MoE + AdamW": [*COPY, *ADAM],
+            "MoE (drop) + AdamW": [*DROP, *ADAM],
             "MoE + OMoE": [*COPY, *OMOE],
+            "MoE + OMoE inputs joint": [*COPY, *OMOE, "--omoe-space", "inputs"],
+            "MoE + OMoE inputs average": [*COPY, *OMOE, "--omoe-space", "inputs",
+                                          "--omoe-mode", "average"],
+            "MoE + OMoE centred": [*COPY, *OMOE, "--omoe-space", "centred", "--omoe-stat", "pca"],
+            "MoE + OMoE outputs": [*COPY, *OMOE, "--omoe-space", "outputs"],
+            "MoE + OMoE deltas": [*COPY, *OMOE, "--omoe-space", "deltas"],
             "MoE (split) + AdamW": [*SPLIT, *ADAM],
             "MoE (split) + OMoE": [*SPLIT, *OMOE],
         },
     },
     "scratch": {
-        "data": ROOT / "data-bin" / "movie_reviews",
+        "data": lambda corpus: ROOT / "data-bin" / "movie_reviews",
         "args": ["--arch", "omoe_roberta_tiny", "--encoder-layers", "4", "--encoder-embed-dim",
                  "128", "--encoder-ffn-embed-dim", "256", "--moe-experts", "4", "--moe-top-k",
                  "1", "--lr", "5e-4", "--warmup-updates", "60", "--total-num-update", "800",
@@ -114,10 +128,9 @@ def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dic
     if test.returncode != 0:
         sys.exit(f"scoring {run_dir} on the test split failed:\n{test.stderr[-3000:]}")
     test_acc = float(re.findall(r"\| accuracy ([\d.]+)", test.stderr + test.stdout)[-1])
-    dense = "omoe_sim_cka" not in valid
-    result = {"valid": max(valid["accuracy"]), "test": test_acc,
-              "cka": None if dense else valid["omoe_sim_cka"][-1],
-              "cos": None if dense else valid["omoe_sim_cos"][-1]}
+    last = lambda tag: valid[tag][-1] if tag in valid else None  # None: a dense model
+    result = {"valid": max(valid["accuracy"]), "test": test_acc, "cka": last("omoe_sim_cka"),
+              "cos": last("omoe_sim_cos"), "delta": last("omoe_sim_delta")}
     done.write_text(json.dumps(result))
     return result
 
@@ -132,6 +145,8 @@ def fmt(values: list, digits: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=list(SETTINGS), default="pretrained")
+    parser.add_argument("--corpus", choices=CORPORA, default="movie_reviews",
+                        help="the data set (pretrained setting)")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/SETTING")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--configs", nargs="+", default=None,
@@ -142,21 +157,26 @@ def main() -> None:
     unknown = set(args.configs or ()) - set(configs)
     if unknown:
         parser.error(f"unknown --configs {sorted(unknown)}; {args.setting} has {sorted(configs)}")
-    out = args.out or ROOT / "runs" / "compare" / args.setting
-    if args.setting == "scratch" and not (setting["data"] / "input0" / "dict.txt").exists():
-        prepare(setting["data"], workers=2)
-    rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine |",
-            "|---|---|---|---|---|"]
+    if args.setting == "scratch" and args.corpus != "movie_reviews":
+        parser.error("the scratch setting trains on the movie reviews only")
+    out = args.out or ROOT / "runs" / "compare" / args.setting / args.corpus
+    data = setting["data"](args.corpus)
+    if not (data / "input0" / "dict.txt").exists():
+        srcdict = PRE / "dict.txt" if args.setting == "pretrained" else None
+        prepare(data, workers=2, srcdict=srcdict, corpus=args.corpus)
+    rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine | "
+            "displacement cosine |", "|---|---|---|---|---|---|"]
     for key, (name, config) in configs.items():
         if args.configs is not None and key not in args.configs:
             continue
         run_args = setting["args"] + config + extra
-        results = [run_one(setting["data"], out, name, run_args, s) for s in args.seeds]
-        cols = {k: [r[k] for r in results] for k in results[0]}
+        results = [run_one(data, out, name, run_args, s) for s in args.seeds]
+        cols = {k: [r.get(k) for r in results] for k in ("valid", "test", "cka", "cos", "delta")}
         rows.append(f"| {name} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "
-                    f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} |")
+                    f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} | {fmt(cols['delta'], 3)} |")
         print(rows[-1], flush=True)
-    table = "\n".join(rows) + f"\n\n{args.setting}, seeds {args.seeds}, extra args: {extra}\n"
+    table = "\n".join(rows) + (f"\n\n{args.setting}, {args.corpus}, seeds {args.seeds}, "
+                                f"extra args: {extra}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table)
     print(table)

@@ -13,7 +13,13 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
-from .projector import compress, expert_factors, removed_part, update_products
+from .projector import (
+    compress,
+    direction_mixing,
+    expert_factors,
+    removed_part,
+    update_products,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,26 +156,13 @@ def _fold(stats: torch.Tensor, X: torch.Tensor, max_rank: int) -> Optional[torch
 
 
 SPACES = ("inputs", "centred", "outputs", "deltas")
-# Where each space's projector acts on a stacked expert weight W [E, out, in]: on its rows
-# (right-multiplied, the input space), on its columns (left-multiplied, the output space),
-# or on the whole flattened matrix (weight space).
-_ACTS_ON = {"inputs": "in", "centred": "in", "outputs": "out", "deltas": "weight"}
 
 
 def as_rows(W: torch.Tensor, space: str) -> torch.Tensor:
-    """W [E, out, in] as [E, rows, dim] whose rows the space's projector [dim x dim] acts on."""
-    acts_on = _ACTS_ON[space]
-    if acts_on == "in":
-        return W
-    return W.transpose(1, 2) if acts_on == "out" else W.reshape(W.size(0), 1, -1)
-
-
-def from_rows(rows: torch.Tensor, like: torch.Tensor, space: str) -> torch.Tensor:
-    """The inverse of `as_rows`: back to like's shape [E, out, in]."""
-    acts_on = _ACTS_ON[space]
-    if acts_on == "in":
-        return rows
-    return rows.transpose(1, 2) if acts_on == "out" else rows.reshape(like.shape)
+    """W [E, out, in] as [E, rows, dim] whose rows a statistics space's projector [dim x dim]
+    acts on: W itself in the input spaces (right-multiplied), W^T for outputs
+    (left-multiplied). Its own inverse."""
+    return W.transpose(1, 2) if space == "outputs" else W
 
 
 # What a changed setting does to a resumed run (see OMoE.load_state_dict).
@@ -396,27 +389,30 @@ class OMoE(torch.optim.AdamW):
             norms = (norms.sum() - norms) / (E - 1)
         return float(1.0 - norms.mean() / dim)
 
-    def _step_factors(self, active: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each active expert weight's projector factors for this orthogonal step, in the
-        projector precision (fp32 at least), acting on `as_rows` of the weight."""
-        if self.space != "deltas":
-            missing = [k for k in active if k not in self.factors]
-            if missing:
-                raise RuntimeError(
-                    f"OMoE orthogonal step before projectors were formed for {missing}: call "
-                    "form_projectors() at the switch from accumulating to orthogonal"
-                )
-            return {k: self.factors[k].to(p.device) for k, p in active.items()}
-        factors = {}
-        for key, p in active.items():
-            moment = self.state[p].get("exp_avg")
-            if moment is None:  # no AdamW step yet: no recent update to leave
-                factors[key] = p.new_zeros(p.size(0), p[0].numel(), 0, dtype=_stat_dtype(p))
-                continue
-            directions = F.normalize(moment.to(_stat_dtype(p)).reshape(p.size(0), -1), dim=1)
-            factors[key], ok = expert_factors(directions.unsqueeze(-1), self.alpha, self.mode)
-            self.counters["skipped_projectors"] += int((~ok).sum())
-        return factors
+    def _step_projections(self, active: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The other-experts projection of every active expert weight for this orthogonal
+        step (none where an expert weight has no other expert or no direction yet)."""
+        if self.space == "deltas":
+            projections = {}
+            for key, p in active.items():
+                moment = self.state[p].get("exp_avg")
+                if moment is None or p.size(0) == 1:  # no AdamW step yet, or no other expert
+                    continue
+                directions = moment.to(_stat_dtype(p)).reshape(p.size(0), -1)
+                if not torch.isfinite(directions).all():
+                    self.counters["skipped_projectors"] += p.size(0)
+                    continue
+                projections[key] = _DirectionProjection(F.normalize(directions, dim=1),
+                                                        self.alpha, self.mode)
+            return projections
+        missing = [k for k in active if k not in self.factors]
+        if missing:
+            raise RuntimeError(
+                f"OMoE orthogonal step before projectors were formed for {missing}: call "
+                "form_projectors() at the switch from accumulating to orthogonal"
+            )
+        return {k: _Projection(self.factors[k].to(p.device), self.mode, self.space)
+                for k, p in active.items() if self.factors[k].size(-1) > 0}
 
     # -- the update -----------------------------------------------------------------------
 
@@ -428,9 +424,7 @@ class OMoE(torch.optim.AdamW):
         active = {k: p for k, p in self.experts.items() if p.grad is not None}
         if not orthogonal or not active:
             return super().step(closure)
-        factors = self._step_factors(active)
-        projections = {k: _Projection(factors[k], self.mode, self.space)
-                       for k in active if factors[k].size(-1) > 0}
+        projections = self._step_projections(active)
         measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
         self._measure_next = False
         if self.project_what == "gradient":
@@ -552,8 +546,8 @@ class OMoE(torch.optim.AdamW):
 
 
 class _Projection:
-    """One stacked expert weight's other-experts projection for one step: the factors
-    [E, dim, R] of `expert_factors`, acting on `as_rows` of the weight in its space."""
+    """One stacked expert weight's other-experts projection in a statistics space: the
+    factors [E, dim, R] of `expert_factors`, acting on `as_rows` of the weight."""
 
     def __init__(self, factors: torch.Tensor, mode: str, space: str) -> None:
         self.factors, self.mode, self.space = factors, mode, space
@@ -565,8 +559,26 @@ class _Projection:
 
     def removed(self, products: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:
         """What the projection removes from the W whose `products` these are, shaped like it."""
-        return from_rows(removed_part(products, self.factors, self.mode), like, self.space)
+        return as_rows(removed_part(products, self.factors, self.mode), self.space)
 
     def apply(self, W: torch.Tensor) -> torch.Tensor:
         """W [E, out, in] projected."""
         return W - self.removed(self.products(W), W)
+
+
+class _DirectionProjection(_Projection):
+    """One stacked expert weight's projection away from the other experts' directions in
+    weight space (`--omoe-space deltas`): unit directions [E, out * in] and the mixing
+    matrices of `direction_mixing`."""
+
+    def __init__(self, directions: torch.Tensor, alpha: float, mode: str) -> None:
+        self.directions = directions
+        self.dtype = directions.dtype
+        self.mixing = direction_mixing(directions, alpha, mode).to(self.dtype)
+
+    def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (W.to(self.dtype).reshape(W.size(0), -1) @ self.directions.T,)  # [E, E]
+
+    def removed(self, products: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:
+        coefficients = torch.einsum("eij,ej->ei", self.mixing, products[0])  # [E, E]
+        return (coefficients @ self.directions).reshape(like.shape)
