@@ -70,7 +70,6 @@ SETTINGS = {
                                 *ADAM],
             "MoE + AdamW": [*COPY, *ADAM],
             "MoE (drop) + AdamW": [*DROP, *ADAM],
-            "MoE + OMoE": [*COPY, *OMOE],
             "MoE + OMoE inputs joint": [*COPY, *OMOE, "--omoe-space", "inputs"],
             "MoE + OMoE inputs average": [*COPY, *OMOE, "--omoe-space", "inputs",
                                           "--omoe-mode", "average"],

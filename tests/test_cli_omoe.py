@@ -2,6 +2,8 @@
 movie-review data: alternating phases, TensorBoard scalars read back, exact resume of
 parameters and OMoE state across --restore-file, and clear errors for bad settings."""
 
+import re
+
 import pytest
 import torch
 
@@ -15,7 +17,8 @@ OMOE = [
     "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
     "--criterion", "omoe_sentence_prediction",
     "--optimizer", "omoe", "--lr", "1e-3", "--omoe-alpha", "0.01",
-    "--omoe-accumulate-steps", "2", "--omoe-orthogonal-steps", "4", "--omoe-stat", "pca",
+    "--omoe-accumulate-steps", "2", "--omoe-orthogonal-steps", "4", "--omoe-space", "inputs",
+    "--omoe-stat", "pca",
     "--batch-size", "32", "--seed", "5", "--log-format", "simple", "--log-interval", "3",
     "--no-epoch-checkpoints", "--validate-interval-updates", "10",
 ]
@@ -31,8 +34,10 @@ def runs(movie_reviews, tmp_path_factory):
 
 def test_phases_alternate_and_projectors_are_logged(runs):
     out = output(runs[3]["straight"])
-    assert "omoe_phase=0" in out and "omoe_removed=" in out and "omoe_trace=" in out
-    assert "omoe_sim_cka" in out and "omoe_sim_cos" in out
+    # log interval 3, cycles of 2 + 4 updates: intervals of 1/3 and of only orthogonal updates
+    assert {"0.33", "1"} <= set(re.findall(r"omoe_phase=([\d.]+)", out))
+    assert "omoe_removed=" in out and "omoe_trace=" in out
+    assert "omoe_sim_cka" in out and "omoe_sim_cos" in out and "omoe_sim_delta" in out
 
 
 def test_resume_restores_parameters_and_omoe_state_exactly(runs):
@@ -52,14 +57,34 @@ def test_resume_restores_parameters_and_omoe_state_exactly(runs):
 def test_tensorboard_has_phase_projector_and_similarity_scalars(runs):
     tags = scalar_tags(runs[1])
     for tag in ("train_inner/omoe_phase", "train_inner/omoe_trace", "train_inner/omoe_removed",
-                "valid/omoe_sim_cka", "valid/omoe_sim_cos", "valid/accuracy"):
+                "valid/omoe_sim_cka", "valid/omoe_sim_cos", "valid/omoe_sim_delta",
+                "valid/accuracy"):
         assert tag in tags, tag
+
+
+def test_deltas_trains_logs_and_resumes_exactly(movie_reviews, tmp_path_factory):
+    """--omoe-space deltas keeps no statistics: its directions are AdamW's first moments,
+    which the checkpoint holds, so a resumed run still ends bit-identical."""
+    data, _ = movie_reviews
+    args = [a if a != "inputs" else "deltas" for a in OMOE]
+    straight, split, logs = straight_and_resumed(data, tmp_path_factory, args, 12,
+                                                 ("--restore-file", "checkpoint_last.pt"))
+    out = output(logs["straight"])
+    assert "omoe_removed=" in out and "omoe_trace=" not in out  # no statistics, no trace
+    assert re.search(r"omoe_sim_delta [\d.]+", out)
+    a, b = checkpoint(straight), checkpoint(split)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    omoe = a["last_optimizer_state"]["omoe"]
+    assert not omoe["stats"] and not omoe["factors"] and omoe["settings"]["space"] == "deltas"
+    assert omoe["counters"]["projector_updates"] == 2  # the switches at updates 2 and 8
 
 
 @pytest.mark.parametrize(
     "bad,message",
     ((["--omoe-alpha", "0"], "--omoe-alpha"),
      (["--omoe-orthogonal-steps", "0"], "--omoe-orthogonal-steps"),
+     (["--omoe-space", "centred", "--omoe-stat", "mean"], "--omoe-space centred needs"),
      (["--moe-freq", "0"], "no expert weights"),
      (["--task", "sentence_prediction"], "--task omoe_sentence_prediction")),
 )

@@ -42,12 +42,15 @@ def test_finetune_the_upcycled_encoder_and_analyse_it(pretrained):
     assert "num_updates=3" in log and "omoe_removed=" in log
     analysis = run("omoe-analyze", str(out / "run" / "checkpoints" / "checkpoint_last.pt"),
                    "--data", str(data), "--tokens", "256", "--out", str(out / "analysis"),
-                   "--tensorboard-logdir", str(out / "tb"))
-    assert "| mean |" in analysis.stdout
+                   "--tensorboard-logdir", str(out / "tb"), "--start", str(out / "moe.pt"))
+    assert "| mean |" in analysis.stdout and "displacements pointed apart |" in analysis.stdout
     layers = json.loads((out / "analysis" / "similarity.json").read_text())
     assert [r["layer"] for r in layers] == list(range(6))
     # three updates from identical experts: still nearly homogeneous, but no longer exactly
     assert all(0.9 < r["mean_cka"] <= 1.0 + 1e-6 for r in layers)
+    # pointed apart, the same displacements make the copies less alike than they are
+    assert all(r["mean_apart"] < r["mean_cos"] < 1.0 for r in layers)
+    assert all(-1.0 <= r["mean_delta"] <= 1.0 for r in layers)
     assert (out / "analysis" / "similarity.png").stat().st_size > 10_000
     events = EventAccumulator(str(out / "tb"))
     events.Reload()

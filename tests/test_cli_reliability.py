@@ -19,9 +19,10 @@ TASK = [
     "--init-token", "0", "--max-positions", "128", "--cpu", "--num-workers", "0",
     "--criterion", "omoe_sentence_prediction",
 ]
+# the input-space reading: the one with statistics to checkpoint, all-reduce and keep in fp32
 OMOE = [
     *TASK, "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
-    "--optimizer", "omoe", "--lr", "1e-3", "--omoe-accumulate-steps", "3",
+    "--optimizer", "omoe", "--omoe-space", "inputs", "--lr", "1e-3", "--omoe-accumulate-steps", "3",
     "--omoe-orthogonal-steps", "3", "--batch-size", "8", "--seed", "7",
     "--log-format", "simple", "--log-interval", "1", "--no-epoch-checkpoints",
     "--disable-validation", "--save-interval-updates", "4", "--keep-interval-updates", "1",

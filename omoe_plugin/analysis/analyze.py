@@ -21,10 +21,12 @@ from ..convert.checkpoint import load_encoder_checkpoint
 from ..models.encoder import load_encoder
 from ..moe import MoELayer
 from .similarity import (
+    displaced,
     displacement_similarity,
     displacements,
     expert_outputs,
     pair_mean,
+    pointed_apart,
     similarity_matrices,
 )
 
@@ -50,7 +52,9 @@ def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
                       max_tokens: int = 2048, start: Optional[Path] = None) -> list[dict]:
     """Per MoE layer: its index, the [E, E] CKA and cosine matrices and their pair means;
     with `start` (the checkpoint training began from, e.g. omoe-upcycle's output) also the
-    [E, E] cosine of the experts' displacements from it ("delta", "mean_delta")."""
+    [E, E] cosine of the experts' displacements from it ("delta", "mean_delta") and the output
+    cosine the experts would have with those displacements pointed apart, lengths kept
+    ("apart", "mean_apart": see `pointed_apart`)."""
     cfg, state = load_encoder_checkpoint(checkpoint)
     if cfg.moe_freq == 0:
         raise ValueError(f"{checkpoint} is a dense model: it has no experts to compare")
@@ -70,8 +74,12 @@ def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
         result = {"layer": i, "tokens": len(tokens), "cka": cka.tolist(), "cos": cos.tolist(),
                   "mean_cka": pair_mean(cka), "mean_cos": pair_mean(cos)}
         if starts is not None:
-            delta = displacement_similarity(displacements(moe.experts, starts[i]))
-            result.update(delta=delta.tolist(), mean_delta=pair_mean(delta))
+            moved = displacements(moe.experts, starts[i])
+            delta = displacement_similarity(moved)
+            apart = displaced(starts[i], pointed_apart(moved))
+            _, apart = similarity_matrices(expert_outputs(moe.experts, tokens, apart))
+            result.update(delta=delta.tolist(), mean_delta=pair_mean(delta),
+                          apart=apart.tolist(), mean_apart=pair_mean(apart))
         results.append(result)
     return results
 
@@ -127,7 +135,8 @@ def cli_main(argv=None) -> None:
     parser.add_argument("--tokens", type=int, default=2048, help="held-out tokens to compare on")
     parser.add_argument("--start", type=Path, default=None,
                         help="the checkpoint training began from (e.g. omoe-upcycle's output): "
-                        "also compare the experts' displacements from it")
+                        "also compare the experts' displacements from it, and the cosine "
+                        "they would give pointed as far apart as possible, lengths kept")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for similarity.png and similarity.json")
     parser.add_argument("--tensorboard-logdir", type=Path, default=None,
@@ -141,8 +150,9 @@ def cli_main(argv=None) -> None:
         sys.exit(f"omoe-analyze: {e}")
     print(f"expert similarity of {args.checkpoint} on {args.split} "
           f"({results[0]['tokens']} tokens), mean over expert pairs:")
-    keys = ["mean_cka", "mean_cos"] + (["mean_delta"] if args.start is not None else [])
-    header = ["MoE layer", "linear CKA", "cosine", "displacement cosine"][: len(keys) + 1]
+    keys = ["mean_cka", "mean_cos"] + (["mean_delta", "mean_apart"] if args.start else [])
+    header = ["MoE layer", "linear CKA", "cosine", "displacement cosine",
+              "cosine, displacements pointed apart"][: len(keys) + 1]
     print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     for r in results:
         print(f"| {r['layer']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")

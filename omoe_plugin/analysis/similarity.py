@@ -11,14 +11,16 @@ from ..moe import StackedExperts
 
 
 @torch.no_grad()
-def expert_outputs(experts: StackedExperts, x: torch.Tensor) -> torch.Tensor:
+def expert_outputs(experts: StackedExperts, x: torch.Tensor,
+                   weights: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Every expert's FFN output for every token: x [n, d] -> [E, n, d] (no dropout), in fp32
-    whatever the precision of the tokens and the weights (fp16 training validates in fp16)."""
-    x = x.float()
-    h = experts.activation_fn(torch.einsum("nd,ehd->enh", x, experts.fc1_weight.float())
+    whatever the precision of the tokens and the weights (fp16 training validates in fp16).
+
+    weights: (fc1_weight, fc2_weight) to use instead of the experts' own (same shapes)."""
+    fc1, fc2 = weights if weights is not None else (experts.fc1_weight, experts.fc2_weight)
+    h = experts.activation_fn(torch.einsum("nd,ehd->enh", x.float(), fc1.float())
                               + experts.fc1_bias.float()[:, None])
-    return (torch.einsum("enh,edh->end", h, experts.fc2_weight.float())
-            + experts.fc2_bias.float()[:, None])
+    return torch.einsum("enh,edh->end", h, fc2.float()) + experts.fc2_bias.float()[:, None]
 
 
 def displacements(experts: StackedExperts, start: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -28,6 +30,26 @@ def displacements(experts: StackedExperts, start: tuple[torch.Tensor, torch.Tens
     E = experts.num_experts
     return torch.cat([(experts.fc1_weight.float() - start[0].float()).reshape(E, -1),
                       (experts.fc2_weight.float() - start[1].float()).reshape(E, -1)], dim=1)
+
+
+def displaced(start: tuple[torch.Tensor, torch.Tensor],
+              moved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fc1_weight, fc2_weight): `start` moved by the flattened displacements `moved`
+    [E, h d + d h] (the inverse of `displacements`)."""
+    fc1_size = start[0][0].numel()
+    return (start[0].float() + moved[:, :fc1_size].reshape(start[0].shape),
+            start[1].float() + moved[:, fc1_size:].reshape(start[1].shape))
+
+
+def pointed_apart(moved: torch.Tensor) -> torch.Tensor:
+    """Displacements [E, p] pointed about as far apart as E directions go, each keeping its
+    length: the experts' shared component (their mean) removed, every row rescaled to its old
+    norm. The mean pairwise cosine falls to about -1/(E-1), the least E vectors can have
+    (exactly, when the centred rows have equal lengths). Applied to trained experts it bounds
+    what changing the update directions alone can do to their similarity. Displacements that
+    are all alike have no direction apart and become zero."""
+    centred = moved.double() - moved.double().mean(0, keepdim=True)
+    return (F.normalize(centred, dim=1) * moved.double().norm(dim=1, keepdim=True)).to(moved)
 
 
 def displacement_similarity(moved: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,7 @@ class OMoEConfig(FairseqDataclass):
         metadata={"help": "rank kept of each expert's input statistics (projector memory)"},
     )
     omoe_space: ChoiceEnum(["inputs", "centred", "outputs", "deltas"]) = field(
-        default="inputs",
+        default="deltas",
         metadata={
             "help": "what an expert's update is made orthogonal to: the other experts' routed "
             "inputs (inputs, OWM), the same centred per expert (centred), their outputs "
@@ -238,7 +238,7 @@ class OMoE(torch.optim.AdamW):
         stat_rank: int = 4,
         max_rank: int = 16,
         forget: float = 0.0,
-        space: str = "inputs",
+        space: str = "deltas",
         max_gain: float = 1.0,
         project_moment: bool = False,
     ) -> None:

@@ -3,11 +3,15 @@
 import torch
 
 from omoe_plugin.analysis.similarity import (
+    displaced,
     displacement_similarity,
+    displacements,
+    expert_outputs,
     layer_similarity,
     linear_cka,
     pair_mean,
     pairwise_similarity,
+    pointed_apart,
 )
 from omoe_plugin.moe import MoEArgs, MoELayer
 
@@ -70,3 +74,37 @@ def test_displacement_similarity_of_copies_moved_alike_apart_and_not_at_all():
     assert sims[0, 1] == 1.0 and sims[0, 2] == 0.0 and sims[3, 0] == 0.0
     assert torch.equal(sims.diagonal(), torch.ones(4))
     assert abs(pair_mean(sims) - 1 / 6) < 1e-6
+
+
+def test_displaced_inverts_displacements_and_feeds_expert_outputs():
+    torch.manual_seed(0)
+    layer = MoELayer(MoEArgs(embed_dim=8, ffn_dim=12, num_experts=3))
+    experts = layer.experts
+    start = (torch.randn_like(experts.fc1_weight), torch.randn_like(experts.fc2_weight))
+    fc1, fc2 = displaced(start, displacements(experts, start))
+    assert torch.allclose(fc1, experts.fc1_weight, atol=1e-6)
+    assert torch.allclose(fc2, experts.fc2_weight, atol=1e-6)
+    x = torch.randn(20, 8)
+    assert torch.allclose(expert_outputs(experts, x, (fc1, fc2)), expert_outputs(experts, x),
+                          atol=1e-5)
+    assert not torch.allclose(expert_outputs(experts, x, start), expert_outputs(experts, x))
+
+
+def test_pointed_apart_keeps_lengths_and_reaches_the_least_mean_cosine():
+    E = 4
+    shared = torch.zeros(E, 50, dtype=torch.float64)
+    shared[:, 0] = 5.0
+    own = torch.zeros(E, 50, dtype=torch.float64)
+    own[:, 1:E + 1] = torch.eye(E)  # centred, these have equal lengths
+    moved = shared + own
+    apart = pointed_apart(moved)
+    assert torch.allclose(apart.norm(dim=1), moved.norm(dim=1))
+    assert pair_mean(displacement_similarity(moved)) > 0.9
+    # the mean pairwise cosine of E vectors is >= -1/(E-1), reached when their units sum to 0
+    assert abs(pair_mean(displacement_similarity(apart)) + 1 / (E - 1)) < 1e-6
+    noisy = torch.randn(E, 5000, dtype=torch.float64) * torch.arange(1.0, E + 1).view(-1, 1) + 1
+    assert torch.allclose(pointed_apart(noisy).norm(dim=1), noisy.norm(dim=1))
+    noisy = pointed_apart(noisy / noisy.norm(dim=1, keepdim=True))
+    assert abs(pair_mean(displacement_similarity(noisy)) + 1 / (E - 1)) < 0.05
+    assert torch.equal(pointed_apart(moved[:1].expand(E, -1)), torch.zeros(E, 50,
+                                                                           dtype=torch.float64))

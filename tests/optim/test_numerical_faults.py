@@ -140,7 +140,7 @@ def test_the_task_logs_skipped_and_empty_statistics_and_training_goes_on():
     model = OMoERobertaModel.build_model(OMoERobertaConfig(
         encoder_layers=1, encoder_embed_dim=8, encoder_ffn_embed_dim=12,
         encoder_attention_heads=2, max_positions=16, moe_experts=2), task)
-    optimizer = FairseqOMoE(OMoEConfig(lr=[0.1]), list(model.parameters()))
+    optimizer = FairseqOMoE(OMoEConfig(lr=[0.1], omoe_space="inputs"), list(model.parameters()))
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     task.capture, task._captured_update = RoutedInputCapture("mean"), 0  # what train_step leaves

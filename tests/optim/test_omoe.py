@@ -10,7 +10,8 @@ from omoe_plugin.moe.capture import RoutedInputCapture
 from omoe_plugin.optim.omoe import OMoE
 from omoe_plugin.optim.projector import covariance_projector, project
 
-HYPER = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+ADAMW = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+HYPER = dict(ADAMW, space="inputs")  # the input-space reading (OWM), which most tests check
 
 
 def layer64(num_experts: int = 4, seed: int = 0) -> MoELayer:
@@ -42,7 +43,7 @@ def accumulate_step(opt: OMoE, layer: MoELayer, x: torch.Tensor, stat: str = "to
 def test_accumulating_phases_match_adamw_step_for_step():
     a, b = layer64(), layer64()
     omoe = OMoE(a.parameters(), **HYPER, stat="mean")
-    adamw = torch.optim.AdamW(b.parameters(), **HYPER)
+    adamw = torch.optim.AdamW(b.parameters(), **ADAMW)
     for step in range(6):
         accumulate_step(omoe, a, batch(step), stat="mean")
         backward(b, batch(step))
@@ -54,7 +55,7 @@ def test_accumulating_phases_match_adamw_step_for_step():
 def test_orthogonal_phase_without_statistics_matches_adamw():
     a, b = layer64(), layer64()
     omoe = OMoE(a.parameters(), **HYPER)
-    adamw = torch.optim.AdamW(b.parameters(), **HYPER)
+    adamw = torch.optim.AdamW(b.parameters(), **ADAMW)
     omoe.form_projectors()  # no statistics: every projector is the identity
     for step in range(4):
         backward(a, batch(step))

@@ -175,7 +175,7 @@ def test_a_changed_space_is_reported_then_refused(caplog):
     accumulate_step(opt, layer, batch(0))
     opt.form_projectors()
     state = roundtrip(opt.state_dict())
-    other = OMoE(layer64().parameters(), **HYPER, stat="tokens", space="outputs")
+    other = OMoE(layer64().parameters(), **dict(HYPER, stat="tokens", space="outputs"))
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="--reset-optimizer"):
         other.load_state_dict(state)
     assert "--omoe-space changed since the checkpoint ('inputs' -> 'outputs')" in caplog.text

@@ -45,7 +45,7 @@ def omoe_task():
         labels.add_symbol(name)
     task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), words, labels)
     model = tiny_model(task).train()
-    optimizer = FairseqOMoE(OMoEConfig(lr=[0.01], omoe_stat="tokens"), list(model.parameters()))
+    optimizer = FairseqOMoE(OMoEConfig(lr=[0.01], omoe_stat="tokens", omoe_space="inputs"), list(model.parameters()))
     return task, model, optimizer, OMoESentencePredictionCriterion(CriterionConfig(), task)
 
 
