@@ -1,8 +1,10 @@
 """Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data: for every
 configuration and seed, run fairseq-train, read the best validation accuracy and the last
 validation expert similarity back from the TensorBoard event files, score
-checkpoint_best.pt on the test split with fairseq-validate, and write a markdown table
-(mean and standard deviation over seeds).
+checkpoint_best.pt on the test split with fairseq-validate, measure how much lower the
+experts' output cosine could be with the same displacements pointed apart ("room for
+directions", omoe-analyze --start), and write a markdown table (mean and standard deviation
+over seeds).
 
     python scripts/compare_optimizers.py --setting pretrained [--corpus movie_reviews]
         [--seeds 1 2 3] [--out DIR] [--configs NAME ...]
@@ -40,6 +42,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from omoe_plugin.analysis.analyze import expert_similarity
 from omoe_plugin.data.movie_reviews import prepare
 
 CORPORA = ("movie_reviews", "tweets", "amazon")  # rated sentences of the vaderSentiment sdist
@@ -106,12 +109,28 @@ def slug(name: str) -> str:
     return re.sub(r"\W+", "_", name).strip("_").lower()
 
 
+def direction_room(run_dir: Path, data: Path, args: list[str]) -> float | None:
+    """How much lower the experts' output cosine on the validation split would be with their
+    displacements from the start pointed apart, lengths kept (omoe-analyze --start): the
+    most any change of update directions could have bought at this run's step lengths.
+    None for a dense model."""
+    if "--moe-freq" in args and args[args.index("--moe-freq") + 1] == "0":
+        return None
+    start = Path(args[args.index("--finetune-from-model") + 1])
+    layers = expert_similarity(run_dir / "checkpoints" / "checkpoint_best.pt", data, start=start)
+    return sum(r["mean_cos"] - r["mean_apart"] for r in layers) / len(layers)
+
+
 def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dict[str, float]:
     """Train and score one configuration and seed (or read back its finished result)."""
     run_dir = out / slug(name) / f"seed{seed}"
     done = run_dir / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if "room" not in result and "--finetune-from-model" in args:  # an older run
+            result["room"] = direction_room(run_dir, data, args)
+            done.write_text(json.dumps(result))
+        return result
     train = [str(BIN / "fairseq-train"), str(data), *TASK, *COMMON, *args,
              "--seed", str(seed), "--save-dir", str(run_dir / "checkpoints"),
              "--tensorboard-logdir", str(run_dir / "tensorboard")]
@@ -130,6 +149,8 @@ def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dic
     last = lambda tag: valid[tag][-1] if tag in valid else None  # None: a dense model
     result = {"valid": max(valid["accuracy"]), "test": test_acc, "cka": last("omoe_sim_cka"),
               "cos": last("omoe_sim_cos"), "delta": last("omoe_sim_delta")}
+    if "--finetune-from-model" in args:
+        result["room"] = direction_room(run_dir, data, args)
     done.write_text(json.dumps(result))
     return result
 
@@ -164,15 +185,17 @@ def main() -> None:
         srcdict = PRE / "dict.txt" if args.setting == "pretrained" else None
         prepare(data, workers=2, srcdict=srcdict, corpus=args.corpus)
     rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine | "
-            "displacement cosine |", "|---|---|---|---|---|---|"]
+            "displacement cosine | room for directions |", "|---|---|---|---|---|---|---|"]
     for key, (name, config) in configs.items():
         if args.configs is not None and key not in args.configs:
             continue
         run_args = setting["args"] + config + extra
         results = [run_one(data, out, name, run_args, s) for s in args.seeds]
-        cols = {k: [r.get(k) for r in results] for k in ("valid", "test", "cka", "cos", "delta")}
+        cols = {k: [r.get(k) for r in results]
+                for k in ("valid", "test", "cka", "cos", "delta", "room")}
         rows.append(f"| {name} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "
-                    f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} | {fmt(cols['delta'], 3)} |")
+                    f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} | {fmt(cols['delta'], 3)} | "
+                    f"{fmt(cols['room'], 3)} |")
         print(rows[-1], flush=True)
     table = "\n".join(rows) + (f"\n\n{args.setting}, {args.corpus}, seeds {args.seeds}, "
                                 f"extra args: {extra}\n")

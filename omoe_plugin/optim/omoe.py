@@ -398,12 +398,12 @@ class OMoE(torch.optim.AdamW):
                 moment = self.state[p].get("exp_avg")
                 if moment is None or p.size(0) == 1:  # no AdamW step yet, or no other expert
                     continue
-                directions = moment.to(_stat_dtype(p)).reshape(p.size(0), -1)
-                if not torch.isfinite(directions).all():
+                projection = _DirectionProjection(moment.to(_stat_dtype(p)).reshape(p.size(0), -1),
+                                                  self.alpha, self.mode)
+                if projection.finite:
+                    projections[key] = projection
+                else:
                     self.counters["skipped_projectors"] += p.size(0)
-                    continue
-                projections[key] = _DirectionProjection(F.normalize(directions, dim=1),
-                                                        self.alpha, self.mode)
             return projections
         missing = [k for k in active if k not in self.factors]
         if missing:
@@ -452,13 +452,15 @@ class OMoE(torch.optim.AdamW):
         removed = []
         for key, projection in projections.items():
             p = active[key]
-            after = projection.products(p)
-            cut = projection.removed(tuple(a - b for a, b in zip(after, before[key])), p)
+            change = tuple(a - b for a, b in zip(projection.products(p), before[key]))
+            if not keep_old:
+                projection.subtract(change, p)
+                continue
+            cut = projection.removed(change, p)
+            delta = p.to(cut.dtype) - old[key].to(cut.dtype)
             if measure:
-                delta = p - old[key]
                 removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))
             if self.max_gain > 1.0:
-                delta = p.to(cut.dtype) - old[key].to(cut.dtype)
                 p.copy_((old[key].to(cut.dtype) + self._rescaled(delta - cut, delta)).to(p.dtype))
             else:
                 p.sub_(cut.to(p.dtype))
@@ -565,20 +567,40 @@ class _Projection:
         """W [E, out, in] projected."""
         return W - self.removed(self.products(W), W)
 
+    def subtract(self, products: tuple[torch.Tensor, ...], W: torch.Tensor) -> None:
+        """W -= what the projection removes from the W' whose `products` these are."""
+        W.sub_(self.removed(products, W).to(W.dtype))
+
 
 class _DirectionProjection(_Projection):
     """One stacked expert weight's projection away from the other experts' directions in
-    weight space (`--omoe-space deltas`): unit directions [E, out * in] and the mixing
-    matrices of `direction_mixing`."""
+    weight space (`--omoe-space deltas`): the experts' first moments [E, out * in] made unit
+    rows (a copy: AdamW's step then updates the moments in place) and the mixing matrices of
+    `direction_mixing`. Every pass over weight-sized tensors counts here (one orthogonal
+    step makes five), so finiteness is read off the E x E Gram matrix, which a NaN or Inf
+    anywhere in the moments reaches."""
 
-    def __init__(self, directions: torch.Tensor, alpha: float, mode: str) -> None:
-        self.directions = directions
-        self.dtype = directions.dtype
-        self.mixing = direction_mixing(directions, alpha, mode).to(self.dtype)
+    def __init__(self, moments: torch.Tensor, alpha: float, mode: str) -> None:
+        gram = moments @ moments.T
+        self.finite = bool(torch.isfinite(gram).all())
+        if not self.finite:
+            return
+        inv_norms = gram.diagonal().sqrt().clamp(min=1e-12).reciprocal()  # F.normalize's eps
+        self.directions = moments * inv_norms[:, None]
+        self.dtype = moments.dtype
+        unit_gram = gram * inv_norms[:, None] * inv_norms[None, :]
+        self.mixing = direction_mixing(unit_gram, alpha, mode).to(self.dtype)
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (W.to(self.dtype).reshape(W.size(0), -1) @ self.directions.T,)  # [E, E]
 
+    def _coefficients(self, products: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.einsum("eij,ej->ei", self.mixing, products[0])  # [E, E]
+
     def removed(self, products: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:
-        coefficients = torch.einsum("eij,ej->ei", self.mixing, products[0])  # [E, E]
-        return (coefficients @ self.directions).reshape(like.shape)
+        return (self._coefficients(products) @ self.directions).reshape(like.shape)
+
+    def subtract(self, products: tuple[torch.Tensor, ...], W: torch.Tensor) -> None:
+        if W.dtype != self.dtype or not W.is_contiguous():
+            return super().subtract(products, W)
+        W.view(W.size(0), -1).addmm_(self._coefficients(products), self.directions, alpha=-1)

@@ -160,28 +160,27 @@ def project(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> torch.Ten
     return delta - removed_part(update_products(delta, factors, mode), factors, mode)
 
 
-def direction_mixing(directions: torch.Tensor, alpha: float, mode: Mode) -> torch.Tensor:
+def direction_mixing(gram: torch.Tensor, alpha: float, mode: Mode) -> torch.Tensor:
     """Projectors away from the other experts' directions in weight space, in mixing form.
 
-    directions: [E, n] one unit vector u_j per expert (rows; a zero row for an expert with
-    none). Returns M [E, E, E] such that expert e's vector w is projected to
-    w - U^T M[e] U w, U the stacked directions:
+    gram: [E, E] the Gram matrix U U^T of one unit direction u_j per expert (the rows of U; a
+    zero row for an expert with none). Returns M [E, E, E] such that expert e's vector w is
+    projected to w - U^T M[e] U w:
 
     - mode "joint": P_{-e} = I - U_{-e}^T (U_{-e} U_{-e}^T + alpha I)^{-1} U_{-e}, the OWM
       projector of the other experts' directions together (M[e] is that inverse, zero in
       row and column e);
     - mode "average": P_{-e} = (sum_j P_j - P_e) / (E - 1) with P_j = I - u_j u_j^T / (1 + alpha),
       each direction's own OWM projector (M[e] diagonal).
-    Only the E x E Gram matrix is factorised (float64); nothing of size n x n or E x n
-    beyond the directions is formed.
+    Only the E x E Gram matrix is factorised (float64): nothing of the directions' size is
+    formed.
     """
-    E = directions.size(0)
-    mixing = torch.zeros(E, E, E, dtype=torch.float64, device=directions.device)
+    E = gram.size(0)
+    mixing = torch.zeros(E, E, E, dtype=torch.float64, device=gram.device)
     if E == 1:
         return mixing  # no other expert: P_{-e} = I
-    U = directions.double()
-    gram = U @ U.T
-    eye = torch.eye(E - 1, dtype=torch.float64, device=directions.device)
+    gram = gram.double()
+    eye = torch.eye(E - 1, dtype=torch.float64, device=gram.device)
     for e in range(E):
         others = torch.cat([torch.arange(e), torch.arange(e + 1, E)])
         if mode == "joint":
