@@ -46,9 +46,10 @@ def test_finetune_the_upcycled_encoder_and_analyse_it(pretrained):
     assert "| mean |" in analysis.stdout and "displacements pointed apart |" in analysis.stdout
     layers = json.loads((out / "analysis" / "similarity.json").read_text())
     assert [r["layer"] for r in layers] == list(range(6))
-    # three updates from identical experts: still nearly homogeneous, but no longer exactly
+    # three updates from identical experts: still nearly homogeneous (CKA may round to 1),
+    # but the outputs are no longer identical; pointed apart, the same displacements would
+    # make them less alike than they are
     assert all(0.9 < r["mean_cka"] <= 1.0 + 1e-6 for r in layers)
-    # pointed apart, the same displacements make the copies less alike than they are
     assert all(r["mean_apart"] < r["mean_cos"] < 1.0 for r in layers)
     assert all(-1.0 <= r["mean_delta"] <= 1.0 for r in layers)
     assert (out / "analysis" / "similarity.png").stat().st_size > 10_000

@@ -14,7 +14,7 @@ COUNT_PREFIX = "_moe_count"  # hidden meters "_moe_count_l{layer}_e{expert}" (no
 
 
 @dataclass
-class OMoESentencePredictionConfig(SentencePredictionConfig):
+class OMoESentencePredictionCriterionConfig(SentencePredictionConfig):
     moe_aux_weight: float = field(
         default=0.01,
         metadata={"help": "weight of the load-balancing loss (mean over MoE layers)"},
@@ -25,7 +25,7 @@ class OMoESentencePredictionConfig(SentencePredictionConfig):
     )
 
 
-@register_criterion("omoe_sentence_prediction", dataclass=OMoESentencePredictionConfig)
+@register_criterion("omoe_sentence_prediction", dataclass=OMoESentencePredictionCriterionConfig)
 class OMoESentencePredictionCriterion(SentencePredictionCriterion):
     """Cross-entropy (or MSE with --regression-target) plus, summed per sentence like the
     task loss, moe_aux_weight * load_balancing + moe_z_loss_weight * z_loss.
@@ -35,7 +35,7 @@ class OMoESentencePredictionCriterion(SentencePredictionCriterion):
     `moe_max_load` (max over layers and experts of share * E: 1 = balanced, E = collapsed).
     """
 
-    def __init__(self, cfg: OMoESentencePredictionConfig, task) -> None:
+    def __init__(self, cfg: OMoESentencePredictionCriterionConfig, task) -> None:
         super().__init__(cfg, task)
         for name in ("moe_aux_weight", "moe_z_loss_weight"):
             if getattr(cfg, name) < 0:

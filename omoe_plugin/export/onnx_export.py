@@ -7,7 +7,7 @@ head reads the first token, as fairseq's RoBERTa head does) to
 experts each token was routed to (E for padding), so serving can check or log routing.
 It is exported with torch.export (`torch.onnx.export(dynamo=True)`) at dynamic batch and
 sequence sizes; the MoE dispatch has no data-dependent Python branch, so every expert stays
-in the graph whatever the export example routed (DESIGN.md section 5). The exported program
+in the graph whatever the export example routed. The exported program
 is constant-folded without onnxscript's size limits, so every expert's weights become
 initializers of plain Gemm nodes: nothing is sliced per run, and dynamic int8 quantisation
 sees every expert matrix.

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Attribute names the OMoE optimizer reads off expert weight tensors. Biases are not tagged:
-# they take the plain base-optimizer update (DESIGN.md section 4.3).
+# they have no input space, so they take the plain base-optimizer update.
 EXPERT_AXIS_ATTR = "moe_expert_axis"  # which tensor dimension indexes the experts
 EXPERT_INPUT_ATTR = "moe_input"  # "fc1" (input = token x) or "fc2" (input = expert hidden)
 EXPERT_LAYER_ATTR = "moe_layer"  # index of the MoE layer the tensor belongs to

@@ -1,4 +1,5 @@
-"""OWM projector maths for OMoE, as pure functions (DESIGN.md section 4).
+"""OWM projector maths for OMoE, as pure functions (the algorithm is written out in the README,
+*The algorithm as implemented*).
 
 Notation: A (in x t) holds, as columns, the (normalised) inputs an expert has seen, so its
 input second moment is C = A A^T. With alpha > 0 the OWM projector is

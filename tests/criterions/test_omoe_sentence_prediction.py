@@ -6,7 +6,7 @@ from fairseq.criterions.sentence_prediction import SentencePredictionCriterion
 from fairseq.logging import metrics
 
 from omoe_plugin.criterions.omoe_sentence_prediction import (
-    OMoESentencePredictionConfig,
+    OMoESentencePredictionCriterionConfig,
     OMoESentencePredictionCriterion,
 )
 from tests.conftest import tiny_model
@@ -25,12 +25,12 @@ def sample(task, batch: int = 6, seq: int = 10, seed: int = 7) -> dict:
 
 
 def criterion(task, **weights) -> OMoESentencePredictionCriterion:
-    return OMoESentencePredictionCriterion(OMoESentencePredictionConfig(**weights), task)
+    return OMoESentencePredictionCriterion(OMoESentencePredictionCriterionConfig(**weights), task)
 
 
 def test_loss_adds_weighted_router_losses_per_sentence(task):
     model, s = tiny_model(task), sample(task)
-    plain, _, _ = SentencePredictionCriterion(OMoESentencePredictionConfig(), task)(model, s)
+    plain, _, _ = SentencePredictionCriterion(OMoESentencePredictionCriterionConfig(), task)(model, s)
     loss, size, log = criterion(task, moe_aux_weight=0.5, moe_z_loss_weight=0.25)(model, s)
     _, extra = model(**s["net_input"])
     lb = torch.stack([a.load_balancing for a in extra["moe_aux"]]).mean()
@@ -64,7 +64,7 @@ def test_reduce_metrics_logs_shares_and_max_load(task):
 
 def test_dense_model_gets_the_plain_loss(task):
     model, s = tiny_model(task, moe_freq=0), sample(task)
-    plain, _, _ = SentencePredictionCriterion(OMoESentencePredictionConfig(), task)(model, s)
+    plain, _, _ = SentencePredictionCriterion(OMoESentencePredictionCriterionConfig(), task)(model, s)
     loss, _, log = criterion(task, moe_aux_weight=1.0)(model, s)
     assert torch.equal(loss, plain) and "moe_lb" not in log
 

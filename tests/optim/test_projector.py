@@ -1,4 +1,5 @@
-"""Projector maths in float64 against the closed forms of DESIGN.md section 4."""
+"""Projector maths in float64 against the closed forms of OWM (the README, *The algorithm as
+implemented*)."""
 
 import pytest
 import torch

@@ -5,9 +5,10 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
-from omoe_plugin.criterions.omoe_sentence_prediction import OMoESentencePredictionConfig as \
-    CriterionConfig
-from omoe_plugin.criterions.omoe_sentence_prediction import OMoESentencePredictionCriterion
+from omoe_plugin.criterions.omoe_sentence_prediction import (
+    OMoESentencePredictionCriterion,
+    OMoESentencePredictionCriterionConfig,
+)
 from omoe_plugin.moe import MoEArgs, MoELayer
 from omoe_plugin.optim.omoe import FairseqOMoE, OMoEConfig
 from omoe_plugin.tasks.omoe_sentence_prediction import (
@@ -46,7 +47,8 @@ def omoe_task():
     task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), words, labels)
     model = tiny_model(task).train()
     optimizer = FairseqOMoE(OMoEConfig(lr=[0.01], omoe_stat="tokens", omoe_space="inputs"), list(model.parameters()))
-    return task, model, optimizer, OMoESentencePredictionCriterion(CriterionConfig(), task)
+    criterion = OMoESentencePredictionCriterion(OMoESentencePredictionCriterionConfig(), task)
+    return task, model, optimizer, criterion
 
 
 def test_a_skipped_update_leaves_nothing_in_the_next_updates_statistics():
