@@ -13,15 +13,19 @@ omoe_plugin.register()  # every component, as --user-dir user_dir does
 HEAD = "sentence_classification_head"
 
 
-@pytest.fixture(scope="session")
-def task() -> SentencePredictionTask:
-    words = Dictionary()
+def dictionaries() -> tuple[Dictionary, Dictionary]:
+    """A 40-word vocabulary (w0 ... w39) and the labels neg, pos."""
+    words, labels = Dictionary(), Dictionary()
     for i in range(40):
         words.add_symbol(f"w{i}")
-    labels = Dictionary()
     for name in ("neg", "pos"):
         labels.add_symbol(name)
-    return SentencePredictionTask(SentencePredictionConfig(num_classes=2), words, labels)
+    return words, labels
+
+
+@pytest.fixture(scope="session")
+def task() -> SentencePredictionTask:
+    return SentencePredictionTask(SentencePredictionConfig(num_classes=2), *dictionaries())
 
 
 def tiny_model(task, seed: int = 0, **overrides) -> OMoERobertaModel:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from fairseq.data import data_utils
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
 from ..convert.checkpoint import load_encoder_checkpoint
+from ..data.binarised import leading_sentences
 from ..models.encoder import load_encoder
 from ..moe import MoELayer
 from .similarity import (
@@ -31,20 +31,6 @@ from .similarity import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def held_out_batch(data: Path, split: str, dictionary, max_tokens: int) -> torch.Tensor:
-    """The split's first sentences, <s>-prefixed as in training, up to max_tokens tokens."""
-    dataset = data_utils.load_indexed_dataset(str(data / "input0" / split), dictionary)
-    if dataset is None:
-        raise FileNotFoundError(f"no binarised split {data / 'input0' / split}")
-    rows, total = [], 0
-    for i in range(len(dataset)):
-        if total >= max_tokens:
-            break
-        rows.append(torch.cat([torch.tensor([dictionary.bos()]), dataset[i]]))
-        total += len(rows[-1])
-    return data_utils.collate_tokens(rows, dictionary.pad())
 
 
 @torch.no_grad()
@@ -66,7 +52,7 @@ def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
         if layer.moe is not None:
             layer.moe.register_forward_hook(
                 lambda mod, args, _out, i=i: layers.__setitem__(i, (mod, *args)))
-    encoder(held_out_batch(data, split, dictionary, max_tokens))
+    encoder(leading_sentences(data, split, dictionary, max_tokens))
     results = []
     for i, (moe, x, padding_mask) in sorted(layers.items()):
         tokens = x[~padding_mask]

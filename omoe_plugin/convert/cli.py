@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.sources import minilm_dir
 from .bert import CheckpointError, convert_state, fairseq_dictionary, model_config, read_bert_dir
 from .checkpoint import load_encoder_checkpoint, save_encoder_checkpoint
-from .upcycle import DROP_RATIO, METHODS, drop_upcycle, split_upcycle, upcycle
+from .upcycle import DROP_RATIO, METHODS, drop_neurons_, split_assignment, upcycle
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +91,14 @@ def upcycle_main(argv=None) -> None:
         parser.error(f"--importance-tokens must be >= 1, got {args.importance_tokens}")
     try:
         cfg, dense = load_encoder_checkpoint(args.dense)
-        if args.method == "copy":
-            moe_cfg, state = upcycle(cfg, dense, args.moe_experts, args.moe_top_k,
-                                     args.moe_freq, args.seed)
-        elif args.method == "drop":
-            ratio = DROP_RATIO if args.drop_ratio is None else args.drop_ratio
-            moe_cfg, state = drop_upcycle(cfg, dense, args.moe_experts, args.moe_top_k,
-                                          args.moe_freq, args.seed, ratio)
-        else:
-            moe_cfg, state = split_upcycle(
-                cfg, dense, args.importance_data, args.moe_experts, args.moe_top_k,
-                args.moe_freq, args.seed, args.split_shared, args.moe_expert_ffn_dim,
-                args.importance_tokens)
+        neurons = None if args.method != "split" else split_assignment(
+            cfg, dense, args.importance_data, args.moe_experts, args.moe_freq,
+            args.split_shared, args.moe_expert_ffn_dim, args.importance_tokens)
+        moe_cfg, state = upcycle(cfg, dense, args.moe_experts, args.moe_top_k, args.moe_freq,
+                                 args.seed, neurons)
+        if args.method == "drop":
+            drop_neurons_(moe_cfg, state, DROP_RATIO if args.drop_ratio is None
+                          else args.drop_ratio, args.seed)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"omoe-upcycle: {e}")
     save_encoder_checkpoint(args.out, moe_cfg, state)

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
-from ..analysis.analyze import held_out_batch
+from ..data.binarised import leading_sentences
 from ..models import OMoERobertaConfig
 from ..models.encoder import is_moe_layer, load_encoder, moe_args
 from ..moe import MoELayer
@@ -141,7 +141,7 @@ def dense_importance(
 
     hooks = [layer.fc1.register_forward_hook(score(i, layer))
              for i, layer in enumerate(encoder.layers)]
-    for batch in held_out_batch(data, "train", dictionary, max_tokens).split(batch_size):
+    for batch in leading_sentences(data, "train", dictionary, max_tokens).split(batch_size):
         real = batch.ne(dictionary.pad())
         encoder(batch)
     for hook in hooks:
@@ -183,43 +183,35 @@ def upcycle(
     return moe_cfg, state
 
 
-def split_upcycle(
+def split_assignment(
     cfg: OMoERobertaConfig,
     dense: dict[str, torch.Tensor],
     data: Path,
     num_experts: int,
-    top_k: int = 1,
     moe_freq: int = 1,
-    seed: int = 0,
     shared: Optional[int] = None,
     expert_dim: Optional[int] = None,
     max_tokens: int = 16384,
-) -> tuple[OMoERobertaConfig, dict[str, torch.Tensor]]:
-    """`split` upcycling: importance on data's training split, then :func:`upcycle`."""
+) -> dict[int, torch.Tensor]:
+    """`split` upcycling's neurons for :func:`upcycle`: importance on data's training split,
+    then :func:`split_neurons` for every layer that becomes MoE."""
     shared, _ = split_sizes(cfg.encoder_ffn_embed_dim, num_experts, shared, expert_dim)
     importance = dense_importance(cfg, dense, data, max_tokens)
-    neurons = {i: split_neurons(importance[i], num_experts, shared)
-               for i in range(cfg.encoder_layers) if is_moe_layer(i, moe_freq)}
-    return upcycle(cfg, dense, num_experts, top_k, moe_freq, seed, neurons)
+    return {i: split_neurons(importance[i], num_experts, shared)
+            for i in range(cfg.encoder_layers) if is_moe_layer(i, moe_freq)}
 
 
-def drop_upcycle(
-    cfg: OMoERobertaConfig,
-    dense: dict[str, torch.Tensor],
-    num_experts: int,
-    top_k: int = 1,
-    moe_freq: int = 1,
+def drop_neurons_(
+    moe_cfg: OMoERobertaConfig, state: dict[str, torch.Tensor], ratio: float = DROP_RATIO,
     seed: int = 0,
-    ratio: float = DROP_RATIO,
-) -> tuple[OMoERobertaConfig, dict[str, torch.Tensor]]:
-    """`drop` upcycling: :func:`upcycle` by copy, then every expert re-initialises its own
-    random `ratio` of the hidden neurons (see the module docstring)."""
+) -> None:
+    """`drop` upcycling, in place on a copy-upcycled state (:func:`upcycle`): every expert
+    re-initialises its own random `ratio` of the hidden neurons (see the module docstring)."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"--drop-ratio must be in [0, 1], got {ratio}")
-    moe_cfg, state = upcycle(cfg, dense, num_experts, top_k, moe_freq, seed)
     generator = torch.Generator().manual_seed(seed + 1)  # not the router's stream
-    for i in range(cfg.encoder_layers):
-        if not is_moe_layer(i, moe_freq):
+    for i in range(moe_cfg.encoder_layers):
+        if not is_moe_layer(i, moe_cfg.moe_freq):
             continue
         prefix = f"encoder.layers.{i}.moe.experts."
         fc1_w, fc1_b, fc2_w = (state[prefix + n] for n in ("fc1_weight", "fc1_bias", "fc2_weight"))
@@ -230,7 +222,6 @@ def drop_upcycle(
             fc1_w[e, neurons] = _like(fc1_w[e], (dropped, fc1_w.size(2)), generator)
             fc1_b[e, neurons] = _like(fc1_b[e], (dropped,), generator)
             fc2_w[e][:, neurons] = _like(fc2_w[e], (fc2_w.size(1), dropped), generator)
-    return moe_cfg, state
 
 
 def _like(weights: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -171,24 +171,19 @@ def classify_stream(classifier: OMoEClassifier, stream: BinaryIO, out: TextIO,
 
 
 def cli_main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="omoe-infer",
-        description="Classify sentences (one per line) with an omoe-export ONNX model on ONNX "
+    parser = serving_parser(
+        "omoe-infer", "Classify sentences (one per line) with an omoe-export ONNX model on ONNX "
         "Runtime; writes one JSON object per line: {\"line\", \"label\", \"probabilities\"} "
         "(or \"value\" for regression, \"error\" for a line that cannot be classified).",
-    )
+        None, "ONNX Runtime graph optimisation level (default: the one stored at export)")
     parser.add_argument("model", type=Path, help="ONNX model written by omoe-export")
     parser.add_argument("input", type=Path, nargs="?", default=None,
                         help="text file, one sentence per line (default: stdin)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sentences per run")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="sentences per run")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads (0: ONNX Runtime's choice)")
-    parser.add_argument("--optimization-level", choices=OPTIMIZATION_LEVELS, default=None,
-                        help="graph optimisation level (default: the one stored at export)")
     args = parser.parse_args(argv)
     quiet_logging()
-    if args.batch_size < 1:
-        sys.exit(f"omoe-infer: --batch-size must be >= 1, got {args.batch_size}")
     try:
         classifier = OMoEClassifier(args.model, args.threads, args.optimization_level)
         stream = open(args.input, "rb") if args.input else sys.stdin.buffer
@@ -198,6 +193,25 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
         failed = classify_stream(classifier, stream, sys.stdout, args.batch_size)
     if failed:
         logger.warning(f"{failed} line(s) could not be classified (see their \"error\")")
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def serving_parser(prog: str, description: str, level: Optional[str],
+                   level_help: str) -> argparse.ArgumentParser:
+    """The serving CLIs' parser, with their shared --optimization-level (default `level`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--optimization-level", choices=OPTIMIZATION_LEVELS, default=level,
+                        help=level_help)
+    return parser
 
 
 def quiet_logging() -> None:

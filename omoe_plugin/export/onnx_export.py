@@ -13,7 +13,6 @@ initializers of plain Gemm nodes: nothing is sliced per run, and dynamic int8 qu
 sees every expert matrix.
 """
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from ..convert.checkpoint import encoder_config, read_checkpoint
 from ..data.movie_reviews import wordpiece_tokenizer
 from ..models import OMoERobertaConfig, OMoERobertaModel
 from ..models.encoder import OMoEEncoder, is_moe_layer
-from .inference import OPTIMIZATION_LEVELS, quiet_logging, session
+from .inference import at_least, quiet_logging, serving_parser, session
 from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
@@ -238,12 +237,11 @@ def _report(parities: list[Parity]) -> str:
 
 
 def cli_main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="omoe-export",
-        description="Export a fine-tuned omoe_roberta checkpoint (encoder + classification "
-        "head) to ONNX, with its tokenizer, dictionary and labels in the file's metadata, "
-        "and check it against PyTorch.",
-    )
+    parser = serving_parser(
+        "omoe-export", "Export a fine-tuned omoe_roberta checkpoint (encoder + classification "
+        "head) to ONNX, with its tokenizer, dictionary and labels in the file's metadata, and "
+        "check it against PyTorch.",
+        "all", "ONNX Runtime graph optimisation level omoe-infer uses by default")
     parser.add_argument("checkpoint", type=Path, help="fairseq-train checkpoint (.pt)")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--data", type=Path, default=None,
@@ -253,15 +251,12 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="tokenizers JSON the data was tokenised with (default: the "
                         "pretrained encoder's WordPiece, as omoe-prepare-data uses)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 18)")
+    parser.add_argument("--opset", type=at_least(18), default=DEFAULT_OPSET,
+                        help="ONNX opset (>= 18, torch's ONNX exporter)")
     parser.add_argument("--int8", action="store_true",
                         help="dynamically quantise weights to int8 (routers stay fp32)")
-    parser.add_argument("--optimization-level", choices=OPTIMIZATION_LEVELS, default="all",
-                        help="ONNX Runtime graph optimisation level omoe-infer uses by default")
     args = parser.parse_args(argv)
     quiet_logging()
-    if args.opset < 18:
-        sys.exit(f"omoe-export: --opset must be >= 18 (torch's ONNX exporter), got {args.opset}")
     try:
         model, info = load_classifier(args.checkpoint, args.data, args.head, args.tokenizer)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -1,3 +1,5 @@
-"""The `omoe` optimizer: projector maths (pure functions) and the fairseq optimizer."""
+"""The `omoe` optimizer: settings, projector maths (pure functions), the torch optimizer and
+its fairseq registration."""
 
-from .omoe import OMoE, FairseqOMoE  # noqa: F401 (registers)
+from .fairseq_omoe import FairseqOMoE  # noqa: F401 (registers)
+from .omoe import OMoE  # noqa: F401

@@ -83,6 +83,18 @@ def compress(A: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([top, A.new_zeros(in_dim, rank - kept)], dim=1)
 
 
+def fold_columns(stats: torch.Tensor, X: torch.Tensor, rank: int) -> Optional[torch.Tensor]:
+    """Statistics [dim, rank] with new columns X [dim, w] folded in (`compress` of both), or
+    None if X or the result is not finite or the eigen-decomposition fails."""
+    if not torch.isfinite(X).all():
+        return None
+    try:
+        folded = compress(torch.cat([stats, X], dim=1), rank)
+    except torch.linalg.LinAlgError:
+        return None
+    return folded if torch.isfinite(folded).all() else None
+
+
 def expert_factors(
     stats: torch.Tensor, alpha: float, mode: Mode
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from ..analysis.similarity import (
     pair_mean,
 )
 from ..moe import MoELayer, StackedExperts
-from ..moe.capture import RoutedInputCapture
+from ..optim.capture import RoutedInputCapture
 from ..optim.omoe import OMoE
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class OMoESentencePredictionTask(SentencePredictionTask):
         if phase.accumulating:
             if omoe.stats:  # every worker reduces, also one that captured nothing (a dummy batch)
                 capture = self.capture or RoutedInputCapture(omoe.stat, omoe.stat_rank, omoe.space)
-                omoe.accumulate(capture.take(_data_parallel_group(), like=omoe.stats))
+                omoe.accumulate(capture.pop_summaries(_data_parallel_group(), statistics=omoe.stats))
         elif phase.position == omoe.accumulate_steps or not omoe.projectors_formed:
             omoe.form_projectors()
         self.capture = None

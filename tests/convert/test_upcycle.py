@@ -9,11 +9,11 @@ from omoe_plugin.convert.checkpoint import load_encoder_checkpoint, save_encoder
 from omoe_plugin.convert.cli import upcycle_main
 from omoe_plugin.convert.upcycle import (
     dense_importance,
-    drop_upcycle,
+    drop_neurons_,
     neuron_importance,
+    split_assignment,
     split_neurons,
     split_sizes,
-    split_upcycle,
     upcycle,
 )
 from omoe_plugin.models import OMoERobertaConfig, OMoERobertaModel
@@ -95,7 +95,8 @@ def test_drop_reinitialises_each_experts_own_share_of_neurons(task):
     for i in range(2):  # BERT initialises biases to zero; a pretrained FFN's are not
         state[f"encoder.layers.{i}.fc1.bias"].normal_(generator=torch.Generator().manual_seed(i))
     _, copied = upcycle(dense.cfg, state, num_experts=4, moe_freq=1, seed=3)
-    _, dropped = drop_upcycle(dense.cfg, state, num_experts=4, moe_freq=1, seed=3, ratio=0.25)
+    moe_cfg, dropped = upcycle(dense.cfg, state, num_experts=4, moe_freq=1, seed=3)
+    drop_neurons_(moe_cfg, dropped, ratio=0.25, seed=3)
     for i in range(2):
         prefix = f"encoder.layers.{i}.moe."
         fc1, fc1_b, fc2 = (dropped[prefix + "experts." + n]
@@ -113,7 +114,7 @@ def test_drop_reinitialises_each_experts_own_share_of_neurons(task):
         assert torch.equal(dropped[prefix + "experts.fc2_bias"],
                            copied[prefix + "experts.fc2_bias"])
     with pytest.raises(ValueError, match="--drop-ratio"):
-        drop_upcycle(dense.cfg, state, num_experts=4, ratio=1.5)
+        drop_neurons_(moe_cfg, dropped, ratio=1.5)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,8 @@ def test_importance_counts_real_tokens_only(dense_on_real_data):
 def test_split_upcycle_on_real_data_uses_the_importance_order(dense_on_real_data):
     path, data = dense_on_real_data
     cfg, state = load_encoder_checkpoint(path)
-    moe_cfg, moe_state = split_upcycle(cfg, state, data, num_experts=4, shared=8, max_tokens=600)
+    neurons = split_assignment(cfg, state, data, num_experts=4, shared=8, max_tokens=600)
+    moe_cfg, moe_state = upcycle(cfg, state, num_experts=4, neurons=neurons)
     assert (moe_cfg.moe_experts, moe_cfg.moe_expert_ffn_dim) == (4, 18)
     top = torch.topk(dense_importance(cfg, state, data, max_tokens=600)[1], 8).indices
     fc1 = moe_state["encoder.layers.1.moe.experts.fc1_weight"]  # [E, 18, d]

@@ -4,17 +4,18 @@ skipped and counted (and logged by the task), and training goes on."""
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 from fairseq.logging import metrics
 
 from omoe_plugin.models import OMoERobertaConfig, OMoERobertaModel
-from omoe_plugin.moe.capture import RoutedInputCapture
-from omoe_plugin.optim.omoe import OMoE, FairseqOMoE, OMoEConfig
+from omoe_plugin.optim.capture import RoutedInputCapture
+from omoe_plugin.optim.fairseq_omoe import FairseqOMoE, OMoEConfig
+from omoe_plugin.optim.omoe import OMoE
 from omoe_plugin.optim.projector import covariance_projector
 from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
     OMoESentencePredictionTask,
 )
+from tests.conftest import dictionaries
 from tests.optim.test_omoe import HYPER, backward, batch, layer64, roundtrip, routed_inputs
 
 OPTIONS = dict(HYPER, stat="tokens", max_rank=16)
@@ -27,7 +28,7 @@ def summaries(layer, x: torch.Tensor, opt: OMoE, empty=()) -> dict[str, torch.Te
     fc1, fc2 = routed_inputs(layer, x).values()
     for e, (a, h) in enumerate(zip(fc1, fc2)):
         capture(0, 4, e, fc1=a[:0] if e in empty else a, fc2=h[:0] if e in empty else h)
-    return capture.take(like=opt.stats)
+    return capture.pop_summaries(statistics=opt.stats)
 
 
 def orthogonal_step(layer, opt: OMoE, x: torch.Tensor) -> None:
@@ -131,12 +132,7 @@ def test_a_projector_that_cannot_be_factored_keeps_the_previous_one():
 
 
 def test_the_task_logs_skipped_and_empty_statistics_and_training_goes_on():
-    words, labels = Dictionary(), Dictionary()
-    for i in range(20):
-        words.add_symbol(f"w{i}")
-    for name in ("neg", "pos"):
-        labels.add_symbol(name)
-    task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), words, labels)
+    task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), *dictionaries())
     model = OMoERobertaModel.build_model(OMoERobertaConfig(
         encoder_layers=1, encoder_embed_dim=8, encoder_ffn_embed_dim=12,
         encoder_attention_heads=2, max_positions=16, moe_experts=2), task)

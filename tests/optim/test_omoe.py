@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omoe_plugin.moe import MoEArgs, MoELayer
-from omoe_plugin.moe.capture import RoutedInputCapture
+from omoe_plugin.optim.capture import RoutedInputCapture
 from omoe_plugin.optim.omoe import OMoE
 from omoe_plugin.optim.projector import covariance_projector, project
 
@@ -35,7 +35,7 @@ def accumulate_step(opt: OMoE, layer: MoELayer, x: torch.Tensor, stat: str = "to
     capture = RoutedInputCapture(stat, width=opt.max_rank, space=opt.space) if opt.stats else None
     backward(layer, x, capture)
     if capture is not None:
-        opt.accumulate(capture.take())
+        opt.accumulate(capture.pop_summaries())
     opt.set_phase("accumulate")
     opt.step()
 
@@ -95,11 +95,11 @@ def roundtrip(state: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-def orthogonal_deltas(mode: str, alpha: float, project_what: str = "update", **options):
+def orthogonal_deltas(mode: str, alpha: float, project: str = "update", **options):
     """One accumulating step on a batch, then one orthogonal step: the projected change
     and, from an identical twin stepped without projection, the unprojected one."""
     options = dict(HYPER, alpha=alpha, mode=mode, stat="tokens", max_rank=16,
-                   project_what=project_what, **options)
+                   project=project, **options)
     layer = layer64()
     opt = OMoE(layer.parameters(), **options)
     x = batch(0)
@@ -144,7 +144,7 @@ def test_average_update_equals_the_closed_form_average():
 
 
 def test_gradient_mode_feeds_adamw_the_projected_gradient():
-    options = dict(HYPER, alpha=0.05, stat="tokens", max_rank=16, project_what="gradient")
+    options = dict(HYPER, alpha=0.05, stat="tokens", max_rank=16, project="gradient")
     layer = layer64()
     opt = OMoE(layer.parameters(), **options)
     accumulate_step(opt, layer, batch(0))

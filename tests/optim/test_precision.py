@@ -6,23 +6,23 @@ itself overflows on them. That path is tested end to end in tests/test_cli_preci
 import pytest
 import torch
 
-from omoe_plugin.optim import omoe as omoe_module
+from omoe_plugin.optim import projection as projection_module
 from omoe_plugin.optim.omoe import OMoE
 from tests.optim.test_omoe import HYPER, accumulate_step, backward, batch, layer64
 
 
-@pytest.mark.parametrize("project_what", ("update", "gradient"))
-def test_bf16_parameters_get_fp32_projector_maths(monkeypatch, project_what):
+@pytest.mark.parametrize("project", ("update", "gradient"))
+def test_bf16_parameters_get_fp32_projector_maths(monkeypatch, project):
     dtype = torch.bfloat16
     layer = layer64().to(dtype)
-    opt = OMoE(layer.parameters(), **HYPER, stat="tokens", project_what=project_what)
+    opt = OMoE(layer.parameters(), **HYPER, stat="tokens", project=project)
     accumulate_step(opt, layer, batch(0).to(dtype))
     opt.form_projectors()
     assert {s.dtype for s in opt.stats.values()} == {f.dtype for f in opt.factors.values()} \
         == {torch.float32}
     seen = []
-    real = omoe_module.update_products  # every projection, of an update or a gradient
-    monkeypatch.setattr(omoe_module, "update_products", lambda delta, factors, mode: (
+    real = projection_module.update_products  # every projection, of an update or a gradient
+    monkeypatch.setattr(projection_module, "update_products", lambda delta, factors, mode: (
         seen.append((delta.dtype, factors.dtype)), real(delta, factors, mode))[1])
     before = layer.experts.fc1_weight.detach().clone()
     backward(layer, batch(1).to(dtype))

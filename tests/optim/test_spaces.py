@@ -122,7 +122,7 @@ def test_max_gain_rescales_the_update_towards_its_unprojected_norm_up_to_the_cap
 def test_max_gain_rescales_the_projected_gradient_to_the_gradient_norm():
     layer = layer64()
     opt = OMoE(layer.parameters(), **HYPER, alpha=1e-9, stat="tokens", max_rank=16,
-               project_what="gradient", max_gain=1e6)
+               project="gradient", max_gain=1e6)
     accumulate_step(opt, layer, batch(0))
     opt.form_projectors()
     backward(layer, batch(1))

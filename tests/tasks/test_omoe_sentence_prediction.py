@@ -2,7 +2,6 @@
 omoe_sentence_prediction task."""
 
 import torch
-from fairseq.data import Dictionary
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
 from omoe_plugin.criterions.omoe_sentence_prediction import (
@@ -10,14 +9,14 @@ from omoe_plugin.criterions.omoe_sentence_prediction import (
     OMoESentencePredictionCriterionConfig,
 )
 from omoe_plugin.moe import MoEArgs, MoELayer
-from omoe_plugin.optim.omoe import FairseqOMoE, OMoEConfig
+from omoe_plugin.optim.fairseq_omoe import FairseqOMoE, OMoEConfig
 from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
     OMoESentencePredictionTask,
     find_omoe,
     phase_of,
 )
-from tests.conftest import tiny_model
+from tests.conftest import dictionaries, tiny_model
 from tests.criterions.test_omoe_sentence_prediction import sample
 
 
@@ -39,12 +38,7 @@ def test_find_omoe_unwraps_the_fairseq_optimizer():
 
 def omoe_task():
     """The alternating task on the conftest vocabulary, a tiny MoE model and its OMoE."""
-    words, labels = Dictionary(), Dictionary()
-    for i in range(40):
-        words.add_symbol(f"w{i}")
-    for name in ("neg", "pos"):
-        labels.add_symbol(name)
-    task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), words, labels)
+    task = OMoESentencePredictionTask(OMoESentencePredictionConfig(num_classes=2), *dictionaries())
     model = tiny_model(task).train()
     optimizer = FairseqOMoE(OMoEConfig(lr=[0.01], omoe_stat="tokens", omoe_space="inputs"), list(model.parameters()))
     criterion = OMoESentencePredictionCriterion(OMoESentencePredictionCriterionConfig(), task)

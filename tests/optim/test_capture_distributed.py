@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from omoe_plugin.moe.capture import RoutedInputCapture
+from omoe_plugin.optim.capture import RoutedInputCapture
 
 DATA = torch.randn(2, 10, 6, generator=torch.Generator().manual_seed(0))  # one half per rank
 
@@ -25,7 +25,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         for summary in SUMMARIES:
-            torch.save(capture(summary, [DATA[rank]]).take(), f"{out_dir}/{summary}{rank}.pt")
+            torch.save(capture(summary, [DATA[rank]]).pop_summaries(), f"{out_dir}/{summary}{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -43,6 +43,6 @@ def test_every_rank_gets_the_same_all_reduced_statistics(gathered, summary):
     assert torch.equal(ranks[0], ranks[1])
     assert not ranks[0][1].any()
     if summary != "pca":  # pca keeps each rank's top directions, not the union's
-        single = capture(summary, [DATA[0], DATA[1]]).take()["0.fc1"]
+        single = capture(summary, [DATA[0], DATA[1]]).pop_summaries()["0.fc1"]
         moment = lambda X: X @ X.transpose(1, 2)
         torch.testing.assert_close(moment(ranks[0]), moment(single), atol=1e-6, rtol=1e-5)

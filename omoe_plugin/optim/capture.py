@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..optim.projector import compress
-from .experts import expert_weight_key
+from .projector import compress
+from ..moe import expert_weight_key
 
 Summary = Literal["mean", "pca", "tokens"]
 Space = Literal["inputs", "centred", "outputs"]
@@ -76,15 +76,15 @@ class RoutedInputCapture:
             counts = self.counts.setdefault(key, {})
             counts[expert] = counts.get(expert, 0) + x.size(1)
 
-    def take(
+    def pop_summaries(
         self,
         group: Optional[dist.ProcessGroup] = None,
-        like: Optional[dict[str, torch.Tensor]] = None,
+        statistics: Optional[dict[str, torch.Tensor]] = None,
     ) -> dict[str, torch.Tensor]:
         """This update's summaries, summed over data-parallel workers, then cleared.
 
-        like: key -> a tensor [E, dim, ...] per expert weight (the optimizer's statistics),
-        in the same order on every worker: its sizes and device give the summary's, and
+        statistics: the optimizer's statistics, key -> [E, dim, ...] per expert weight, in
+        the same order on every worker: their sizes and device give the summary's, and
         every key is reduced even where this worker captured nothing for it (a dummy batch
         at the end of an uneven epoch), so all workers make the same collective calls on
         the device their backend needs. Without it: the keys captured here, on the CPU.
@@ -93,11 +93,11 @@ class RoutedInputCapture:
         second moment (mean: the mean vector's outer product); all-zero for an expert that
         received no token on any worker.
         """
-        if like is None:
-            like = {k: torch.empty(self.num_experts[k], next(iter(s.values())).size(0), 0)
+        if statistics is None:
+            statistics = {k: torch.empty(self.num_experts[k], next(iter(s.values())).size(0), 0)
                     for k, s in self.sums.items()}
         out = {}
-        for key, template in like.items():
+        for key, template in statistics.items():
             E, in_dim = template.shape[:2]
             sums = self.sums.get(key, {})
             width = max((s.size(1) for s in sums.values()), default=int(self.summary == "mean"))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from omoe_plugin.moe import MoEArgs, MoELayer
-from omoe_plugin.moe.capture import RoutedInputCapture
+from omoe_plugin.optim.capture import RoutedInputCapture
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -17,18 +17,18 @@ def test_mean_summary_is_the_mean_unit_input_over_micro_batches():
     a, b = torch.randn(3, 5), torch.randn(2, 5)
     capture(0, 2, 1, fc1=a)
     capture(0, 2, 1, fc1=b)  # a second micro-batch of the same update
-    X = capture.take()["0.fc1"]
+    X = capture.pop_summaries()["0.fc1"]
     assert X.shape == (2, 5, 1)
     torch.testing.assert_close(X[1, :, 0], unit(torch.cat([a, b])).mean(0))
     assert not X[0].any(), "expert 0 saw nothing"
-    assert capture.take() == {}, "take() clears"
+    assert capture.pop_summaries() == {}, "pop_summaries() clears"
 
 
 def test_tokens_summary_is_the_exact_second_moment():
     capture = RoutedInputCapture("tokens", width=8)
     x = torch.randn(6, 4)
     capture(2, 3, 0, fc2=x)
-    X = capture.take()["2.fc2"][0]
+    X = capture.pop_summaries()["2.fc2"][0]
     expected = unit(x).T @ unit(x) / 6
     torch.testing.assert_close(X @ X.T, expected)
     assert torch.trace(X @ X.T).item() == pytest.approx(1.0)
@@ -41,7 +41,7 @@ def test_pca_summary_keeps_the_top_directions_of_the_second_moment():
     evals, evecs = torch.linalg.eigh(moment(x) / 40)
     capture = RoutedInputCapture("pca", width=2)
     capture(0, 1, 0, fc1=x)
-    X = capture.take()["0.fc1"][0]
+    X = capture.pop_summaries()["0.fc1"][0]
     assert X.shape == (6, 2)
     best = evecs[:, -2:] @ torch.diag(evals[-2:]) @ evecs[:, -2:].T
     torch.testing.assert_close(X @ X.T, best, atol=1e-5, rtol=1e-4)
@@ -53,7 +53,7 @@ def test_pca_summary_merges_micro_batches_exactly_within_its_rank():
     capture = RoutedInputCapture("pca", width=2)
     capture(0, 1, 0, fc1=x[:11])
     capture(0, 1, 0, fc1=x[11:])
-    X = capture.take()["0.fc1"][0]
+    X = capture.pop_summaries()["0.fc1"][0]
     torch.testing.assert_close(X @ X.T, unit(x).T @ unit(x) / 30, atol=1e-5, rtol=1e-4)
 
 

@@ -1,0 +1,77 @@
+"""What resuming OMoE from a checkpoint checks: which settings changed and what that does,
+and that the checkpointed state fits this model and is finite (a checkpoint is untrusted
+input: a corrupt or foreign one must not plant a bad projector)."""
+
+import logging
+from typing import Optional
+
+import torch
+
+from .settings import option
+
+logger = logging.getLogger(__name__)
+
+# What a changed setting does to a resumed run; a change that no longer fits the
+# checkpointed state (space, mode, max_rank) is then refused with --reset-optimizer named.
+_NEW_CYCLE = ("the phase is recomputed from the update count with the new cycle, so this run "
+              "may switch phase at other updates than the checkpointed run would have")
+_NEW_SUMMARY = ("the checkpointed statistics were summarised the old way; new updates fold in "
+                "the new kind until the next cycle restarts them")
+_NEW_RULE = "orthogonal updates from now on follow the new rule"
+CHANGED = {
+    "alpha": "projectors formed from the next switch on use the new value",
+    "accumulate_steps": _NEW_CYCLE,
+    "orthogonal_steps": _NEW_CYCLE,
+    "stat": _NEW_SUMMARY,
+    "stat_rank": _NEW_SUMMARY,
+    "forget": "the statistics carried over at the next cycle boundary follow the new factor",
+    "project": _NEW_RULE,
+    "max_gain": _NEW_RULE,
+    "project_moment": _NEW_RULE,
+    "mode": "the checkpointed projectors were formed the old way",
+    "space": "the checkpointed statistics and projectors live in the old space",
+    "max_rank": "the checkpointed statistics have the old rank",
+}
+
+
+def report_changed_settings(settings: dict, saved: Optional[dict]) -> None:
+    """Say, on resume, which settings differ from the checkpoint's and what that does."""
+    if saved is None:
+        logger.warning("the checkpoint's OMoE state predates stored settings: a change of "
+                       "--omoe-* options since it was saved cannot be detected")
+        return
+    # checkpoints saved before --omoe-project's setting was renamed call it project_what
+    saved = {("project" if k == "project_what" else k): v for k, v in saved.items()}
+    for name, value in settings.items():
+        if name in saved and saved[name] != value:
+            logger.warning(f"{option(name)} changed since the checkpoint ({saved[name]!r} -> "
+                           f"{value!r}): {CHANGED[name]}")
+
+
+def check_loaded_state(omoe: Optional[dict], stats: dict, stat_steps: dict, mode: str) -> None:
+    """Refuse checkpointed OMoE state (`OMoE.state_dict()["omoe"]`) that is missing, does not
+    fit this optimizer's statistics (`stats`, `stat_steps`: key -> tensor) and projector
+    `mode`, or is not finite."""
+    fresh = "resume with --reset-optimizer to start the statistics afresh"
+    if omoe is None:
+        raise ValueError("this optimizer state has no OMoE statistics (was it saved by another "
+                         f"optimizer?); {fresh}")
+    if set(omoe["stats"]) != set(stats):
+        raise ValueError(f"OMoE state has statistics for expert weights {sorted(omoe['stats'])}, "
+                         f"this model and --omoe-space need {sorted(stats)}; {fresh}")
+    expected = {"stats": stats, "stat_steps": stat_steps}
+    for part in ("stats", "stat_steps", "factors"):
+        for key, value in omoe[part].items():
+            if not isinstance(value, torch.Tensor) or key not in stats:
+                fits = False
+            elif part == "factors":  # what expert_factors returns for this mode and rank
+                E, dim, r = stats[key].shape
+                width = 0 if E == 1 else r if mode == "average" else (E - 1) * r
+                fits = value.shape == (E, dim, width)
+            else:
+                fits = value.shape == expected[part][key].shape
+            if not fits or not torch.isfinite(value).all():
+                problem = ("does not fit the model, --omoe-space, --omoe-mode and "
+                           "--omoe-max-rank" if not fits else "is not finite")
+                raise ValueError(f"the checkpoint's OMoE {part} for expert weight {key} "
+                                 f"{problem}; {fresh}")
