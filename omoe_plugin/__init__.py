@@ -1,7 +1,7 @@
 """OMoE for fairseq: MoE encoders fine-tuned with an orthogonal expert optimizer.
 
 `register()` registers every component with fairseq (model, criterion, optimizer, task) and
-makes fairseq read checkpoints safely (`convert.checkpoint.install_safe_loading`) and keep
+makes fairseq read checkpoints safely (`convert.fairseq_io.install_safe_loading`) and keep
 the expert tags through its --fp16 wrapper (`optim.fp16.install_expert_tag_copy`);
 `--user-dir user_dir` calls it. Importing the package alone loads neither fairseq nor torch,
 so ONNX Runtime serving (`omoe_plugin.export.inference`, `omoe-infer`) starts in a second.
@@ -14,7 +14,7 @@ def register() -> None:
     """Register the plugin's fairseq components and route fairseq's checkpoint loading
     through the safe loader (idempotent)."""
     from . import criterions, models, optim, tasks  # noqa: F401 (registers with fairseq)
-    from .convert.checkpoint import install_safe_loading
+    from .convert.fairseq_io import install_safe_loading
     from .optim.fp16 import install_expert_tag_copy
 
     install_safe_loading()

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from omoe_plugin.export.inference import OMoEClassifier, session
-from omoe_plugin.export.onnx_export import ExportedClassifier, load_classifier, sample_tokens
+from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
+from omoe_plugin.export.parity import sample_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ from fairseq.data import data_utils
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
 from omoe_plugin.export.inference import OMoEClassifier, session
-from omoe_plugin.export.onnx_export import ExportedClassifier, load_classifier
+from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
 from tests.cli import output, run, train
 from tests.test_cli_omoe import OMOE
 

@@ -19,7 +19,6 @@ from fairseq.tasks.sentence_prediction import SentencePredictionTask
 from ..convert.checkpoint import load_encoder_checkpoint
 from ..data.binarised import leading_sentences
 from ..models.encoder import load_encoder
-from ..moe import MoELayer
 from .similarity import (
     displaced,
     displacement_similarity,

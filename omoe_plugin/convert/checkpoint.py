@@ -1,117 +1,15 @@
-"""Checkpoint I/O: the one place this project reads checkpoints, and the encoder checkpoints in
-fairseq's format that `fairseq-train --finetune-from-model` reads.
-
-A checkpoint is untrusted input: it may come from another machine, be cut short by a killed
-job, or carry a pickle payload that runs code when unpickled. Every loader of the project
-(training resume and `--restore-file` through fairseq, `omoe-upcycle`, `omoe-analyze`, the
-exporter) reads through `read_checkpoint`, which only ever calls
-`torch.load(weights_only=True)` and turns every failure into a message that says what is
-wrong with the file. `install_safe_loading` routes fairseq's own loader through it, and
-makes fairseq's checkpoint copies atomic. Only tensors and plain containers are written.
-"""
+"""omoe_roberta encoder checkpoints in fairseq's format (what `fairseq-train
+--finetune-from-model` reads), written by the importers and `omoe-upcycle` and read by the
+project's tools through `safe_read.read_checkpoint`. Only tensors and plain containers are
+written."""
 
 import dataclasses
-import os
-import pickle
-import re
-import shutil
 from pathlib import Path
-from typing import Any, Optional
 
 import torch
-from fairseq import checkpoint_utils
-from fairseq.dataclass.utils import overwrite_args_by_name
-from fairseq.file_io import PathManager
-from omegaconf import OmegaConf
 
 from ..models import OMoERobertaConfig
-
-
-def read_checkpoint(path: Path) -> dict:
-    """The dict stored in a checkpoint file, read with `torch.load(weights_only=True)`.
-
-    Raises FileNotFoundError for a missing file and ValueError, naming the file and the
-    reason, for one that carries objects other than tensors and plain containers (code is
-    never run), is truncated or not a torch checkpoint, or does not hold a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if unsafe is None:  # a pickle stream torch cannot read at all
-            raise ValueError(f"{path} is not a torch checkpoint (another format?)") from None
-        raise ValueError(
-            f"{path} refers to {unsafe.group(1)}: it holds objects other than tensors and plain "
-            "containers, which this project never unpickles (a checkpoint is untrusted input "
-            "and unpickling it could run code)"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - any failure of torch's reader means a bad file
-        raise ValueError(
-            f"{path} is not a readable torch checkpoint (truncated, e.g. by a killed job, or "
-            f"another format): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
-    return state
-
-
-def load_checkpoint_to_cpu(
-    path: str, arg_overrides: Optional[dict[str, Any]] = None, load_on_all_ranks: bool = False
-) -> dict:
-    """Drop-in for fairseq's `checkpoint_utils.load_checkpoint_to_cpu` (training resume,
-    `--restore-file`, `--finetune-from-model`, fairseq-validate's `--path`) that reads through
-    `read_checkpoint` and refuses files that are not fairseq checkpoints with a message.
-
-    fairseq's own version calls `torch.load` without `weights_only`, which one of torch's
-    environment variables turns into a full unpickling; this one never unpickles. Checkpoints whose configuration is an argparse Namespace (fairseq < 0.10)
-    are refused for the same reason. `load_on_all_ranks` is accepted for compatibility:
-    reading a local file needs no synchronisation.
-    """
-    state = read_checkpoint(PathManager.get_local_path(path))
-    if not isinstance(state.get("model"), dict):
-        raise ValueError(f"{path} is not a fairseq checkpoint: it has no 'model' state dict")
-    if state.get("cfg") is not None:
-        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-        if arg_overrides is not None:
-            overwrite_args_by_name(state["cfg"], arg_overrides)
-    try:
-        return checkpoint_utils._upgrade_state_dict(state)
-    except (KeyError, IndexError, TypeError) as e:
-        raise ValueError(
-            f"{path} is not a fairseq training checkpoint: its training state lacks {e}"
-        ) from None
-
-
-_fairseq_copy = PathManager.copy  # fairseq's own, for remote paths
-
-
-def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-    """fairseq's `PathManager.copy` for local files, through a temporary file renamed into
-    place: fairseq saves one checkpoint atomically and copies it to the others
-    (`checkpoint_last.pt`, `checkpoint_best.pt`); a job killed during a plain copy would leave
-    half a file under that name, this leaves the previous one intact."""
-    if PathManager.path_requires_pathmanager(dst_path):
-        return _fairseq_copy(src_path, dst_path, overwrite)
-    if os.path.exists(dst_path) and not overwrite:
-        return False
-    tmp = f"{dst_path}.copying"
-    try:
-        shutil.copyfile(src_path, tmp)
-        os.replace(tmp, dst_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return True
-
-
-def install_safe_loading() -> None:
-    """Make fairseq read every checkpoint through `load_checkpoint_to_cpu` and copy
-    checkpoints with `atomic_copy` (done when the plugin registers with fairseq, i.e. by
-    `--user-dir user_dir`)."""
-    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
-    PathManager.copy = staticmethod(atomic_copy)
+from .safe_read import read_checkpoint
 
 
 def save_encoder_checkpoint(path: Path, cfg: OMoERobertaConfig, model: dict) -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from omoe_plugin.export.inference import OMoEClassifier, classify_stream
-from omoe_plugin.export.onnx_export import ExportedClassifier, export_onnx, serving_info
+from omoe_plugin.export.classifier import ExportedClassifier, serving_info
+from omoe_plugin.export.onnx_export import export_onnx
 from tests.conftest import HEAD, tiny_model
 from tests.export.test_onnx_export import export, word_tokenizer
 

@@ -9,14 +9,9 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from omoe_plugin.export.inference import session
-from omoe_plugin.export.onnx_export import (
-    ExportedClassifier,
-    compare,
-    export_onnx,
-    quantize_int8,
-    sample_tokens,
-    serving_info,
-)
+from omoe_plugin.export.classifier import ExportedClassifier, serving_info
+from omoe_plugin.export.onnx_export import export_onnx, quantize_int8
+from omoe_plugin.export.parity import compare, sample_tokens
 from omoe_plugin.export.serving_info import ServingInfo
 from tests.conftest import HEAD, tiny_model
 

@@ -7,7 +7,8 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
-from omoe_plugin.convert import checkpoint as ckpt
+from omoe_plugin.convert import fairseq_io
+from omoe_plugin.convert.safe_read import read_checkpoint
 
 
 @pytest.mark.parametrize("content,message", (
@@ -22,11 +23,11 @@ def test_read_checkpoint_names_the_problem(tmp_path, content, message):
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
-        ckpt.read_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_fairseq_reads_checkpoints_through_the_safe_loader(tmp_path):
-    assert checkpoint_utils.load_checkpoint_to_cpu is ckpt.load_checkpoint_to_cpu  # register()
+    assert checkpoint_utils.load_checkpoint_to_cpu is fairseq_io.load_checkpoint_to_cpu  # register()
     path = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="no 'model' state dict"):
@@ -51,7 +52,7 @@ def test_an_interrupted_checkpoint_copy_leaves_the_previous_file(tmp_path, monke
         raise KeyboardInterrupt  # the job dies halfway through the copy
 
     dst.write_bytes(b"old")
-    monkeypatch.setattr(ckpt.shutil, "copyfile", killed_midway)
+    monkeypatch.setattr(fairseq_io.shutil, "copyfile", killed_midway)
     with pytest.raises(KeyboardInterrupt):
         PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == b"old"

@@ -1,0 +1,107 @@
+"""A fine-tuned omoe_roberta checkpoint as the module `omoe-export` exports (encoder and one
+classification head, routing kept as an output), with the serving metadata the ONNX file
+carries: tokenizer, dictionary, labels, shapes."""
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from fairseq.data import Dictionary
+from fairseq.tasks.sentence_prediction import SentencePredictionTask
+from tokenizers import Tokenizer
+
+from ..convert.checkpoint import encoder_config
+from ..convert.safe_read import read_checkpoint
+from ..data.movie_reviews import wordpiece_tokenizer
+from ..models import OMoERobertaConfig, OMoERobertaModel
+from ..models.encoder import OMoEEncoder, is_moe_layer
+from .serving_info import ServingInfo
+
+HEAD = "sentence_classification_head"
+
+
+class ExportedClassifier(nn.Module):
+    """The inference forward of a classifier: no MoE statistics, no hidden states."""
+
+    def __init__(self, model: OMoERobertaModel, head: str = HEAD) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.head = model.classification_heads[head]
+
+    def forward(self, src_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """src_tokens [B, T] -> logits [B, C] fp32 (+ experts [B, T, L, k] int64 if MoE)."""
+        features, extra = self.encoder(src_tokens)
+        logits = self.head(features).float()
+        if not extra["moe_aux"]:
+            return (logits,)
+        return logits, torch.stack([aux.experts for aux in extra["moe_aux"]], dim=2)
+
+
+def load_classifier(
+    checkpoint: Path, data: Optional[Path] = None, head: str = HEAD,
+    tokenizer: Optional[Path] = None,
+) -> tuple[OMoERobertaModel, ServingInfo]:
+    """The fine-tuned model of a fairseq-train checkpoint (eval mode) and what serving it needs.
+
+    data: the binarised data directory it was trained on (input0/dict.txt, label/dict.txt);
+    default: the one named in the checkpoint. tokenizer: a `tokenizers` JSON file; default:
+    the pretrained encoder's WordPiece tokenizer, which omoe-prepare-data tokenises with."""
+    state = read_checkpoint(checkpoint)
+    cfg = encoder_config(state, checkpoint)
+    weights = state["model"]
+    out_proj = weights.get(f"classification_heads.{head}.out_proj.weight")
+    if out_proj is None:
+        raise ValueError(
+            f"{checkpoint} has no classification head {head!r}: export a checkpoint written "
+            "by fairseq-train (checkpoint_best.pt), not an imported or upcycled encoder"
+        )
+    task = state["cfg"].get("task") or {}
+    data = Path(data or task.get("data") or "")
+    if not (data / "input0" / "dict.txt").is_file():
+        raise FileNotFoundError(
+            f"no dictionary at {data / 'input0' / 'dict.txt'}: pass --data, the binarised data "
+            "directory the checkpoint was fine-tuned on"
+        )
+    dictionary = SentencePredictionTask.load_dictionary(str(data / "input0" / "dict.txt"))
+    regression = bool(task.get("regression_target", False))
+    labels = [] if regression else _labels(data, out_proj.size(0))
+
+    model = OMoERobertaModel(cfg, OMoEEncoder(cfg, dictionary))
+    model.register_classification_head(head, num_classes=out_proj.size(0))
+    others = "classification_heads."
+    model_state = {k: v for k, v in weights.items()
+                   if not k.startswith(others) or k.startswith(f"{others}{head}.")}
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint} does not match {data}'s dictionary or its own "
+                         f"configuration: {' '.join(str(e).split())[:400]}") from None
+    try:
+        tok = Tokenizer.from_file(str(tokenizer)) if tokenizer else wordpiece_tokenizer()
+    except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors
+        raise ValueError(f"{tokenizer} is not a tokenizers JSON file: {e}") from None
+    return model.eval(), serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name)
+
+
+def serving_info(cfg: OMoERobertaConfig, dictionary: Dictionary, labels: list[str],
+                 tokenizer: Tokenizer, source: str = "") -> ServingInfo:
+    """What serving a model of config cfg needs (see ServingInfo)."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return ServingInfo(
+        labels=labels, symbols=list(dictionary.symbols), tokenizer=tokenizer.to_str(),
+        max_positions=cfg.max_positions, bos=dictionary.bos(), eos=dictionary.eos(),
+        pad=dictionary.pad(), unk=dictionary.unk(),
+        moe_layers=[i for i in range(cfg.encoder_layers) if is_moe_layer(i, cfg.moe_freq)],
+        experts=cfg.moe_experts, top_k=cfg.moe_top_k, source=source,
+    )
+
+
+def _labels(data: Path, num_classes: int) -> list[str]:
+    """Class names in output order: fairseq's label ids are dictionary ids minus nspecial."""
+    path = data / "label" / "dict.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no label dictionary at {path}: pass --data")
+    labels = SentencePredictionTask.load_dictionary(str(path))
+    return labels.symbols[labels.nspecial:labels.nspecial + num_classes]
