@@ -52,7 +52,9 @@ BIN = Path(sys.executable).parent
 PRE = ROOT / "data-bin" / "minilm"
 TASK = ["--user-dir", str(ROOT / "user_dir"), "--task", "omoe_sentence_prediction",
         "--num-classes", "2", "--init-token", "0", "--max-positions", "128", "--cpu",
-        "--num-workers", "0", "--criterion", "omoe_sentence_prediction"]
+        "--num-workers", "0", "--criterion", "omoe_sentence_prediction",
+        # a few product-review sentences exceed the 128 positions: cut them, as serving does
+        "--shorten-method", "truncate"]
 COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--batch-size", "32",
           "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
           "--no-epoch-checkpoints", "--no-last-checkpoints", "--log-format", "simple",
