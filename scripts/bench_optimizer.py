@@ -22,7 +22,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 
 from omoe_plugin.data.movie_reviews import prepare
-from omoe_plugin.tasks.omoe_sentence_prediction import find_omoe, phase_of
+from omoe_plugin.tasks.schedule import find_omoe, phase_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

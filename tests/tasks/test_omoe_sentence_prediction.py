@@ -13,9 +13,8 @@ from omoe_plugin.optim.fairseq_omoe import FairseqOMoE, OMoEConfig
 from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
     OMoESentencePredictionTask,
-    find_omoe,
-    phase_of,
 )
+from omoe_plugin.tasks.schedule import find_omoe, phase_of
 from tests.conftest import dictionaries, tiny_model
 from tests.criterions.test_omoe_sentence_prediction import sample
 
