@@ -24,10 +24,12 @@ class StackedExperts(nn.Module):
     Shapes follow nn.Linear's [out, in] layout: fc1_weight [E, h, d], fc1_bias [E, h],
     fc2_weight [E, d, h], fc2_bias [E, d].
 
-    Dispatch is a static loop over all experts; each gathers the tokens routed to it
-    (torch.where), runs its FFN on them and scatters the weighted result back (index_add).
-    There is no Python branch on routed counts, so an expert that gets no token costs a few
-    empty kernels and the ONNX graph keeps every expert whatever the export example routed.
+    Dispatch sorts the (token, slot) assignments by expert once per layer, reads the
+    experts' token counts once (the layer's one host synchronisation), runs each expert's FFN
+    on its contiguous block of the sorted tokens, and scatters all weighted results back in
+    one index_add. The loop over experts is static, with no Python branch on routed counts,
+    so an expert that gets no token costs a few empty kernels and the ONNX graph keeps every
+    expert whatever the export example routed.
     """
 
     def __init__(
@@ -88,19 +90,31 @@ class StackedExperts(nn.Module):
         x: [N, d] tokens; experts: [N, k] chosen expert ids (E = none);
         weights: [N, k] combine weights. Returns [N, d].
         """
-        out = torch.zeros_like(x)
+        E, k = self.num_experts, experts.size(1)
+        assignment = experts.reshape(-1)  # [N k], expert of each (token, slot); E = padding
+        # grouped by expert, padding last, in token order within an expert: the keys are
+        # unique, so any sort is this stable one (ONNX has no stable sort)
+        slots = torch.arange(assignment.numel(), device=assignment.device)
+        order = torch.argsort(assignment * assignment.numel() + slots)  # [N k]
+        # tokens per expert (the last: padding), as a fixed-size count: bincount's length
+        # would depend on the data, which torch.export cannot trace
+        ids = torch.arange(E + 1, device=assignment.device)
+        sizes = (assignment.unsqueeze(1) == ids).sum(0).tolist()  # E + 1 ints
+        torch._check(sum(sizes) == assignment.numel())  # what torch.export cannot know
+        routed = torch.cat(order.split(sizes)[:E])  # [n_1 + ... + n_E] padding's dropped
+        token = routed // k  # the token of each routed assignment
         # unbind once: its backward stacks the E slice gradients in one tensor, where
         # indexing the parameter per expert would allocate a full-size gradient per expert.
         fc1_w, fc1_b = self.fc1_weight.unbind(0), self.fc1_bias.unbind(0)
         fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
-        for e in range(self.num_experts):
-            token, slot = torch.where(experts == e)  # [n_e] each
-            x_e = x[token]  # [n_e, d]
+        ys = []
+        for e, x_e in enumerate(x[token].split(sizes[:E])):  # x_e [n_e, d]: expert e's tokens
             z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
             h = self.activation_fn(z)
             y = F.linear(self.activation_dropout(h), fc2_w[e], fc2_b[e])  # [n_e, d]
             if self.capture is not None:  # each weight's input and output on expert e's tokens
-                self.capture(self.layer_index, self.num_experts, e, fc1=x_e, fc2=h,
+                self.capture(self.layer_index, E, e, fc1=x_e, fc2=h,
                              outputs={"fc1": z, "fc2": y})
-            out.index_add_(0, token, y * weights[token, slot].unsqueeze(-1).to(y.dtype))
-        return out
+            ys.append(y)
+        y = torch.cat(ys) * weights.reshape(-1)[routed].unsqueeze(-1).to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, token, y)
