@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omoe_plugin.convert.checkpoint import load_encoder_checkpoint
-from omoe_plugin.data.movie_reviews import binarize
+from omoe_plugin.data.prepare import binarize
 from tests.cli import USER_DIR, checkpoint, output, run, train
 
 pytestmark = pytest.mark.slow

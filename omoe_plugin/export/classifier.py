@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 from fairseq.data import Dictionary
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
-from tokenizers import Tokenizer
 
 from ..convert.checkpoint import encoder_config
 from ..convert.safe_read import read_checkpoint
 from ..data.movie_reviews import wordpiece_tokenizer
+from ..data.subword import SubwordTokenizer, from_file, saved_in
 from ..models import OMoERobertaConfig, OMoERobertaModel
 from ..models.encoder import OMoEEncoder, is_moe_layer
 from .serving_info import ServingInfo
@@ -45,8 +45,9 @@ def load_classifier(
     """The fine-tuned model of a fairseq-train checkpoint (eval mode) and what serving it needs.
 
     data: the binarised data directory it was trained on (input0/dict.txt, label/dict.txt);
-    default: the one named in the checkpoint. tokenizer: a `tokenizers` JSON file; default:
-    the pretrained encoder's WordPiece tokenizer, which omoe-prepare-data tokenises with."""
+    default: the one named in the checkpoint. tokenizer: a tokenizer file (`subword.from_file`);
+    default: the one omoe-prepare-data saved in the data directory, else the pretrained
+    encoder's WordPiece tokenizer (data prepared before tokenizers were saved used it)."""
     state = read_checkpoint(checkpoint)
     cfg = encoder_config(state, checkpoint)
     weights = state["model"]
@@ -77,20 +78,16 @@ def load_classifier(
     except RuntimeError as e:
         raise ValueError(f"{checkpoint} does not match {data}'s dictionary or its own "
                          f"configuration: {' '.join(str(e).split())[:400]}") from None
-    try:
-        tok = Tokenizer.from_file(str(tokenizer)) if tokenizer else wordpiece_tokenizer()
-    except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors
-        raise ValueError(f"{tokenizer} is not a tokenizers JSON file: {e}") from None
+    tok = from_file(tokenizer) if tokenizer else saved_in(data) or wordpiece_tokenizer()
     return model.eval(), serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name)
 
 
 def serving_info(cfg: OMoERobertaConfig, dictionary: Dictionary, labels: list[str],
-                 tokenizer: Tokenizer, source: str = "") -> ServingInfo:
+                 tokenizer: SubwordTokenizer, source: str = "") -> ServingInfo:
     """What serving a model of config cfg needs (see ServingInfo)."""
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
     return ServingInfo(
-        labels=labels, symbols=list(dictionary.symbols), tokenizer=tokenizer.to_str(),
+        labels=labels, symbols=list(dictionary.symbols), tokenizer=tokenizer.to_text(),
+        tokenizer_kind=tokenizer.kind,
         max_positions=cfg.max_positions, bos=dictionary.bos(), eos=dictionary.eos(),
         pad=dictionary.pad(), unk=dictionary.unk(),
         moe_layers=[i for i in range(cfg.encoder_layers) if is_moe_layer(i, cfg.moe_freq)],

@@ -18,8 +18,8 @@ from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
+from ..data.subword import SubwordTokenizer
 from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class OMoEClassifier:
         self.info = ServingInfo.from_metadata(metadata, model)
         if optimization_level is None and self.info.optimization_level != "all":
             self.session = session(model, threads, self.info.optimization_level)
-        self.tokenizer = Tokenizer.from_str(self.info.tokenizer)
+        self.tokenizer = SubwordTokenizer.from_text(self.info.tokenizer_kind, self.info.tokenizer)
         self.index = {symbol: i for i, symbol in enumerate(self.info.symbols)}
 
     @property
@@ -93,8 +93,8 @@ class OMoEClassifier:
                 raise ValueError(f"sentence {i} is empty")
         room = self.info.max_positions - 2
         encoded = []
-        for encoding in self.tokenizer.encode_batch(list(sentences), add_special_tokens=False):
-            ids = [self.index.get(token, self.info.unk) for token in encoding.tokens]
+        for tokens in self.tokenizer.tokenize(list(sentences)):
+            ids = [self.index.get(token, self.info.unk) for token in tokens]
             encoded.append(([self.info.bos, *ids[:room], self.info.eos], len(ids) > room))
         return encoded
 

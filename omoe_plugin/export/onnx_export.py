@@ -87,8 +87,9 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
                         "the one recorded in the checkpoint)")
     parser.add_argument("--head", default=HEAD, help="classification head to export")
     parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="tokenizers JSON the data was tokenised with (default: the "
-                        "pretrained encoder's WordPiece, as omoe-prepare-data uses)")
+                        help="the tokenizer the data was tokenised with: a tokenizers JSON, a "
+                        "BERT vocab.txt or a sentencepiece model (default: the one "
+                        "omoe-prepare-data saved in the data directory)")
     parser.add_argument("--opset", type=at_least(18), default=DEFAULT_OPSET,
                         help="ONNX opset (>= 18, torch's ONNX exporter)")
     parser.add_argument("--int8", action="store_true",

@@ -1,7 +1,7 @@
 """What inference needs besides the graph, stored in the ONNX file's metadata_props.
 
-One self-contained `.onnx` file carries the tokenizer (the `tokenizers` JSON the data was
-tokenised with), the fairseq dictionary that turns its tokens into the model's ids, the
+One self-contained `.onnx` file carries the tokenizer the data was tokenised with (a
+`tokenizers` JSON, or a sentencepiece model in base64), the fairseq dictionary that turns its tokens into the model's ids, the
 label names, the special ids and the longest input the position embeddings allow, so a
 serving machine needs no fairseq, no checkpoint and no data directory.
 """
@@ -19,7 +19,7 @@ FORMAT_VERSION = 1
 class ServingInfo:
     labels: list[str]  # class names in output order; [] for a regression head
     symbols: list[str]  # the fairseq dictionary, in id order
-    tokenizer: str  # `tokenizers` JSON: text -> tokens (no special tokens, no truncation)
+    tokenizer: str  # text -> tokens (no special tokens, no truncation): see tokenizer_kind
     max_positions: int  # longest input, <s> and </s> included
     bos: int
     eos: int
@@ -28,6 +28,7 @@ class ServingInfo:
     moe_layers: list[int]  # encoder layers whose FFN is an MoE
     experts: int
     top_k: int
+    tokenizer_kind: str = "tokenizers"  # "tokenizers" JSON, or "sentencepiece" (base64)
     optimization_level: str = "all"  # ONNX Runtime graph optimisation level of sessions
     source: str = ""  # the checkpoint this was exported from
 
@@ -56,6 +57,8 @@ class ServingInfo:
         values = {}
         for field in dataclasses.fields(cls):
             if field.name not in ours:
+                if field.default is not dataclasses.MISSING:  # written before the field existed
+                    continue
                 raise ValueError(f"{path}: its metadata lacks {PREFIX}{field.name}; re-export it")
             raw = ours[field.name]
             values[field.name] = raw if field.type is str else json.loads(raw)

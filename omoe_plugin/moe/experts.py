@@ -26,8 +26,8 @@ class StackedExperts(nn.Module):
 
     Dispatch sorts the (token, slot) assignments by expert once per layer, reads the
     experts' token counts once (the layer's one host synchronisation), runs each expert's FFN
-    on its contiguous block of the sorted tokens, and scatters all weighted results back in
-    one index_add. The loop over experts is static, with no Python branch on routed counts,
+    on its contiguous block of the sorted tokens, and places all weighted results back in
+    one scatter. The loop over experts is static, with no Python branch on routed counts,
     so an expert that gets no token costs a few empty kernels and the ONNX graph keeps every
     expert whatever the export example routed.
     """
@@ -102,13 +102,12 @@ class StackedExperts(nn.Module):
         sizes = (assignment.unsqueeze(1) == ids).sum(0).tolist()  # E + 1 ints
         torch._check(sum(sizes) == assignment.numel())  # what torch.export cannot know
         routed = torch.cat(order.split(sizes)[:E])  # [n_1 + ... + n_E] padding's dropped
-        token = routed // k  # the token of each routed assignment
         # unbind once: its backward stacks the E slice gradients in one tensor, where
         # indexing the parameter per expert would allocate a full-size gradient per expert.
         fc1_w, fc1_b = self.fc1_weight.unbind(0), self.fc1_bias.unbind(0)
         fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
         ys = []
-        for e, x_e in enumerate(x[token].split(sizes[:E])):  # x_e [n_e, d]: expert e's tokens
+        for e, x_e in enumerate(x[routed // k].split(sizes[:E])):  # x_e [n_e, d]: e's tokens
             z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
             h = self.activation_fn(z)
             y = F.linear(self.activation_dropout(h), fc2_w[e], fc2_b[e])  # [n_e, d]
@@ -117,4 +116,7 @@ class StackedExperts(nn.Module):
                              outputs={"fc1": z, "fc2": y})
             ys.append(y)
         y = torch.cat(ys) * weights.reshape(-1)[routed].unsqueeze(-1).to(x.dtype)
-        return torch.zeros_like(x).index_add_(0, token, y)
+        # each output to its (token, slot) place, then the k slots summed in a fixed order: no
+        # index repeats in the scatter, whose additions would run in any order in ONNX Runtime
+        placed = x.new_zeros(assignment.numel(), x.size(1)).index_copy_(0, routed, y)
+        return placed.view(-1, k, x.size(1)).sum(1)  # [N, d]

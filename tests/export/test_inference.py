@@ -106,3 +106,31 @@ def test_a_regression_head_serves_values(task, tmp_path):
             tokens = torch.tensor([classifier.encode(text)[0]])
             expected = ExportedClassifier(model, "rating")(tokens)[0][0, 0]
             assert prediction.to_json() == {"value": pytest.approx(float(expected), abs=1e-5)}
+
+
+@pytest.mark.parametrize("tokenizer", [[], ["--train-spm", "300"]], ids=["wordpiece", "spm"])
+def test_serving_tokenises_exactly_as_the_binarised_data(tmp_path, tokenizer):
+    """omoe-prepare-data's saved tokenizer, embedded by the exporter, gives the model ids of
+    the binarised split, token for token (WordPiece and sentencepiece)."""
+    from fairseq.data import Dictionary, data_utils
+    from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
+
+    from omoe_plugin.data.cli import cli_main
+    from omoe_plugin.data.subword import saved_in
+    from omoe_plugin.data.tables import Columns, read_examples, split_deterministically
+    from tests.data.test_prepare import reviews_tsv
+
+    rows = reviews_tsv(tmp_path / "reviews.tsv")
+    cli_main([str(tmp_path / "bin"), "--input", str(rows), *tokenizer])
+    words = Dictionary.load(str(tmp_path / "bin" / "input0" / "dict.txt"))
+    labels = Dictionary.load(str(tmp_path / "bin" / "label" / "dict.txt"))
+    task = SentencePredictionTask(SentencePredictionConfig(num_classes=2), words, labels)
+    model = tiny_model(task, max_positions=128)
+    info = serving_info(model.cfg, words, ["neg", "pos"], saved_in(tmp_path / "bin"))
+    export_onnx(model, info, tmp_path / "model.onnx")
+    classifier = OMoEClassifier(tmp_path / "model.onnx", threads=1)
+    test = split_deterministically(read_examples(rows, Columns()))["test"]
+    binarised = data_utils.load_indexed_dataset(str(tmp_path / "bin" / "input0" / "test"), words)
+    served = classifier.encode_batch([e.text for e in test])
+    assert [ids[1:] for ids, _ in served] == [binarised[i].tolist() for i in range(len(test))]
+    assert any(words.unk() in ids for ids, _ in served) == (not tokenizer)  # unseen words

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
+from omoe_plugin.data.subword import SubwordTokenizer
 from omoe_plugin.export.inference import session
 from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx, quantize_int8
@@ -18,11 +19,11 @@ from tests.conftest import HEAD, tiny_model
 EXPERTS, TOP_K, LAYERS = 4, 2, 2
 
 
-def word_tokenizer(symbols: list[str]) -> Tokenizer:
+def word_tokenizer(symbols: list[str]) -> SubwordTokenizer:
     """A whitespace word-level tokenizer over a dictionary's symbols (no download)."""
     tokenizer = Tokenizer(WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
     tokenizer.pre_tokenizer = Whitespace()
-    return tokenizer
+    return SubwordTokenizer("tokenizers", tokenizer.to_str())
 
 
 def export(task, out, **overrides):

@@ -1,0 +1,105 @@
+"""`omoe-prepare-data OUT`: labelled text -> a fairseq sentence_prediction directory (layout:
+`prepare`). The data is a user's own TSV/CSV/JSON-lines file(s), or one of the rated-sentence
+sets bundled with vaderSentiment (`--corpus`, the default when no file is given)."""
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Optional
+
+from .movie_reviews import prepare as prepare_corpus, wordpiece_tokenizer
+from .prepare import SPLITS, prepare_examples
+from .sources import VADER_CORPORA
+from .subword import SubwordTokenizer, from_file, train_sentencepiece
+from .tables import FORMATS, Columns, read_examples, split_deterministically
+
+logger = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="omoe-prepare-data",
+        description="Tokenise and binarise labelled text for fairseq's sentence_prediction "
+        "task (and --task omoe_sentence_prediction): a TSV/CSV file with a header row or a "
+        "JSON-lines file, one example per row, of single texts or text pairs, with a class "
+        "label or a real-valued target. Without --input/--train: a bundled rated-sentence set.",
+    )
+    p.add_argument("out_dir", type=Path, help="output directory (replaced once complete)")
+    data = p.add_argument_group("your data")
+    data.add_argument("--input", type=Path, help="one file, split 80/10/10 by a checksum of "
+                      "each example's text (deterministic)")
+    for split in SPLITS:
+        data.add_argument(f"--{split}", type=Path, help=f"the {split} split's file")
+    data.add_argument("--format", choices=FORMATS, default=None,
+                      help="default: from the file name (.tsv, .csv, .jsonl)")
+    data.add_argument("--text-column", default="text", help="column (JSON key) of the text")
+    data.add_argument("--pair-column", default=None,
+                      help="column of the second text, for sentence pairs (written as input1)")
+    data.add_argument("--label-column", default="label", help="column of the label or target")
+    data.add_argument("--regression", action="store_true",
+                      help="labels are real-valued targets (fine-tune with --regression-target "
+                      "--num-classes 1)")
+    tok = p.add_argument_group("tokenizer (default: all-MiniLM-L6-v2's uncased WordPiece)")
+    how = tok.add_mutually_exclusive_group()
+    how.add_argument("--tokenizer", type=Path, default=None,
+                     help="a tokenizers JSON (.json), a BERT vocab.txt (.txt) or a "
+                     "sentencepiece model (.model)")
+    how.add_argument("--train-spm", type=int, default=None, metavar="VOCAB_SIZE",
+                     help="train a sentencepiece (unigram) model of this many pieces on the "
+                     "training split (for models trained from scratch); the dictionary is "
+                     "built to match it")
+    p.add_argument("--srcdict", type=Path, default=None,
+                   help="token dictionary to binarise with (omoe-import-bert's dict.txt), "
+                   "checked against the tokenizer; default: built to match the tokenizer")
+    p.add_argument("--corpus", choices=list(VADER_CORPORA), default=None,
+                   help="a bundled rated-sentence set instead of your files (default: "
+                   "movie_reviews)")
+    p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
+    return p
+
+
+def read_splits(args, p: argparse.ArgumentParser) -> dict:
+    columns = Columns(args.text_column, args.pair_column, args.label_column)
+    given = [s for s in SPLITS if getattr(args, s)]
+    if args.input and given:
+        p.error("give either --input (split for you) or --train/--valid/--test, not both")
+    if args.input:
+        return split_deterministically(read_examples(args.input, columns, args.regression,
+                                                     args.format))
+    if len(given) != len(SPLITS):
+        p.error(f"--train, --valid and --test go together (missing: "
+                f"{', '.join('--' + s for s in SPLITS if s not in given)})")
+    return {s: read_examples(getattr(args, s), columns, args.regression, args.format)
+            for s in SPLITS}
+
+
+def tokenizer_for(args, splits: dict) -> SubwordTokenizer:
+    if args.tokenizer:
+        return from_file(args.tokenizer)
+    if args.train_spm:
+        texts = [t for e in splits["train"] for t in (e.text, e.pair) if t is not None]
+        return train_sentencepiece(texts, args.train_spm)
+    return wordpiece_tokenizer()
+
+
+def cli_main(argv: Optional[list[str]] = None) -> None:
+    p = parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    user_data = args.input or any(getattr(args, s) for s in SPLITS)
+    if not user_data:
+        if args.tokenizer or args.train_spm or args.regression:
+            p.error("--tokenizer, --train-spm and --regression apply to your own files "
+                    "(--input or --train/--valid/--test)")
+        sizes = prepare_corpus(args.out_dir, args.workers, args.srcdict,
+                               args.corpus or "movie_reviews")
+    else:
+        if args.corpus:
+            p.error("--corpus prepares a bundled set: give it or your own files, not both")
+        try:
+            splits = read_splits(args, p)
+            sizes = prepare_examples(args.out_dir, splits, tokenizer_for(args, splits),
+                                     args.srcdict, args.regression, args.workers)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise SystemExit(f"omoe-prepare-data: {e}") from None
+    logger.info(f"wrote {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))

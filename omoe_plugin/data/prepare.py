@@ -1,0 +1,161 @@
+"""Labelled examples -> a fairseq `sentence_prediction` data directory, written whole or not at
+all (built in a temporary directory beside it, then renamed into place).
+
+Layout (what `fairseq-train DIR --task sentence_prediction` reads):
+  DIR/input0/   binarised tokens of the (first) text + dict.txt
+  DIR/input1/   the second text of sentence pairs, same dictionary
+  DIR/label/    binarised class labels + dict.txt; or {split}.label with the real-valued
+                targets (regression), read by `--regression-target --num-classes 1`
+  DIR/raw/      the same as text: {split}.input0/.input1 (tokens), .label, .text/.pair
+  DIR/tokenizer.json or DIR/spm.model: the tokenizer, which omoe-export embeds in the model
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from fairseq.data import Dictionary
+from fairseq.tasks.sentence_prediction import SentencePredictionTask
+
+from .subword import SubwordTokenizer
+from .tables import Example
+
+SPLITS = ("train", "valid", "test")
+
+
+def write_raw(splits: dict[str, list[Example]], tokenizer: SubwordTokenizer,
+              raw_dir: Path, targets: Optional[dict[str, list[str]]] = None) -> dict[str, int]:
+    """The text files of every split; returns the number of examples per split.
+
+    targets: real-valued targets per split to keep beside class labels ({split}.target)."""
+    raw_dir.mkdir(parents=True)
+    pairs = any(e.pair is not None for part in splits.values() for e in part)
+    for split in SPLITS:
+        part = splits[split]
+        columns = {"input0": [" ".join(t) for t in tokenizer.tokenize([e.text for e in part])],
+                   "label": [e.label for e in part], "text": [e.text for e in part]}
+        if pairs:
+            columns["input1"] = [" ".join(t) for t in tokenizer.tokenize([e.pair for e in part])]
+            columns["pair"] = [e.pair for e in part]
+        if targets is not None:
+            columns["target"] = targets[split]
+        for suffix, rows in columns.items():
+            (raw_dir / f"{split}.{suffix}").write_text("".join(r + "\n" for r in rows),
+                                                       encoding="utf-8")
+    return {split: len(splits[split]) for split in SPLITS}
+
+
+def check_dictionary(raw_dir: Path, inputs: list[str], srcdict: Path,
+                     tokenizer: SubwordTokenizer) -> None:
+    """Stop if the tokenizer emits tokens the dictionary does not have: a tokenizer that does
+    not match the model's dictionary would silently map them all to <unk>."""
+    dictionary = Dictionary.load(str(srcdict))
+    known = set(dictionary.symbols) | {tokenizer.unknown}
+    unknown, total = set(), set()
+    for split in SPLITS:
+        for column in inputs:
+            for line in (raw_dir / f"{split}.{column}").read_text(encoding="utf-8").splitlines():
+                tokens = set(line.split())
+                total |= tokens
+                unknown |= tokens - known
+    if unknown:
+        examples = ", ".join(repr(t) for t in sorted(unknown)[:5])
+        raise ValueError(
+            f"the tokenizer does not match the dictionary {srcdict}: {len(unknown)} of the "
+            f"{len(total)} distinct tokens it produced are not in it (e.g. {examples}); use "
+            "the tokenizer the dictionary was built with (for omoe-import-bert's dict.txt, "
+            "the checkpoint's tokenizer.json or vocab.txt)"
+        )
+
+
+def write_vocabulary_dictionary(tokenizer: SubwordTokenizer, path: Path) -> None:
+    """A fairseq dict.txt holding every token the tokenizer can emit, in its order, so the
+    dictionary matches the tokenizer exactly (fairseq's own specials are not repeated)."""
+    specials = {"<s>", "<pad>", "</s>", "<unk>", tokenizer.unknown}
+    path.write_text("".join(f"{t} 1\n" for t in tokenizer.vocabulary() if t not in specials),
+                    encoding="utf-8")
+
+
+def write_training_dictionary(raw_dir: Path, inputs: list[str], path: Path, workers: int) -> None:
+    """The dictionary fairseq-preprocess would build from the training split, counted over
+    every input column (a pair's second texts included)."""
+    files = [str(raw_dir / f"train.{column}") for column in inputs]
+    SentencePredictionTask.build_dictionary(files, workers=workers).save(str(path))
+
+
+def binarize(raw_dir: Path, out_dir: Path, srcdict: Path, workers: int = 1,
+             regression: bool = False) -> None:
+    """fairseq-preprocess on the token columns with the dictionary srcdict and, for
+    classification, the labels; regression targets are copied as text."""
+    for column in _inputs(raw_dir) + ([] if regression else ["label"]):
+        cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source"]
+        for split in SPLITS:
+            cmd += [f"--{split}pref", str(raw_dir / f"{split}.{column}")]
+        cmd += ["--destdir", str(out_dir / column), "--workers", str(workers)]
+        if column != "label":
+            cmd += ["--srcdict", str(srcdict)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"fairseq-preprocess failed on {column}:\n{result.stderr[-2000:]}")
+    if regression:
+        (out_dir / "label").mkdir()
+    for split in SPLITS:
+        targets = raw_dir / f"{split}.{'label' if regression else 'target'}"
+        if targets.exists():
+            shutil.copyfile(targets, out_dir / "label" / f"{split}.label")
+
+
+def prepare_examples(out_dir: Path, splits: dict[str, list[Example]], tokenizer: SubwordTokenizer,
+                     srcdict: Optional[Path] = None, regression: bool = False, workers: int = 1,
+                     targets: Optional[dict[str, list[str]]] = None) -> dict[str, int]:
+    """Tokenise, binarise and save the tokenizer into out_dir, replacing it only once the
+    whole directory is written; returns the number of examples per split.
+
+    srcdict: the model's token dictionary (checked against the tokenizer); default: one built
+    from the tokenizer's vocabulary for sentencepiece, from the training split otherwise.
+    Every input column is binarised with the same dictionary, as sentence_prediction reads
+    them."""
+    empty = [s for s in SPLITS if not splits.get(s)]
+    if empty:
+        raise ValueError(f"no examples in the {', '.join(empty)} split(s)")
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        raw = work / "raw"
+        sizes = write_raw(splits, tokenizer, raw, targets)
+        if srcdict is not None:
+            check_dictionary(raw, _inputs(raw), srcdict, tokenizer)
+        else:
+            srcdict = work / "dictionary.txt"
+            if tokenizer.kind == "sentencepiece":
+                write_vocabulary_dictionary(tokenizer, srcdict)
+            else:
+                write_training_dictionary(raw, _inputs(raw), srcdict, workers)
+        binarize(raw, work, srcdict, workers, regression)
+        tokenizer.save(work)
+        (work / "dictionary.txt").unlink(missing_ok=True)
+        _replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return sizes
+
+
+def _inputs(raw_dir: Path) -> list[str]:
+    """The token columns written: input0, and input1 for pairs."""
+    return [c for c in ("input0", "input1") if (raw_dir / f"train.{c}").exists()]
+
+
+def _replace(new: Path, out_dir: Path) -> None:
+    """Move the finished directory new to out_dir, replacing what was there."""
+    if out_dir.exists():
+        old = new.with_name(new.name + "-old")
+        out_dir.rename(old)
+        new.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        new.rename(out_dir)

@@ -1,0 +1,121 @@
+"""Sub-word tokenizers for data preparation and serving: WordPiece (a `tokenizers` JSON file
+or a BERT `vocab.txt`) and sentencepiece (a model file, or one trained on the training split).
+
+A tokenizer is saved beside the binarised data (`tokenizer.json` or `spm.model` in the data
+directory), and `omoe-export` embeds that same file in the ONNX model, so serving tokenises
+exactly as the data was tokenised.
+"""
+
+import base64
+import io
+from pathlib import Path
+from typing import Iterable, Optional
+
+from tokenizers import Tokenizer
+
+KINDS = ("tokenizers", "sentencepiece")
+FILES = {"tokenizers": "tokenizer.json", "sentencepiece": "spm.model"}
+
+
+class SubwordTokenizer:
+    """Text -> sub-word tokens, no special tokens, no truncation (fairseq adds <s>/</s>).
+
+    kind: "tokenizers" (a `tokenizers` JSON: WordPiece, BPE, ...) or "sentencepiece";
+    model: the JSON text, or the sentencepiece model's bytes."""
+
+    def __init__(self, kind: str, model: str | bytes) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}: choose one of {', '.join(KINDS)}")
+        self.kind, self.model = kind, model
+        if kind == "tokenizers":
+            self._tokenizer = Tokenizer.from_str(model)
+            self._tokenizer.no_truncation()
+            self._tokenizer.no_padding()
+        else:
+            import sentencepiece
+
+            self._spm = sentencepiece.SentencePieceProcessor(model_proto=model)
+
+    @property
+    def unknown(self) -> Optional[str]:
+        """The token the tokenizer emits for what it cannot represent (None if it has none)."""
+        if self.kind == "sentencepiece":
+            return self._spm.id_to_piece(self._spm.unk_id())
+        return getattr(self._tokenizer.model, "unk_token", None)
+
+    def tokenize(self, texts: list[str]) -> list[list[str]]:
+        if self.kind == "sentencepiece":  # by id: a character it lacks becomes its <unk>
+            return [[self._spm.id_to_piece(i) for i in ids] for ids in self._spm.encode(texts)]
+        return [e.tokens for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def vocabulary(self) -> list[str]:
+        """Every token the tokenizer can emit, in its own id order."""
+        if self.kind == "sentencepiece":
+            return [self._spm.id_to_piece(i) for i in range(self._spm.get_piece_size())]
+        vocab = self._tokenizer.get_vocab(with_added_tokens=False)
+        return sorted(vocab, key=vocab.get)
+
+    def save(self, directory: Path) -> Path:
+        """Write the tokenizer into directory under its kind's file name; returns the path."""
+        path = directory / FILES[self.kind]
+        if self.kind == "sentencepiece":
+            path.write_bytes(self.model)
+        else:
+            path.write_text(self.model, encoding="utf-8")
+        return path
+
+    def to_text(self) -> str:
+        """The model as one string (sentencepiece's bytes in base64), for ONNX metadata."""
+        return self.model if self.kind == "tokenizers" else base64.b64encode(self.model).decode()
+
+    @classmethod
+    def from_text(cls, kind: str, text: str) -> "SubwordTokenizer":
+        return cls(kind, text if kind == "tokenizers" else base64.b64decode(text))
+
+
+def from_file(path: Path) -> SubwordTokenizer:
+    """A `tokenizers` JSON file, a BERT `vocab.txt` (uncased WordPiece, as BERT's own
+    tokenizer: lower-cased, accents stripped) or a sentencepiece `.model` file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist")
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            return SubwordTokenizer("tokenizers", data.decode("utf-8"))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors
+            raise ValueError(f"{path} is not a tokenizers JSON file: {e}") from None
+    if path.suffix == ".txt":
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        wordpiece = BertWordPieceTokenizer(str(path), lowercase=True)
+        return SubwordTokenizer("tokenizers", wordpiece._tokenizer.to_str())
+    try:
+        return SubwordTokenizer("sentencepiece", data)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path} is not a sentencepiece model ({e}); a tokenizer file is a tokenizers "
+            "JSON (.json), a BERT vocab.txt (.txt) or a sentencepiece model (.model)"
+        ) from None
+
+
+def saved_in(directory: Path) -> Optional[SubwordTokenizer]:
+    """The tokenizer omoe-prepare-data saved in a data directory, or None."""
+    for kind, name in FILES.items():
+        if (directory / name).is_file():
+            return from_file(directory / name) if kind == "sentencepiece" else \
+                SubwordTokenizer(kind, (directory / name).read_text(encoding="utf-8"))
+    return None
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int) -> SubwordTokenizer:
+    """A unigram sentencepiece model trained on texts (the training split), with exactly
+    vocab_size pieces (sentencepiece's error says so if the texts cannot support that many)."""
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, num_threads=1,
+        minloglevel=2,  # warnings and errors only
+    )
+    return SubwordTokenizer("sentencepiece", model.getvalue())

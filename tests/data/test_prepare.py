@@ -1,0 +1,153 @@
+"""omoe-prepare-data on a user's own files: TSV/CSV/JSON lines, single texts and pairs, class
+labels and regression targets, WordPiece and sentencepiece, clear errors and no partial
+output. The texts are real movie-review sentences of the bundled corpus."""
+
+import csv
+import json
+
+import pytest
+from fairseq.data import Dictionary, data_utils
+
+from omoe_plugin.data.cli import cli_main
+from omoe_plugin.data.movie_reviews import parse
+from omoe_plugin.data.sources import minilm_dir, rated_lines
+from omoe_plugin.data.subword import from_file, saved_in
+from omoe_plugin.data.tables import Columns, read_examples, split_deterministically
+
+
+def real_reviews():
+    """The first 300 real movie-review sentences (ratings not 0)."""
+    return [r for r in parse(rated_lines())[:300] if r.rating != 0]
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    return real_reviews()
+
+
+def pair_rows(reviews):
+    """A real pair task from rated sentences: do two consecutive reviews agree in sentiment?"""
+    return [{"first": a.text, "second": b.text, "same": "yes" if (a.rating > 0) == (b.rating > 0)
+             else "no", "gap": abs(a.rating - b.rating)} for a, b in zip(reviews, reviews[1:])]
+
+
+def write_tsv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t",
+                                quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def decoded(out, split, column):
+    """The binarised column of a split, back as token strings (no <s>/</s>)."""
+    words = Dictionary.load(str(out / "input0" / "dict.txt"))
+    data = data_utils.load_indexed_dataset(str(out / column / split), words)
+    return [[words[i] for i in data[n].tolist()[:-1]] for n in range(len(data))]
+
+
+def test_tsv_pairs_are_binarised_token_for_token(reviews, tmp_path):
+    path = tmp_path / "pairs.tsv"
+    write_tsv(path, pair_rows(reviews))
+    out = tmp_path / "bin"
+    cli_main([str(out), "--input", str(path), "--text-column", "first", "--pair-column",
+              "second", "--label-column", "same"])
+    tokenizer = saved_in(out)
+    assert tokenizer.kind == "tokenizers"
+    splits = split_deterministically(read_examples(path, Columns("first", "second", "same")))
+    words = set(Dictionary.load(str(out / "input0" / "dict.txt")).symbols)
+    # the dictionary is the training split's (both texts): elsewhere, unseen tokens are <unk>
+    known = lambda texts: [[t if t in words else "<unk>" for t in tokens]
+                           for tokens in tokenizer.tokenize(texts)]
+    for split, examples in splits.items():
+        assert decoded(out, split, "input0") == known([e.text for e in examples])
+        assert decoded(out, split, "input1") == known([e.pair for e in examples])
+    assert decoded(out, "train", "input1") == tokenizer.tokenize([e.pair for e in splits["train"]])
+    labels = Dictionary.load(str(out / "label" / "dict.txt"))
+    assert {"yes", "no"} <= set(labels.symbols)
+
+
+def test_regression_targets_from_json_lines(reviews, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(reviews)), encoding="utf-8")
+    out = tmp_path / "bin"
+    cli_main([str(out), "--input", str(path), "--text-column", "first", "--pair-column",
+              "second", "--label-column", "gap", "--regression"])
+    targets = (out / "label" / "train.label").read_text().split()
+    assert len(targets) == len(decoded(out, "train", "input0"))
+    assert all(float(t) >= 0 for t in targets) and not (out / "label" / "dict.txt").exists()
+
+
+def test_csv_splits_and_sentencepiece_trained_on_the_training_split(reviews, tmp_path):
+    for split, part in (("train", reviews[:200]), ("valid", reviews[200:250]),
+                        ("test", reviews[250:])):
+        with open(tmp_path / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)  # real sentences have commas and quotes: csv quotes them
+            writer.writerow(["sentence", "sentiment"])
+            writer.writerows([r.text, "pos" if r.rating > 0 else "neg"] for r in part)
+    out = tmp_path / "bin"
+    cli_main([str(out), *[a for s in ("train", "valid", "test")
+                          for a in (f"--{s}", str(tmp_path / f"{s}.csv"))],
+              "--text-column", "sentence", "--label-column", "sentiment", "--train-spm", "400"])
+    tokenizer = saved_in(out)
+    assert tokenizer.kind == "sentencepiece" and len(tokenizer.vocabulary()) == 400
+    test = decoded(out, "test", "input0")
+    assert test == tokenizer.tokenize([r.text for r in reviews[250:]])
+    assert all("<unk>" not in tokens for tokens in decoded(out, "train", "input0"))
+    # the dictionary was built to match: every piece the model can emit has an id
+    words = Dictionary.load(str(out / "input0" / "dict.txt"))
+    assert set(tokenizer.vocabulary()) <= set(words.symbols)
+    # a given sentencepiece model file is used as it is
+    again = tmp_path / "again"
+    cli_main([str(again), "--input", str(tmp_path / "train.csv"), "--text-column", "sentence",
+              "--label-column", "sentiment", "--tokenizer", str(out / "spm.model")])
+    assert saved_in(again).model == tokenizer.model
+
+
+def test_vocab_txt_tokenises_as_the_pretrained_tokenizer_json():
+    texts = [r.text for r in parse(rated_lines())[:50]]
+    assert from_file(minilm_dir() / "vocab.txt").tokenize(texts) == \
+        from_file(minilm_dir() / "tokenizer.json").tokenize(texts)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text\tlabel\nfine film\tpos\njust one column\n", r"rows.tsv:3: 1 columns where the header has 2"),
+    ("text\tlabel\nfine film\tpos\n\tneg\n", r"rows.tsv:3: column 'text' is empty"),
+    ("sentence\tlabel\nfine film\tpos\n", r"rows.tsv:2: no column 'text'"),
+])
+def test_a_malformed_row_names_file_line_and_column(tmp_path, content, message):
+    path = tmp_path / "rows.tsv"
+    path.write_text(content, encoding="utf-8")
+    out = tmp_path / "bin"
+    with pytest.raises(SystemExit, match=message):
+        cli_main([str(out), "--input", str(path)])
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def test_bad_json_and_non_numeric_targets_name_the_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "fine", "label": "1.5"}\n{"text": "bad", "label": "high"}\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: column 'label' holds 'high', not a number"):
+        read_examples(path, Columns(), regression=True)
+    path.write_text('{"text": "fine", "label": "pos"}\n{"text": "bad" "label"}\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: not a JSON object"):
+        read_examples(path, Columns())
+
+
+def reviews_tsv(path):
+    """A TSV of real movie-review sentences (text, label: pos / neg)."""
+    write_tsv(path, [{"text": r.text, "label": "pos" if r.rating > 0 else "neg"}
+                     for r in real_reviews()])
+    return path
+
+
+def test_a_tokenizer_that_does_not_match_the_dictionary_stops_and_keeps_the_old_output(tmp_path):
+    path = reviews_tsv(tmp_path / "rows.tsv")
+    out = tmp_path / "bin"
+    cli_main([str(out), "--input", str(path), "--train-spm", "300"])
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(SystemExit, match="the tokenizer does not match the dictionary"):
+        cli_main([str(out), "--input", str(path), "--srcdict", str(out / "input0" / "dict.txt")])
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert saved_in(out).kind == "sentencepiece"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "rows.tsv"]
