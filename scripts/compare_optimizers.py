@@ -7,7 +7,7 @@ directions", omoe-analyze --start), and write a markdown table (mean and standar
 over seeds).
 
     python scripts/compare_optimizers.py --setting pretrained [--corpus movie_reviews]
-        [--seeds 1 2 3] [--out DIR] [--configs NAME ...]
+        [--seeds 1 2 3] [--out DIR] [--configs NAME ...] [--report]
         [fairseq-train options added to every run]
 
 Settings:
@@ -61,6 +61,7 @@ COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--bat
           "--log-interval", "100", "--moe-aux-weight", "0.01"]
 ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
 OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
+KEEP = ["--omoe-moment", "keep"]  # the readings as first measured: AdamW's moment unprojected
 COPY = ["--finetune-from-model", str(PRE / "moe4.pt")]
 DROP = ["--finetune-from-model", str(PRE / "moe4_drop.pt")]
 SPLIT = ["--finetune-from-model", str(PRE / "moe4_split.pt"), "--moe-expert-ffn-dim", "576"]
@@ -75,12 +76,14 @@ SETTINGS = {
                                 *ADAM],
             "MoE + AdamW": [*COPY, *ADAM],
             "MoE (drop) + AdamW": [*DROP, *ADAM],
-            "MoE + OMoE inputs joint": [*COPY, *OMOE, "--omoe-space", "inputs"],
-            "MoE + OMoE inputs average": [*COPY, *OMOE, "--omoe-space", "inputs",
+            "MoE + OMoE deltas": [*COPY, *OMOE],  # the defaults
+            "MoE + OMoE deltas, moment kept": [*COPY, *OMOE, *KEEP],
+            "MoE + OMoE inputs joint": [*COPY, *OMOE, *KEEP, "--omoe-space", "inputs"],
+            "MoE + OMoE inputs average": [*COPY, *OMOE, *KEEP, "--omoe-space", "inputs",
                                           "--omoe-mode", "average"],
-            "MoE + OMoE centred": [*COPY, *OMOE, "--omoe-space", "centred", "--omoe-stat", "pca"],
-            "MoE + OMoE outputs": [*COPY, *OMOE, "--omoe-space", "outputs"],
-            "MoE + OMoE deltas": [*COPY, *OMOE, "--omoe-space", "deltas"],
+            "MoE + OMoE centred": [*COPY, *OMOE, *KEEP, "--omoe-space", "centred",
+                                   "--omoe-stat", "pca"],
+            "MoE + OMoE outputs": [*COPY, *OMOE, *KEEP, "--omoe-space", "outputs"],
             "MoE (split) + AdamW": [*SPLIT, *ADAM],
             "MoE (split) + OMoE": [*SPLIT, *OMOE],
         },
@@ -93,8 +96,9 @@ SETTINGS = {
                  "--max-update", "800", "--max-epoch", "3"],
         "configs": {
             "MoE + AdamW": ADAM,
-            "MoE + OMoE (joint)": [*OMOE, "--omoe-mode", "joint"],
-            "MoE + OMoE (average)": [*OMOE, "--omoe-mode", "average"],
+            "MoE + OMoE (joint)": [*OMOE, *KEEP, "--omoe-space", "inputs", "--omoe-mode", "joint"],
+            "MoE + OMoE (average)": [*OMOE, *KEEP, "--omoe-space", "inputs", "--omoe-mode",
+                                     "average"],
         },
     },
 }
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--configs", nargs="+", default=None,
                         help="run only these configurations (run-directory names; default: all)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: tabulate the runs of --seeds that have finished")
     args, extra = parser.parse_known_args()
     setting = SETTINGS[args.setting]
     configs = {slug(name): (name, config) for name, config in setting["configs"].items()}
@@ -186,16 +192,20 @@ def main() -> None:
     if not (data / "input0" / "dict.txt").exists():
         srcdict = PRE / "dict.txt" if args.setting == "pretrained" else None
         prepare(data, workers=2, srcdict=srcdict, corpus=args.corpus)
-    rows = ["| configuration | valid acc | test acc | expert CKA | expert cosine | "
-            "displacement cosine | room for directions |", "|---|---|---|---|---|---|---|"]
+    rows = ["| configuration | seeds | valid acc | test acc | expert CKA | expert cosine | "
+            "displacement cosine | room for directions |", "|---|---|---|---|---|---|---|---|"]
     for key, (name, config) in configs.items():
         if args.configs is not None and key not in args.configs:
             continue
         run_args = setting["args"] + config + extra
-        results = [run_one(data, out, name, run_args, s) for s in args.seeds]
+        seeds = [s for s in args.seeds if not args.report
+                 or (out / key / f"seed{s}" / "result.json").exists()]
+        if not seeds:
+            continue
+        results = [run_one(data, out, name, run_args, s) for s in seeds]
         cols = {k: [r.get(k) for r in results]
                 for k in ("valid", "test", "cka", "cos", "delta", "room")}
-        rows.append(f"| {name} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "
+        rows.append(f"| {name} | {len(seeds)} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "
                     f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} | {fmt(cols['delta'], 3)} | "
                     f"{fmt(cols['room'], 3)} |")
         print(rows[-1], flush=True)

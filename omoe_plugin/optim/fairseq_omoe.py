@@ -9,7 +9,7 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from .omoe import OMoE
-from .settings import MODES, PROJECT, SPACES, STATS
+from .settings import MODES, MOMENTS, PROJECT, SPACES, STATS
 
 
 @dataclass
@@ -70,11 +70,12 @@ class OMoEConfig(FairseqDataclass):
             "the projection, by at most this factor (1 = plain projection)"
         },
     )
-    omoe_project_moment: bool = field(
-        default=False,
+    omoe_moment: ChoiceEnum(MOMENTS) = field(
+        default=MOMENTS[0],
         metadata={
-            "help": "also project AdamW's first moment in orthogonal updates, so the removed "
-            "component is not replayed in the next accumulating phase"
+            "help": "AdamW's first moment in orthogonal updates: project it as the update is "
+            "projected (default), or keep it, so that the next accumulating phase replays "
+            "the removed component"
         },
     )
     omoe_forget: float = field(
@@ -94,7 +95,7 @@ class FairseqOMoE(FairseqOptimizer):
         betas = cfg.omoe_betas
         betas = ast.literal_eval(betas) if isinstance(betas, str) else tuple(betas)
         settings = ("alpha", "accumulate_steps", "orthogonal_steps", "mode", "project", "stat",
-                    "stat_rank", "max_rank", "forget", "space", "max_gain", "project_moment")
+                    "stat_rank", "max_rank", "forget", "space", "max_gain", "moment")
         self._optimizer = OMoE(params, **self.optimizer_config, betas=betas,
                                **{name: getattr(cfg, "omoe_" + name) for name in settings})
 

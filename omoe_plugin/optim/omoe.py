@@ -52,21 +52,21 @@ class OMoE(torch.optim.AdamW):
         forget: float = 0.0,
         space: str = "deltas",
         max_gain: float = 1.0,
-        project_moment: bool = False,
+        moment: str = "project",
     ) -> None:
         # plain strings (fairseq hands over its ChoiceEnum values): they go into checkpoints
-        mode, project, stat, space = map(str, (mode, project, stat, space))
+        mode, project, stat, space, moment = map(str, (mode, project, stat, space, moment))
         self.settings = dict(
             alpha=alpha, accumulate_steps=accumulate_steps, orthogonal_steps=orthogonal_steps,
             mode=mode, project=project, stat=stat, stat_rank=stat_rank, max_rank=max_rank,
-            forget=forget, space=space, max_gain=max_gain, project_moment=project_moment,
+            forget=forget, space=space, max_gain=max_gain, moment=moment,
         )
         check_settings(self.settings)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.alpha, self.mode, self.project = alpha, mode, project
         self.accumulate_steps, self.orthogonal_steps = accumulate_steps, orthogonal_steps
         self.stat, self.stat_rank, self.max_rank, self.forget = stat, stat_rank, max_rank, forget
-        self.space, self.max_gain, self.project_moment = space, max_gain, project_moment
+        self.space, self.max_gain, self.moment = space, max_gain, moment
         self.experts = {}  # "{layer}.{fc1|fc2}" -> stacked weight [E, out, in]
         for group in self.param_groups:
             for p in group["params"]:
@@ -228,7 +228,7 @@ class OMoE(torch.optim.AdamW):
             loss = super().step(closure)
         else:
             loss = self._step_projecting_update(closure, active, projections, measure)
-        if self.project_moment:
+        if self.moment == "project":
             for key, projection in projections.items():
                 moment = self.state[active[key]]["exp_avg"]
                 moment.copy_(projection.apply(moment.to(projection.dtype)))

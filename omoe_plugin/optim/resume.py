@@ -27,7 +27,7 @@ CHANGED = {
     "forget": "the statistics carried over at the next cycle boundary follow the new factor",
     "project": _NEW_RULE,
     "max_gain": _NEW_RULE,
-    "project_moment": _NEW_RULE,
+    "moment": _NEW_RULE,
     "mode": "the checkpointed projectors were formed the old way",
     "space": "the checkpointed statistics and projectors live in the old space",
     "max_rank": "the checkpointed statistics have the old rank",
@@ -40,8 +40,11 @@ def report_changed_settings(settings: dict, saved: Optional[dict]) -> None:
         logger.warning("the checkpoint's OMoE state predates stored settings: a change of "
                        "--omoe-* options since it was saved cannot be detected")
         return
-    # checkpoints saved before --omoe-project's setting was renamed call it project_what
+    # older checkpoints: --omoe-project's setting was project_what, and --omoe-moment's the
+    # flag project_moment
     saved = {("project" if k == "project_what" else k): v for k, v in saved.items()}
+    if "project_moment" in saved:
+        saved["moment"] = "project" if saved.pop("project_moment") else "keep"
     for name, value in settings.items():
         if name in saved and saved[name] != value:
             logger.warning(f"{option(name)} changed since the checkpoint ({saved[name]!r} -> "

@@ -4,6 +4,7 @@ SPACES = ("deltas", "inputs", "centred", "outputs")  # --omoe-space, default fir
 STATS = ("mean", "pca", "tokens")  # --omoe-stat
 MODES = ("joint", "average")  # --omoe-mode
 PROJECT = ("update", "gradient")  # --omoe-project
+MOMENTS = ("project", "keep")  # --omoe-moment
 
 def option(setting: str) -> str:
     """The command-line option of a setting: max_gain -> --omoe-max-gain."""
@@ -25,6 +26,7 @@ def check_settings(settings: dict) -> None:
         (0.0 <= s["forget"] <= 1.0, "forget", "in [0, 1]"),
         (s["space"] in SPACES, "space", "one of " + ", ".join(SPACES)),
         (s["max_gain"] >= 1.0, "max_gain", ">= 1 (1 = no rescaling)"),
+        (s["moment"] in MOMENTS, "moment", "one of " + ", ".join(MOMENTS)),
     )
     for ok, name, rule in checks:
         if not ok:

@@ -1,5 +1,5 @@
 """The readings of OMoE's orthogonality (--omoe-space), the rescaled projection
-(--omoe-max-gain) and the projected first moment (--omoe-project-moment), against closed
+(--omoe-max-gain) and the projected first moment (--omoe-moment), against closed
 forms."""
 
 import logging
@@ -139,15 +139,15 @@ def test_max_gain_rescales_the_projected_gradient_to_the_gradient_norm():
         torch.testing.assert_close(direction[used], torch.ones_like(direction[used]))
 
 
-@pytest.mark.parametrize("project_moment", (False, True))
-def test_projected_first_moment_drops_what_the_projection_removed(project_moment):
-    inputs, opt, _, _ = orthogonal_deltas("joint", alpha=1e-9, project_moment=project_moment)
+@pytest.mark.parametrize("handling", ("keep", "project"))
+def test_projected_first_moment_drops_what_the_projection_removed(handling):
+    inputs, opt, _, _ = orthogonal_deltas("joint", alpha=1e-9, moment=handling)
     for key, per_expert in inputs.items():
         moment = opt.state[opt.experts[key]]["exp_avg"]
         for e in range(4):
             X = others(per_expert, e)
             ratio = (moment[e] @ X).norm() / moment[e].norm() / X.norm()
-            assert (ratio <= 1e-6) == project_moment, (key, e, float(ratio))
+            assert (ratio <= 1e-6) == (handling == "project"), (key, e, float(ratio))
 
 
 def test_resume_says_which_settings_changed_and_what_that_does(caplog):
@@ -179,3 +179,16 @@ def test_a_changed_space_is_reported_then_refused(caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="--reset-optimizer"):
         other.load_state_dict(state)
     assert "--omoe-space changed since the checkpoint ('inputs' -> 'outputs')" in caplog.text
+
+
+def test_a_checkpoint_with_the_old_moment_flag_reports_the_new_default(caplog):
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **HYPER, alpha=0.01)
+    accumulate_step(opt, layer, batch(0), stat="mean")
+    state = roundtrip(opt.state_dict())
+    settings = state["omoe"]["settings"]
+    del settings["moment"]
+    settings["project_moment"] = False  # what checkpoints before --omoe-moment stored
+    with caplog.at_level(logging.WARNING):
+        OMoE(layer64().parameters(), **HYPER, alpha=0.01).load_state_dict(state)
+    assert "--omoe-moment changed since the checkpoint ('keep' -> 'project')" in caplog.text
