@@ -9,8 +9,10 @@ on load takes [MASK]. Embedding rows are reordered to match, so a sentence binar
 this dictionary (`omoe-prepare-data --vocab-dict`) reads exactly as BERT reads
 "[CLS] tokens [SEP]".
 
-BERT's token-type embeddings are folded into the position embeddings (every sentence is
-segment 0) and its pooler is not imported (fairseq's classification head is new).
+BERT's token-type embedding 0 is folded into the position embeddings and type 1 becomes
+the encoder's segment-1 embedding (its difference from type 0), so single sentences and
+pairs (`[CLS] A [SEP] B [SEP]`, segments derived from the first [SEP]) read as in BERT. The
+pooler is not imported (fairseq's classification head is new).
 """
 
 import json
@@ -115,9 +117,12 @@ def convert_state(
 
     emb = "embeddings."
     positions = take(emb + "position_embeddings.weight")[: cfg.max_positions]
+    types = take(emb + "token_type_embeddings.weight")  # [type_vocab_size, dim]
     state = {
         "encoder.embed_tokens.weight": take(emb + "word_embeddings.weight")[rows],
-        "encoder.embed_positions.weight": positions + take(emb + "token_type_embeddings.weight")[0],
+        "encoder.embed_positions.weight": positions + types[0],
+        "encoder.embed_segments.weight": torch.stack([torch.zeros_like(types[0]),
+                                                      types[min(1, len(types) - 1)] - types[0]]),
         "encoder.layernorm_embedding.weight": take(emb + "LayerNorm.weight"),
         "encoder.layernorm_embedding.bias": take(emb + "LayerNorm.bias"),
     }

@@ -84,7 +84,15 @@ class EncoderLayer(nn.Module):
 
 
 class OMoEEncoder(FairseqEncoder):
-    """Token + learned position embeddings, embedding LayerNorm, then the layer stack.
+    """Token + learned position + segment embeddings, embedding LayerNorm, then the layer
+    stack.
+
+    Segments are derived from the tokens, the same way in training, fairseq-validate and the
+    ONNX graph: segment 1 begins after the first </s>, so a pair binarised as
+    `<s> A </s> B </s>` (BERT's `[CLS] A [SEP] B [SEP]`) or `<s> A </s> </s> B </s>`
+    (RoBERTa's) reads A as segment 0 and B as segment 1; a single sentence is all segment 0.
+    Segment 0's embedding is zero, held in the position embeddings (BERT's is folded into
+    them on import), so single sentences read exactly as without segments.
 
     Layer i (0-based) is an MoE layer when moe_freq > 0 and (i + 1) % moe_freq == 0, so
     moe_freq=1 makes every FFN an MoE and moe_freq=2 every other one (the convention of
@@ -98,6 +106,10 @@ class OMoEEncoder(FairseqEncoder):
         self.max_positions_ = cfg.max_positions
         self.embed_tokens = nn.Embedding(len(dictionary), dim, padding_idx=self.padding_idx)
         self.embed_positions = nn.Embedding(cfg.max_positions, dim)
+        # [2, dim]: row 1 minus row 0 of BERT's token-type embeddings; zero when trained anew
+        self.embed_segments = nn.Embedding(2, dim)
+        nn.init.zeros_(self.embed_segments.weight)
+        self.register_load_state_dict_pre_hook(_without_segments)
         self.layernorm_embedding = LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
@@ -112,7 +124,8 @@ class OMoEEncoder(FairseqEncoder):
         padding_mask = src_tokens.eq(self.padding_idx)  # [B, T]
         # positions count real tokens only, so left and right padding give the same result
         positions = (torch.cumsum(~padding_mask, dim=1) - 1).clamp(min=0)
-        x = self.embed_tokens(src_tokens) + self.embed_positions(positions)
+        x = self.embed_tokens(src_tokens) + self.embed_positions(positions) + \
+            self.embed_segments(segments(src_tokens, self.dictionary.eos()))
         x = self.dropout(self.layernorm_embedding(x))
         attend = (~padding_mask)[:, None, None, :]  # [B, 1, 1, T]
         inner_states = [x] if return_all_hiddens else []
@@ -127,6 +140,19 @@ class OMoEEncoder(FairseqEncoder):
 
     def max_positions(self) -> int:
         return self.max_positions_
+
+
+def segments(src_tokens: torch.Tensor, eos: int) -> torch.Tensor:
+    """[B, T] segment ids: 1 after the first eos of a row, else 0."""
+    is_eos = src_tokens.eq(eos).long()
+    return (torch.cumsum(is_eos, dim=1) - is_eos).clamp(max=1)
+
+
+def _without_segments(module, state: dict, prefix: str, *_) -> None:
+    """Checkpoints saved before segment embeddings existed: segment 1 starts as segment 0."""
+    key = prefix + "embed_segments.weight"
+    if key not in state:
+        state[key] = torch.zeros_like(module.embed_segments.weight)
 
 
 def load_encoder(cfg, state: dict, dictionary, source: str) -> OMoEEncoder:

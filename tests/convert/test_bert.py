@@ -76,6 +76,32 @@ def test_imported_encoder_reproduces_bert_hidden_states(minilm, imported):
     torch.testing.assert_close(ours[real], expected[real], atol=1e-4, rtol=0)
 
 
+def test_imported_encoder_reproduces_bert_on_sentence_pairs(minilm, imported):
+    """[CLS] A [SEP] B [SEP] with BERT's token types against our segments, derived from the
+    first [SEP] inside the model."""
+    cfg, state = load_encoder_checkpoint(imported / "model.pt")
+    model, words = build(cfg, state, imported / "dict.txt")
+    tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(list(zip(SENTENCES, reversed(SENTENCES))))
+    hf = torch.tensor([e.ids for e in encodings])
+    types = torch.tensor([e.type_ids for e in encodings])
+    assert types.any(), "the pairs must have a second segment"
+    specials = {"[CLS]": "<s>", "[SEP]": "</s>", "[PAD]": "<pad>", "[UNK]": "<unk>"}
+    ids = torch.tensor([[words.index(specials.get(t, t)) for t in e.tokens] for e in encodings])
+    reference = BertModel.from_pretrained(str(minilm)).eval()
+    with torch.no_grad():
+        expected = reference(input_ids=hf, attention_mask=hf.ne(0),
+                             token_type_ids=types).last_hidden_state
+        ours, _ = model(ids)
+        model.encoder.embed_segments.weight.zero_()  # every token read as segment 0
+        one_segment, _ = model(ids)
+    real = hf.ne(0)
+    torch.testing.assert_close(ours[real], expected[real], atol=1e-4, rtol=0)
+    assert (one_segment - expected)[real].abs().max() > 1e-2  # the segments are what matches
+
+
 def test_one_expert_upcycled_model_equals_the_dense_one_exactly(minilm, imported):
     cfg, state = load_encoder_checkpoint(imported / "model.pt")
     dense, words = build(cfg, state, imported / "dict.txt")

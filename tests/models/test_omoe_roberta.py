@@ -121,3 +121,26 @@ def test_a_config_saved_before_expert_ffn_dim_existed_still_builds(task):
     del fields["moe_expert_ffn_dim"]
     model = OMoERobertaModel.build_model(OmegaConf.create(fields), task)
     assert model.encoder.layers[0].moe.experts.fc1_weight.shape == (4, 48, 32)
+
+
+def test_segments_start_after_the_first_eos():
+    from omoe_plugin.models.encoder import segments
+
+    eos, pad = 2, 1
+    src = torch.tensor([[0, 5, 6, eos, 7, 8, eos, pad], [0, 5, eos, eos, 7, eos, pad, pad],
+                        [0, 5, 6, 7, eos, pad, pad, pad]])
+    assert segments(src, eos).tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1],
+                                           [0, 0, 0, 0, 0, 1, 1, 1]]
+
+
+def test_a_checkpoint_saved_before_segment_embeddings_loads_and_reads_as_before(task):
+    model = tiny_model(task)
+    model.encoder.embed_segments.weight.data.normal_()  # a pair-trained model's segment 1
+    state = {k: v for k, v in model.state_dict().items() if "embed_segments" not in k}
+    old = tiny_model(task, seed=1)
+    old.load_state_dict(state)
+    assert not old.encoder.embed_segments.weight.any()
+    single = tokens(task, [[1, 2, 3], [4, 5]])
+    model.encoder.embed_segments.weight.data[0] = 0  # segment 0 is zero by construction
+    real = single.ne(task.source_dictionary.pad())
+    torch.testing.assert_close(old(single)[0][real], model(single)[0][real])
