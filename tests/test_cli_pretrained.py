@@ -3,13 +3,14 @@ and split), omoe-prepare-data --srcdict, fairseq-train --finetune-from-model wit
 omoe-analyze."""
 
 import json
+import subprocess
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omoe_plugin.convert.checkpoint import load_encoder_checkpoint
 from omoe_plugin.data.prepare import binarize
-from tests.cli import USER_DIR, checkpoint, output, run, train
+from tests.cli import BIN, USER_DIR, checkpoint, output, run, train
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +84,43 @@ def test_the_dense_checkpoint_cannot_be_analysed_and_bad_sources_are_refused(pre
     missing = run("omoe-upcycle", str(tmp_path / "none.pt"), "--out", str(tmp_path / "y.pt"),
                   check=False)
     assert missing.returncode != 0 and "no checkpoint at" in missing.stderr
+
+
+def test_your_own_sentence_pairs_end_to_end(pretrained, tmp_path):
+    """A TSV of real sentence pairs through omoe-prepare-data, fairseq-train with OMoE from
+    the upcycled MiniLM, omoe-export and omoe-infer: serving joins a pair as training did."""
+    from fairseq.data import Dictionary, data_utils
+
+    from omoe_plugin.export.inference import OMoEClassifier
+    from tests.data.test_prepare import pair_rows, real_reviews, write_tsv
+
+    out, _ = pretrained
+    rows = pair_rows(real_reviews())
+    write_tsv(tmp_path / "pairs.tsv", rows)
+    data = tmp_path / "data"
+    run("omoe-prepare-data", str(data), "--input", str(tmp_path / "pairs.tsv"), "--text-column",
+        "first", "--pair-column", "second", "--label-column", "same", "--srcdict",
+        str(out / "dict.txt"))
+    log = output(train(data, tmp_path / "run", [*FINETUNE, "--finetune-from-model",
+                                                str(out / "moe.pt")], 2))
+    assert "loaded" in log and "input1" in log and "num_updates=2" in log
+    model = tmp_path / "model.onnx"
+    export = run("omoe-export", str(tmp_path / "run" / "checkpoints" / "checkpoint_last.pt"),
+                 "--out", str(model))
+    assert "experts 100.0%" in output(export)
+    classifier = OMoEClassifier(model, threads=1)
+    assert classifier.info.pairs and classifier.info.separator is None  # BERT: A [SEP] B [SEP]
+    words = Dictionary.load(str(data / "input0" / "dict.txt"))
+    first, second = (data_utils.load_indexed_dataset(str(data / c / "test"), words)
+                     for c in ("input0", "input1"))
+    test = (data / "raw" / "test.text").read_text().splitlines()
+    pairs = list(zip(test, (data / "raw" / "test.pair").read_text().splitlines()))
+    served = classifier.encode_batch(pairs)
+    assert [ids for ids, _ in served] == [[words.bos(), *first[i].tolist(), *second[i].tolist()]
+                                          for i in range(len(pairs))]
+    lines = "".join(f"{a}\t{b}\n" for a, b in pairs[:3]) + "no tab on this line\n"
+    infer = subprocess.run([str(BIN / "omoe-infer"), str(model)], input=lines,
+                           capture_output=True, text=True)
+    records = [json.loads(line) for line in infer.stdout.splitlines()]
+    assert [r.get("label") in ("yes", "no") for r in records] == [True, True, True, False]
+    assert "expected two texts separated by a tab" in records[3]["error"]

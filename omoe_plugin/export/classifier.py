@@ -66,6 +66,7 @@ def load_classifier(
         )
     dictionary = SentencePredictionTask.load_dictionary(str(data / "input0" / "dict.txt"))
     regression = bool(task.get("regression_target", False))
+    pairs = (data / "input1").is_dir()
     labels = [] if regression else _labels(data, out_proj.size(0))
 
     model = OMoERobertaModel(cfg, OMoEEncoder(cfg, dictionary))
@@ -79,15 +80,18 @@ def load_classifier(
         raise ValueError(f"{checkpoint} does not match {data}'s dictionary or its own "
                          f"configuration: {' '.join(str(e).split())[:400]}") from None
     tok = from_file(tokenizer) if tokenizer else saved_in(data) or wordpiece_tokenizer()
-    return model.eval(), serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name)
+    info = serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name, pairs,
+                        task.get("separator_token") if pairs else None)
+    return model.eval(), info
 
 
 def serving_info(cfg: OMoERobertaConfig, dictionary: Dictionary, labels: list[str],
-                 tokenizer: SubwordTokenizer, source: str = "") -> ServingInfo:
+                 tokenizer: SubwordTokenizer, source: str = "", pairs: bool = False,
+                 separator: Optional[int] = None) -> ServingInfo:
     """What serving a model of config cfg needs (see ServingInfo)."""
     return ServingInfo(
         labels=labels, symbols=list(dictionary.symbols), tokenizer=tokenizer.to_text(),
-        tokenizer_kind=tokenizer.kind,
+        tokenizer_kind=tokenizer.kind, pairs=pairs, separator=separator,
         max_positions=cfg.max_positions, bos=dictionary.bos(), eos=dictionary.eos(),
         pad=dictionary.pad(), unk=dictionary.unk(),
         moe_layers=[i for i in range(cfg.encoder_layers) if is_moe_layer(i, cfg.moe_freq)],

@@ -5,7 +5,9 @@ A sentence becomes `<s> tokens </s>` as in training. One longer than the model's
 keeps its first max_positions - 2 tokens (a warning says so and its result is marked
 "truncated"). The command line reads one sentence per line and writes one JSON object per
 line, in input order; a line that cannot be classified (empty, not UTF-8) gets an "error"
-object and the other lines their results.
+object and the other lines their results. A model fine-tuned on sentence pairs reads
+`text<TAB>text_pair` lines (`predict([(text, text_pair), ...])` from Python), joined as the
+task joined them in training.
 """
 
 import argparse
@@ -14,12 +16,14 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
+from typing import BinaryIO, Iterator, Optional, Sequence, TextIO, Union
 
 import numpy as np
 import onnxruntime as ort
 
 from ..data.subword import SubwordTokenizer
+
+Text = Union[str, tuple[str, str]]  # one sentence, or a sentence pair
 from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
@@ -81,25 +85,40 @@ class OMoEClassifier:
     def labels(self) -> list[str]:
         return self.info.labels
 
-    def encode(self, sentence: str) -> tuple[list[int], bool]:
-        """Model ids of one sentence (`<s> ... </s>`) and whether it was truncated."""
+    def encode(self, sentence: Text) -> tuple[list[int], bool]:
+        """Model ids of one sentence (`<s> ... </s>`) or pair (`<s> A </s> [separator] B
+        </s>`, as the task joined them in training) and whether it was truncated."""
         return self.encode_batch([sentence])[0]
 
-    def encode_batch(self, sentences: Sequence[str]) -> list[tuple[list[int], bool]]:
-        """encode for many sentences at once (tokenised in parallel); raises ValueError naming
-        the first empty sentence."""
+    def encode_batch(self, sentences: Sequence[Text]) -> list[tuple[list[int], bool]]:
+        """encode for many sentences or pairs at once (tokenised in parallel); raises
+        ValueError naming the first empty text, or a pair given to a single-sentence model
+        and the other way round. Too long an input keeps its first max_positions - 1 ids
+        and its closing </s>."""
+        info = self.info
         for i, sentence in enumerate(sentences):
-            if not sentence.strip():
+            if isinstance(sentence, str) == info.pairs:
+                raise ValueError(f"sentence {i}: this model classifies "
+                                 + ("sentence pairs: give (text, text_pair)" if info.pairs
+                                    else "single sentences: give one text, not a pair"))
+            if not all(t.strip() for t in ((sentence,) if isinstance(sentence, str) else sentence)):
                 raise ValueError(f"sentence {i} is empty")
-        room = self.info.max_positions - 2
+        parts = [[s] if isinstance(s, str) else list(s) for s in sentences]
+        tokens = iter(self.tokenizer.tokenize([text for texts in parts for text in texts]))
+        joint = [] if info.separator is None else [info.separator]
         encoded = []
-        for tokens in self.tokenizer.tokenize(list(sentences)):
-            ids = [self.index.get(token, self.info.unk) for token in tokens]
-            encoded.append(([self.info.bos, *ids[:room], self.info.eos], len(ids) > room))
+        for texts in parts:
+            ids = [info.bos]
+            for n in range(len(texts)):
+                ids += (joint if n else []) + [self.index.get(t, info.unk) for t in next(tokens)]
+                ids.append(info.eos)
+            room = info.max_positions
+            encoded.append((ids if len(ids) <= room else ids[:room - 1] + [info.eos],
+                            len(ids) > room))
         return encoded
 
-    def predict(self, sentences: Sequence[str], batch_size: int = 32) -> list[Prediction]:
-        """One Prediction per sentence, in order (a truncated sentence's is marked so).
+    def predict(self, sentences: Sequence[Text], batch_size: int = 32) -> list[Prediction]:
+        """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated sentence's is marked so).
         Sentences are batched by length to keep padding low. Raises ValueError naming the
         first empty sentence."""
         if batch_size < 1:
@@ -148,12 +167,24 @@ def read_lines(stream: BinaryIO, chunk: int) -> Iterator[list[tuple[int, str | E
         yield lines
 
 
+def pair_of(line: str | Exception) -> tuple[str, str] | Exception:
+    """A pair model's input line, `text<TAB>text_pair`, as a pair (or the line's error)."""
+    if isinstance(line, Exception):
+        return line
+    texts = line.split("\t", 1)
+    if len(texts) != 2 or not all(t.strip() for t in texts):
+        return ValueError("expected two texts separated by a tab (the model classifies pairs)")
+    return texts[0], texts[1]
+
+
 def classify_stream(classifier: OMoEClassifier, stream: BinaryIO, out: TextIO,
                     batch_size: int) -> int:
     """Write one JSON line per input line to out; returns how many lines failed."""
     failed = 0
     for lines in read_lines(stream, chunk=batch_size * 16):
-        good = [(n, text) for n, text in lines if isinstance(text, str)]
+        if classifier.info.pairs:
+            lines = [(n, pair_of(text)) for n, text in lines]
+        good = [(n, text) for n, text in lines if not isinstance(text, Exception)]
         predictions = dict(zip((n for n, _ in good),
                                classifier.predict([text for _, text in good], batch_size)))
         for number, text in lines:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 PREFIX = "omoe."
 FORMAT_VERSION = 1
@@ -29,6 +30,8 @@ class ServingInfo:
     experts: int
     top_k: int
     tokenizer_kind: str = "tokenizers"  # "tokenizers" JSON, or "sentencepiece" (base64)
+    pairs: bool = False  # fine-tuned on sentence pairs: <s> A </s> [separator] B </s>
+    separator: Optional[int] = None  # the task's --separator-token between a pair's texts
     optimization_level: str = "all"  # ONNX Runtime graph optimisation level of sessions
     source: str = ""  # the checkpoint this was exported from
 
