@@ -1,14 +1,19 @@
-"""Console scripts: `omoe-import-bert` (HF BERT-family checkpoint -> fairseq) and
-`omoe-upcycle` (dense fairseq checkpoint -> MoE, `copy`, `drop` or `split`)."""
+"""Console scripts: `omoe-import-bert` (HF BERT-family checkpoint -> fairseq), `omoe-import-roberta`
+(fairseq RoBERTa checkpoint -> ours) and `omoe-upcycle` (dense -> MoE: `copy`, `drop` or `split`)."""
 
 import argparse
 import logging
 import sys
 from pathlib import Path
 
+from fairseq.data import Dictionary
+
 from ..data.sources import minilm_dir
 from .bert import CheckpointError, convert_state, fairseq_dictionary, model_config, read_bert_dir
 from .checkpoint import load_encoder_checkpoint, save_encoder_checkpoint
+from .roberta import convert_state as roberta_state
+from .roberta import model_config as roberta_config
+from .roberta import read_roberta
 from .upcycle import DROP_RATIO, METHODS, drop_neurons_, split_assignment, upcycle
 
 logger = logging.getLogger(__name__)
@@ -37,11 +42,42 @@ def import_bert_main(argv=None) -> None:
         state = convert_state(cfg, tensors, rows)
     except CheckpointError as e:
         sys.exit(f"omoe-import-bert: {e}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    dictionary.save(str(args.out / "dict.txt"))
-    save_encoder_checkpoint(args.out / "model.pt", cfg, state)
-    logger.info(f"wrote {args.out}/model.pt ({cfg.encoder_layers} layers, dim "
-                f"{cfg.encoder_embed_dim}) and {args.out}/dict.txt ({len(dictionary)} symbols)")
+    write_import(args.out, cfg, state, dictionary)
+
+
+def import_roberta_main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="omoe-import-roberta",
+        description="Convert a fairseq RoBERTa checkpoint (model.pt and its dict.txt) into "
+        "OUT/model.pt (dense omoe_roberta encoder) and OUT/dict.txt. The checkpoint is read "
+        "with torch.load(weights_only=True), argparse.Namespace the only extra class allowed.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="fairseq RoBERTa model.pt")
+    parser.add_argument("--dict", type=Path, required=True, help="the checkpoint's dict.txt")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--max-positions", type=int, default=512,
+                        help="position embeddings to keep (the task's --max-positions)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    try:
+        if not args.dict.is_file():
+            raise FileNotFoundError(f"no dictionary at {args.dict}")
+        dictionary = Dictionary.load(str(args.dict))
+        options, tensors = read_roberta(args.checkpoint)
+        cfg = roberta_config(options, args.max_positions)
+        state = roberta_state(cfg, tensors, dictionary)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"omoe-import-roberta: {e}")
+    write_import(args.out, cfg, state, dictionary)
+
+
+def write_import(out: Path, cfg, state: dict, dictionary) -> None:
+    """An importer's output: OUT/dict.txt and OUT/model.pt."""
+    out.mkdir(parents=True, exist_ok=True)
+    dictionary.save(str(out / "dict.txt"))
+    save_encoder_checkpoint(out / "model.pt", cfg, state)
+    logger.info(f"wrote {out}/model.pt ({cfg.encoder_layers} layers, dim "
+                f"{cfg.encoder_embed_dim}) and {out}/dict.txt ({len(dictionary)} symbols)")
 
 
 def upcycle_main(argv=None) -> None:

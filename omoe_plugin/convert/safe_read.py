@@ -15,8 +15,11 @@ from pathlib import Path
 import torch
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, allowed: tuple[type, ...] = ()) -> dict:
     """The dict stored in a checkpoint file, read with `torch.load(weights_only=True)`.
+
+    allowed: classes besides tensors and plain containers the file may hold, each itself a
+    plain container (argparse.Namespace, in which older fairseq checkpoints keep options).
 
     Raises FileNotFoundError for a missing file and ValueError, naming the file and the
     reason, for one that carries objects other than tensors and plain containers (code is
@@ -25,9 +28,11 @@ def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch names the global either way, the second for a module it blocks (os, posix)
+        unsafe = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(e))
         if unsafe is None:  # a pickle stream torch cannot read at all
             raise ValueError(f"{path} is not a torch checkpoint (another format?)") from None
         raise ValueError(
