@@ -10,7 +10,7 @@ from typing import Optional
 from .movie_reviews import prepare as prepare_corpus, wordpiece_tokenizer
 from .prepare import SPLITS, prepare_examples
 from .sources import VADER_CORPORA
-from .subword import SubwordTokenizer, from_file, train_sentencepiece
+from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
 from .tables import FORMATS, Columns, read_examples, split_deterministically
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--tokenizer", type=Path, default=None,
                      help="a tokenizers JSON (.json), a BERT vocab.txt (.txt) or a "
                      "sentencepiece model (.model)")
+    how.add_argument("--gpt2-bpe", type=Path, nargs=2, default=None,
+                     metavar=("ENCODER_JSON", "VOCAB_BPE"),
+                     help="GPT-2's byte-level BPE as fairseq's RoBERTa uses it (its "
+                     "encoder.json and vocab.bpe); binarise with the model's --srcdict")
     how.add_argument("--train-spm", type=int, default=None, metavar="VOCAB_SIZE",
                      help="train a sentencepiece (unigram) model of this many pieces on the "
                      "training split (for models trained from scratch); the dictionary is "
@@ -76,6 +80,8 @@ def read_splits(args, p: argparse.ArgumentParser) -> dict:
 def tokenizer_for(args, splits: dict) -> SubwordTokenizer:
     if args.tokenizer:
         return from_file(args.tokenizer)
+    if args.gpt2_bpe:
+        return gpt2_bpe(*args.gpt2_bpe)
     if args.train_spm:
         texts = [t for e in splits["train"] for t in (e.text, e.pair) if t is not None]
         return train_sentencepiece(texts, args.train_spm)
@@ -88,8 +94,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     user_data = args.input or any(getattr(args, s) for s in SPLITS)
     if not user_data:
-        if args.tokenizer or args.train_spm or args.regression:
-            p.error("--tokenizer, --train-spm and --regression apply to your own files "
+        if args.tokenizer or args.gpt2_bpe or args.train_spm or args.regression:
+            p.error("--tokenizer, --gpt2-bpe, --train-spm and --regression apply to your own files "
                     "(--input or --train/--valid/--test)")
         sizes = prepare_corpus(args.out_dir, args.workers, args.srcdict,
                                args.corpus or "movie_reviews")

@@ -151,3 +151,42 @@ def test_a_tokenizer_that_does_not_match_the_dictionary_stops_and_keeps_the_old_
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert saved_in(out).kind == "sentencepiece"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "rows.tsv"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_files(tmp_path_factory):
+    """GPT-2-format BPE files (encoder.json, vocab.bpe) of a byte-level BPE trained on real
+    movie-review sentences (GPT-2's own files are not in any package)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    out = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([r.text for r in parse(rated_lines())[:2000]], vocab_size=600,
+                            show_progress=False)
+    bpe.save_model(str(out))
+    (out / "vocab.json").rename(out / "encoder.json")
+    (out / "merges.txt").rename(out / "vocab.bpe")
+    return out / "encoder.json", out / "vocab.bpe"
+
+
+def test_gpt2_bpe_tokenises_as_fairseqs_own_encoder(gpt2_files, tmp_path):
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    from omoe_plugin.data.subword import SubwordTokenizer, gpt2_bpe
+
+    texts = [r.text for r in parse(rated_lines())[2000:2300]] + ["Münch's  naïve   café, 3.5/4!"]
+    fairseq_bpe = get_encoder(*map(str, gpt2_files))
+    ours = gpt2_bpe(*gpt2_files)
+    expected = [[str(i) for i in fairseq_bpe.encode(t)] for t in texts]
+    assert ours.tokenize(texts) == expected
+    assert SubwordTokenizer.from_text("gpt2", ours.to_text()).tokenize(texts) == expected
+    # binarised with a RoBERTa-style dictionary of BPE ids, read back token for token
+    rows = tmp_path / "rows.tsv"
+    write_tsv(rows, [{"text": t, "label": "x"} for t in texts])
+    (tmp_path / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(600)))
+    out = tmp_path / "bin"
+    cli_main([str(out), "--input", str(rows), "--gpt2-bpe", *map(str, gpt2_files),
+              "--srcdict", str(tmp_path / "dict.txt")])
+    assert saved_in(out).kind == "gpt2"
+    test = split_deterministically(read_examples(rows, Columns()))["test"]
+    assert decoded(out, "test", "input0") == ours.tokenize([e.text for e in test])
