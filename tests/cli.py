@@ -34,6 +34,25 @@ def failed_train(data: Path, args: list[str], save_dir: Path) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+def setup_error(data: Path, args: list[str]) -> str:
+    """The ValueError fairseq-train's set-up (task, model, criterion, optimizer) raises for
+    these arguments, built in this process as fairseq-train builds them (one process start
+    instead of one per bad option; `failed_train` shows such a message reaches the user)."""
+    from fairseq import optim, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, [str(data), *args]))
+    try:
+        task = tasks.setup_task(cfg.task)
+        model = task.build_model(cfg.model)
+        task.build_criterion(cfg.criterion)
+        optim.build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    except ValueError as e:
+        return str(e)
+    raise AssertionError(f"fairseq-train's set-up accepted {args}")
+
+
 def train_args(data: Path, run_dir: Path, args: list[str], max_update: int) -> list[str]:
     """fairseq-train's arguments to train into run_dir/checkpoints and run_dir/tensorboard."""
     return [str(data), *args, "--max-update", str(max_update),

@@ -7,7 +7,15 @@ import re
 import pytest
 import torch
 
-from tests.cli import USER_DIR, checkpoint, failed_train, output, scalar_tags, straight_and_resumed
+from tests.cli import (
+    USER_DIR,
+    checkpoint,
+    failed_train,
+    output,
+    scalar_tags,
+    setup_error,
+    straight_and_resumed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +93,13 @@ def test_deltas_trains_logs_and_resumes_exactly(movie_reviews, tmp_path_factory)
     ((["--omoe-alpha", "0"], "--omoe-alpha"),
      (["--omoe-orthogonal-steps", "0"], "--omoe-orthogonal-steps"),
      (["--omoe-space", "centred", "--omoe-stat", "mean"], "--omoe-space centred needs"),
-     (["--moe-freq", "0"], "no expert weights"),
-     (["--task", "sentence_prediction"], "--task omoe_sentence_prediction")),
+     (["--moe-freq", "0"], "no expert weights")),
 )
-def test_bad_settings_stop_with_a_clear_message(movie_reviews, tmp_path, bad, message):
-    assert message in failed_train(movie_reviews[0], [*OMOE, "--max-update", "2", *bad], tmp_path)
+def test_bad_settings_stop_with_a_clear_message(movie_reviews, bad, message):
+    assert message in setup_error(movie_reviews[0], [*OMOE, *bad])
+
+
+def test_omoe_without_the_alternating_task_stops_fairseq_train(movie_reviews, tmp_path):
+    bad = ["--task", "sentence_prediction"]
+    assert "--task omoe_sentence_prediction" in failed_train(
+        movie_reviews[0], [*OMOE, "--max-update", "2", *bad], tmp_path)

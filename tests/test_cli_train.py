@@ -12,6 +12,7 @@ from tests.cli import (
     output,
     run,
     scalar_tags,
+    setup_error,
     straight_and_resumed,
 )
 
@@ -73,6 +74,12 @@ def test_fairseq_validate_scores_the_checkpoint(runs):
      (["--moe-experts", "0"], "--moe-experts"),
      (["--moe-freq", "-1"], "--moe-freq")),
 )
-def test_bad_moe_option_stops_with_message(movie_reviews, tmp_path, bad, option):
-    assert option in failed_train(movie_reviews[0], [*TRAIN, "--max-update", "1", *bad], tmp_path)
+def test_bad_moe_option_stops_with_message(movie_reviews, bad, option):
+    assert option in setup_error(movie_reviews[0], [*TRAIN, *bad])
+
+
+def test_a_bad_option_stops_fairseq_train_with_its_message(movie_reviews, tmp_path):
+    bad = ["--moe-experts", "2", "--moe-top-k", "3"]
+    assert "--moe-top-k" in failed_train(movie_reviews[0], [*TRAIN, "--max-update", "1", *bad],
+                                         tmp_path)
     assert not list(tmp_path.glob("*.pt"))
