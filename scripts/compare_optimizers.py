@@ -15,7 +15,8 @@ Settings:
     experts with `copy` (data-bin/minilm/moe4.pt), `drop` (moe4_drop.pt, Drop-Upcycling)
     and `split` (moe4_split.pt, experts of 576 neurons), fine-tuned with AdamW and with
     OMoE in each of its readings (--omoe-space, --omoe-mode); needs `make compare`'s
-    checkpoints. --corpus picks the data: movie_reviews, tweets or amazon (binarised with
+    checkpoints. --corpus picks the data: movie_reviews, tweets, amazon, or
+    movie_review_pairs (pairs of movie reviews: same or different sentiment; binarised with
     the encoder's vocabulary into data-bin/CORPUS_minilm on first use).
   scratch: a small 4-layer MoE trained from scratch on the movie reviews with AdamW, OMoE
     joint and OMoE average.
@@ -45,7 +46,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from omoe_plugin.analysis.analyze import expert_similarity
 from omoe_plugin.data.movie_reviews import prepare
 
-CORPORA = ("movie_reviews", "tweets", "amazon")  # rated sentences of the vaderSentiment sdist
+# rated sentences of the vaderSentiment sdist, and a sentence-pair task made of them
+CORPORA = ("movie_reviews", "tweets", "amazon", "movie_review_pairs")
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from .movie_reviews import prepare as prepare_corpus, wordpiece_tokenizer
+from .movie_reviews import PAIR_CORPORA, wordpiece_tokenizer
+from .movie_reviews import prepare as prepare_corpus
 from .prepare import SPLITS, prepare_examples
 from .sources import VADER_CORPORA
 from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
@@ -55,9 +56,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--srcdict", type=Path, default=None,
                    help="token dictionary to binarise with (omoe-import-bert's dict.txt), "
                    "checked against the tokenizer; default: built to match the tokenizer")
-    p.add_argument("--corpus", choices=list(VADER_CORPORA), default=None,
+    p.add_argument("--corpus", choices=[*VADER_CORPORA, *PAIR_CORPORA], default=None,
                    help="a bundled rated-sentence set instead of your files (default: "
-                   "movie_reviews)")
+                   "movie_reviews); movie_review_pairs: pairs of movie reviews labelled "
+                   "same or different sentiment")
     p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     return p
 

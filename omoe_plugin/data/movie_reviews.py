@@ -14,6 +14,7 @@ The layout is `prepare`'s, with {split}.label beside the binarised neg/pos label
 the raw ratings, for `--regression-target --num-classes 1` (raw/{split}.target as text).
 """
 
+import zlib
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -50,9 +51,31 @@ def wordpiece_tokenizer() -> SubwordTokenizer:
     return SubwordTokenizer("tokenizers", minilm_file("tokenizer.json").decode("utf-8"))
 
 
+# A sentence-pair task made of a rated corpus: do two reviews of one split agree in sentiment?
+PAIR_CORPORA = {"movie_review_pairs": "movie_reviews"}
+
+
+def sentiment_pairs(reviews: list[Review]) -> dict[str, list[Example]]:
+    """Per split, the reviews (rated not 0) taken two at a time in the order of a checksum
+    of their text (the source file is sorted by sentiment; this order is fixed but unrelated
+    to it), labelled "same" or "different" by the signs of their ratings: a real pair task
+    (each label from 20+ raters per sentence) where neither text alone gives the answer.
+    Every sentence is in one pair at most; an odd one out is dropped."""
+    by_split = {split: sorted((r for r in reviews if split_of(r) == split and r.rating != 0),
+                              key=lambda r: (zlib.crc32(r.text.encode("utf-8")), r.id))
+                for split in SPLITS}
+    return {split: [Example(a.text, b.text, "same" if (a.rating > 0) == (b.rating > 0)
+                            else "different") for a, b in zip(part[::2], part[1::2])]
+            for split, part in by_split.items()}
+
+
 def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None,
             corpus: str = "movie_reviews") -> dict[str, int]:
-    """Fetch, tokenise, split and binarise one rated-sentence corpus into out_dir."""
+    """Fetch, tokenise, split and binarise one rated-sentence corpus (or a pair task made of
+    one, PAIR_CORPORA) into out_dir."""
+    if corpus in PAIR_CORPORA:
+        pairs = sentiment_pairs(parse(rated_lines(PAIR_CORPORA[corpus])))
+        return prepare_examples(out_dir, pairs, wordpiece_tokenizer(), srcdict, workers=workers)
     splits = {split: [] for split in SPLITS}
     for review in parse(rated_lines(corpus)):
         if review.rating != 0:

@@ -1,5 +1,7 @@
 """Movie-review data: parsing, the fixed split, and the binarised layout fairseq reads."""
 
+from collections import Counter
+
 import pytest
 from fairseq.data import Dictionary, data_utils
 
@@ -52,3 +54,19 @@ def test_prepared_data_is_complete_and_consistent(movie_reviews):
         assert all((float(r) > 0) == (lab == "pos") for r, lab in zip(ratings, raw_labels))
     first = (out / "raw" / "train.input0").read_text().splitlines()[0]
     assert "##" in (out / "raw" / "train.input0").read_text() and first == first.lower()
+
+
+def test_sentiment_pairs_are_disjoint_pairs_of_one_split_labelled_by_their_signs():
+    from omoe_plugin.data.movie_reviews import sentiment_pairs
+
+    reviews = parse(rated_lines())
+    pairs = sentiment_pairs(reviews)
+    rating = {r.text: r.rating for r in reviews}  # one sentence occurs twice, rated alike
+    for name, part in pairs.items():
+        texts = Counter(t for e in part for t in (e.text, e.pair))
+        rated = [r for r in reviews if split_of(r) == name and r.rating != 0]
+        assert texts <= Counter(r.text for r in rated) and len(part) == len(rated) // 2
+        assert all(e.label == ("same" if (rating[e.text] > 0) == (rating[e.pair] > 0)
+                               else "different") for e in part)
+    labels = [e.label for e in pairs["train"]]
+    assert len(pairs["train"]) == 8457 // 2 and 0.4 < labels.count("same") / len(labels) < 0.6
