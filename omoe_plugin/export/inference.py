@@ -22,11 +22,10 @@ import numpy as np
 import onnxruntime as ort
 
 from ..data.subword import SubwordTokenizer
-
-Text = Union[str, tuple[str, str]]  # one sentence, or a sentence pair
 from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
+Text = Union[str, tuple[str, str]]  # one sentence, or a sentence pair
 
 OPTIMIZATION_LEVELS = {  # --optimization-level -> ONNX Runtime's setting
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -96,25 +95,25 @@ class OMoEClassifier:
         and the other way round. Too long an input keeps its first max_positions - 1 ids
         and its closing </s>."""
         info = self.info
-        for i, sentence in enumerate(sentences):
-            if isinstance(sentence, str) == info.pairs:
+        parts = [[s] if isinstance(s, str) else list(s) for s in sentences]
+        for i, texts in enumerate(parts):
+            if (len(texts) == 2) != info.pairs:
                 raise ValueError(f"sentence {i}: this model classifies "
                                  + ("sentence pairs: give (text, text_pair)" if info.pairs
                                     else "single sentences: give one text, not a pair"))
-            if not all(t.strip() for t in ((sentence,) if isinstance(sentence, str) else sentence)):
+            if not all(t.strip() for t in texts):
                 raise ValueError(f"sentence {i} is empty")
-        parts = [[s] if isinstance(s, str) else list(s) for s in sentences]
-        tokens = iter(self.tokenizer.tokenize([text for texts in parts for text in texts]))
-        joint = [] if info.separator is None else [info.separator]
+        tokens = iter(self.tokenizer.tokenize([t for texts in parts for t in texts]))
+        separator = [] if info.separator is None else [info.separator]
         encoded = []
         for texts in parts:
             ids = [info.bos]
             for n in range(len(texts)):
-                ids += (joint if n else []) + [self.index.get(t, info.unk) for t in next(tokens)]
+                ids += (separator if n else []) + [self.index.get(t, info.unk) for t in next(tokens)]
                 ids.append(info.eos)
-            room = info.max_positions
-            encoded.append((ids if len(ids) <= room else ids[:room - 1] + [info.eos],
-                            len(ids) > room))
+            too_long = len(ids) > info.max_positions
+            encoded.append((ids[:info.max_positions - 1] + [info.eos] if too_long else ids,
+                            too_long))
         return encoded
 
     def predict(self, sentences: Sequence[Text], batch_size: int = 32) -> list[Prediction]:
