@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
                      "built to match it")
     p.add_argument("--srcdict", type=Path, default=None,
                    help="token dictionary to binarise with (omoe-import-bert's dict.txt), "
-                   "checked against the tokenizer; default: built to match the tokenizer")
+                   "checked against the tokenizer; default: a sentencepiece model's pieces, "
+                   "else the training split's tokens")
     p.add_argument("--corpus", choices=[*VADER_CORPORA, *PAIR_CORPORA], default=None,
                    help="a bundled rated-sentence set instead of your files (default: "
                    "movie_reviews); movie_review_pairs: pairs of movie reviews labelled "
