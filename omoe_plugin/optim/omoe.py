@@ -228,10 +228,10 @@ class OMoE(torch.optim.AdamW):
             loss = super().step(closure)
         else:
             loss = self._step_projecting_update(closure, active, projections, measure)
-        if self.moment == "project":
+        if self.moment == "project":  # in place: no weight-sized temporaries
             for key, projection in projections.items():
                 moment = self.state[active[key]]["exp_avg"]
-                moment.copy_(projection.apply(moment.to(projection.dtype)))
+                projection.subtract(projection.products(moment), moment)
         return loss
 
     def _step_projecting_update(self, closure, active, projections, measure):
