@@ -76,12 +76,12 @@ def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None,
     if corpus in PAIR_CORPORA:
         pairs = sentiment_pairs(parse(rated_lines(PAIR_CORPORA[corpus])))
         return prepare_examples(out_dir, pairs, wordpiece_tokenizer(), srcdict, workers=workers)
-    splits = {split: [] for split in SPLITS}
+    examples = {split: [] for split in SPLITS}
+    targets = {split: [] for split in SPLITS}  # the raw ratings, beside the neg/pos labels
     for review in parse(rated_lines(corpus)):
         if review.rating != 0:
             label = "pos" if review.rating > 0 else "neg"
-            splits[split_of(review)].append((Example(review.text, None, label), review.rating))
-    targets = {split: [repr(rating) for _, rating in part] for split, part in splits.items()}
-    examples = {split: [example for example, _ in part] for split, part in splits.items()}
+            examples[split_of(review)].append(Example(review.text, None, label))
+            targets[split_of(review)].append(repr(review.rating))
     return prepare_examples(out_dir, examples, wordpiece_tokenizer(), srcdict, workers=workers,
                             targets=targets)

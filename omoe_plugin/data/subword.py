@@ -3,8 +3,8 @@ or a BERT `vocab.txt`), sentencepiece (a model file, or one trained on the train
 and GPT-2's byte-level BPE as fairseq's RoBERTa uses it (`encoder.json` + `vocab.bpe`; its
 tokens are the BPE ids written as text, which fairseq's RoBERTa `dict.txt` lists).
 
-A tokenizer is saved beside the binarised data (`tokenizer.json` or `spm.model` in the data
-directory), and `omoe-export` embeds that same file in the ONNX model, so serving tokenises
+A tokenizer is saved beside the binarised data (`tokenizer.json`, `spm.model` or
+`gpt2_bpe.json` in the data directory), and `omoe-export` embeds that same file in the ONNX model, so serving tokenises
 exactly as the data was tokenised.
 """
 
@@ -86,10 +86,13 @@ class SubwordTokenizer:
 
 def from_file(path: Path) -> SubwordTokenizer:
     """A `tokenizers` JSON file, a BERT `vocab.txt` (uncased WordPiece, as BERT's own
-    tokenizer: lower-cased, accents stripped) or a sentencepiece `.model` file."""
+    tokenizer: lower-cased, accents stripped), a sentencepiece `.model` file, or the GPT-2
+    BPE file omoe-prepare-data saves (`gpt2_bpe.json`, whose tokens are ids)."""
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
     data = path.read_bytes()
+    if path.name == FILES["gpt2"]:
+        return SubwordTokenizer("gpt2", data.decode("utf-8"))
     if path.suffix == ".json":
         try:
             return SubwordTokenizer("tokenizers", data.decode("utf-8"))
@@ -132,10 +135,9 @@ def gpt2_bpe(encoder_json: Path, vocab_bpe: Path) -> SubwordTokenizer:
 
 def saved_in(directory: Path) -> Optional[SubwordTokenizer]:
     """The tokenizer omoe-prepare-data saved in a data directory, or None."""
-    for kind, name in FILES.items():
+    for name in FILES.values():
         if (directory / name).is_file():
-            return from_file(directory / name) if kind == "sentencepiece" else \
-                SubwordTokenizer(kind, (directory / name).read_text(encoding="utf-8"))
+            return from_file(directory / name)
     return None
 
 

@@ -188,5 +188,6 @@ def test_gpt2_bpe_tokenises_as_fairseqs_own_encoder(gpt2_files, tmp_path):
     cli_main([str(out), "--input", str(rows), "--gpt2-bpe", *map(str, gpt2_files),
               "--srcdict", str(tmp_path / "dict.txt")])
     assert saved_in(out).kind == "gpt2"
+    assert from_file(out / "gpt2_bpe.json").tokenize(texts) == expected  # omoe-export --tokenizer
     test = split_deterministically(read_examples(rows, Columns()))["test"]
     assert decoded(out, "test", "input0") == ours.tokenize([e.text for e in test])
