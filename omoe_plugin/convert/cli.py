@@ -1,5 +1,6 @@
-"""Console scripts: `omoe-import-bert` (HF BERT-family checkpoint -> fairseq), `omoe-import-roberta`
-(fairseq RoBERTa checkpoint -> ours) and `omoe-upcycle` (dense -> MoE: `copy`, `drop` or `split`)."""
+"""Console scripts: `omoe-import-bert` (HF BERT-family checkpoint -> fairseq),
+`omoe-import-roberta` (fairseq RoBERTa checkpoint -> ours) and `omoe-upcycle` (dense -> MoE:
+`copy`, `drop` or `split`)."""
 
 import argparse
 import logging

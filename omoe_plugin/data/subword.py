@@ -4,8 +4,8 @@ and GPT-2's byte-level BPE as fairseq's RoBERTa uses it (`encoder.json` + `vocab
 tokens are the BPE ids written as text, which fairseq's RoBERTa `dict.txt` lists).
 
 A tokenizer is saved beside the binarised data (`tokenizer.json`, `spm.model` or
-`gpt2_bpe.json` in the data directory), and `omoe-export` embeds that same file in the ONNX model, so serving tokenises
-exactly as the data was tokenised.
+`gpt2_bpe.json` in the data directory), and `omoe-export` embeds that same file in the
+ONNX model, so serving tokenises exactly as the data was tokenised.
 """
 
 import base64

@@ -82,8 +82,8 @@ def read_examples(path: Path, columns: Columns, regression: bool = False,
                 raise ValueError(f"{path}:{number}: no column {column!r} (the row has "
                                  f"{', '.join(map(str, record)) or 'none'})")
             if isinstance(value, (dict, list)):
-                raise ValueError(f"{path}:{number}: column {column!r} holds {type(value).__name__}, "
-                                 "not text")
+                raise ValueError(f"{path}:{number}: column {column!r} holds "
+                                 f"{type(value).__name__}, not text")
             values[column] = str(value).strip()
         if not values[columns.text] or (columns.pair and not values[columns.pair]):
             empty = columns.text if not values[columns.text] else columns.pair

@@ -109,16 +109,16 @@ class OMoEClassifier:
         for texts in parts:
             ids = [info.bos]
             for n in range(len(texts)):
-                ids += (separator if n else []) + [self.index.get(t, info.unk) for t in next(tokens)]
-                ids.append(info.eos)
+                ids += separator if n else []
+                ids += [self.index.get(t, info.unk) for t in next(tokens)] + [info.eos]
             too_long = len(ids) > info.max_positions
             encoded.append((ids[:info.max_positions - 1] + [info.eos] if too_long else ids,
                             too_long))
         return encoded
 
     def predict(self, sentences: Sequence[Text], batch_size: int = 32) -> list[Prediction]:
-        """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated sentence's is marked so).
-        Sentences are batched by length to keep padding low. Raises ValueError naming the
+        """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated
+        one's is marked so). Sentences are batched by length to keep padding low. Raises ValueError naming the
         first empty sentence."""
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")

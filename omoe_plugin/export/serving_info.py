@@ -1,9 +1,10 @@
 """What inference needs besides the graph, stored in the ONNX file's metadata_props.
 
 One self-contained `.onnx` file carries the tokenizer the data was tokenised with (a
-`tokenizers` JSON, or a sentencepiece model in base64), the fairseq dictionary that turns its tokens into the model's ids, the
-label names, the special ids and the longest input the position embeddings allow, so a
-serving machine needs no fairseq, no checkpoint and no data directory.
+`tokenizers` JSON, or a sentencepiece model in base64), the fairseq dictionary that turns
+its tokens into the model's ids, the label names, the special ids, whether the model reads
+sentence pairs, and the longest input the position embeddings allow, so a serving machine
+needs no fairseq, no checkpoint and no data directory.
 """
 
 import dataclasses

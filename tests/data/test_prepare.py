@@ -111,7 +111,8 @@ def test_vocab_txt_tokenises_as_the_pretrained_tokenizer_json():
 
 
 @pytest.mark.parametrize("content, message", [
-    ("text\tlabel\nfine film\tpos\njust one column\n", r"rows.tsv:3: 1 columns where the header has 2"),
+    ("text\tlabel\nfine film\tpos\njust one column\n",
+     r"rows.tsv:3: 1 columns where the header has 2"),
     ("text\tlabel\nfine film\tpos\n\tneg\n", r"rows.tsv:3: column 'text' is empty"),
     ("sentence\tlabel\nfine film\tpos\n", r"rows.tsv:2: no column 'text'"),
 ])
@@ -127,7 +128,8 @@ def test_a_malformed_row_names_file_line_and_column(tmp_path, content, message):
 def test_bad_json_and_non_numeric_targets_name_the_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"text": "fine", "label": "1.5"}\n{"text": "bad", "label": "high"}\n')
-    with pytest.raises(ValueError, match=r"rows.jsonl:2: column 'label' holds 'high', not a number"):
+    with pytest.raises(ValueError,
+                       match=r"rows.jsonl:2: column 'label' holds 'high', not a number"):
         read_examples(path, Columns(), regression=True)
     path.write_text('{"text": "fine", "label": "pos"}\n{"text": "bad" "label"}\n')
     with pytest.raises(ValueError, match=r"rows.jsonl:2: not a JSON object"):
