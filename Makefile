@@ -16,12 +16,14 @@ RUN := runs/demo
 setup: $(STAMP)
 
 # torch first and pinned (a bare `torch` pulls several GB of CUDA packages), then the
-# pinned dependencies, then fairseq-fixed without its dependencies (it declares torchaudio,
+# pinned dependencies (seqeval, sdist only, through PEP 517: its setup.py cannot build
+# otherwise), then fairseq-fixed without its dependencies (it declares torchaudio,
 # which has no build for torch 2.13) from a wheel built once and cached, then this package.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps --use-pep517 seqeval==1.2.2
 	$(PIP) install --quiet --no-deps --no-index --find-links $(WHEELS) $(FAIRSEQ) 2>/dev/null || { \
 	  mkdir -p $(WHEELS) && \
 	  $(PIP) wheel --quiet --no-deps --no-build-isolation $(FAIRSEQ) -w $(WHEELS) && \

@@ -1,103 +1,22 @@
-"""`omoe_sentence_prediction`: fairseq's sentence_prediction loss plus the MoE router losses."""
+"""`omoe_sentence_prediction`: fairseq's sentence_prediction loss plus the MoE router losses
+(`router_losses`)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
 from fairseq.criterions import register_criterion
 from fairseq.criterions.sentence_prediction import (
     SentencePredictionConfig,
     SentencePredictionCriterion,
 )
-from fairseq.logging import metrics
 
-COUNT_PREFIX = "_moe_count"  # hidden meters "_moe_count_l{layer}_e{expert}" (not printed)
+from .router_losses import RouterLossConfig, RouterLosses
 
 
 @dataclass
-class OMoESentencePredictionCriterionConfig(SentencePredictionConfig):
-    moe_aux_weight: float = field(
-        default=0.01,
-        metadata={"help": "weight of the load-balancing loss (mean over MoE layers)"},
-    )
-    moe_z_loss_weight: float = field(
-        default=0.0,
-        metadata={"help": "weight of the router z-loss (mean over MoE layers); 0 = off"},
-    )
+class OMoESentencePredictionCriterionConfig(RouterLossConfig, SentencePredictionConfig):
+    pass
 
 
 @register_criterion("omoe_sentence_prediction", dataclass=OMoESentencePredictionCriterionConfig)
-class OMoESentencePredictionCriterion(SentencePredictionCriterion):
-    """Cross-entropy (or MSE with --regression-target) plus, summed per sentence like the
-    task loss, moe_aux_weight * load_balancing + moe_z_loss_weight * z_loss.
-
-    Logs `moe_lb` and `moe_z` (unweighted, mean over MoE layers), `moe_share_e{j}` (share
-    of the top-k assignments that expert j received, mean over MoE layers) and
-    `moe_max_load` (max over layers and experts of share * E: 1 = balanced, E = collapsed).
-    """
-
-    def __init__(self, cfg: OMoESentencePredictionCriterionConfig, task) -> None:
-        super().__init__(cfg, task)
-        for name in ("moe_aux_weight", "moe_z_loss_weight"):
-            if getattr(cfg, name) < 0:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be >= 0, got {getattr(cfg, name)}")
-        self.aux_weight = cfg.moe_aux_weight
-        self.z_loss_weight = cfg.moe_z_loss_weight
-
-    def forward(self, model, sample, reduce=True):
-        extras = []  # the model's `extra` output, caught without re-running the forward
-        hook = model.register_forward_hook(lambda _m, _i, out: extras.append(out[1]))
-        try:
-            loss, sample_size, logging_output = super().forward(model, sample, reduce)
-        finally:
-            hook.remove()
-        moe_aux = extras[-1]["moe_aux"]
-        if not moe_aux:  # a dense model (--moe-freq 0)
-            return loss, sample_size, logging_output
-        lb = torch.stack([aux.load_balancing for aux in moe_aux]).mean()
-        z = torch.stack([aux.z_loss for aux in moe_aux]).mean()
-        loss = loss + (self.aux_weight * lb + self.z_loss_weight * z) * sample_size
-        logging_output["loss"] = loss.data
-        logging_output["moe_lb"] = lb.data * sample_size
-        logging_output["moe_z"] = z.data * sample_size
-        for layer, aux in enumerate(moe_aux):
-            for expert, count in enumerate(aux.counts):
-                logging_output[f"{COUNT_PREFIX}_l{layer}_e{expert}"] = count.data
-        return loss, sample_size, logging_output
-
-    @staticmethod
-    def reduce_metrics(logging_outputs) -> None:
-        SentencePredictionCriterion.reduce_metrics(logging_outputs)
-        if not logging_outputs or "moe_lb" not in logging_outputs[0]:
-            return
-        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
-        for key in ("moe_lb", "moe_z"):
-            total = sum(log[key] for log in logging_outputs)
-            metrics.log_scalar(key, total / sample_size, sample_size, round=4)
-        counts = {}  # (layer, expert) -> assignments
-        for key in logging_outputs[0]:
-            if key.startswith(COUNT_PREFIX):
-                metrics.log_scalar_sum(key, sum(log[key] for log in logging_outputs))
-                layer, expert = key[len(COUNT_PREFIX) + 2 :].split("_e")
-                counts[int(layer), int(expert)] = key
-        num_layers = 1 + max(layer for layer, _ in counts)
-        num_experts = 1 + max(expert for _, expert in counts)
-
-        def shares(meters) -> torch.Tensor:  # [layers, experts], rows sum to 1
-            table = torch.tensor(
-                [
-                    [float(meters[counts[l, e]].sum) for e in range(num_experts)]
-                    for l in range(num_layers)
-                ]
-            )
-            return table / table.sum(dim=1, keepdim=True).clamp(min=1.0)
-
-        for expert in range(num_experts):
-            metrics.log_derived(
-                f"moe_share_e{expert}",
-                lambda meters, e=expert: round(shares(meters)[:, e].mean().item(), 3),
-            )
-        metrics.log_derived(
-            "moe_max_load",
-            lambda meters: round(shares(meters).max().item() * num_experts, 3),
-        )
+class OMoESentencePredictionCriterion(RouterLosses, SentencePredictionCriterion):
+    """Cross-entropy (or MSE with --regression-target) plus the router losses."""

