@@ -1,5 +1,6 @@
-"""Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data: for every
-configuration and seed, run fairseq-train, read the best validation accuracy and the last
+"""Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data or CoNLL-2003
+NER: for every configuration and seed, run fairseq-train, read the best validation score
+(accuracy; entity F1 for NER) and the last
 validation expert similarity back from the TensorBoard event files, score
 checkpoint_best.pt on the test split with fairseq-validate, measure how much lower the
 experts' output cosine could be with the same displacements pointed apart ("room for
@@ -15,9 +16,10 @@ Settings:
     experts with `copy` (data-bin/minilm/moe4.pt), `drop` (moe4_drop.pt, Drop-Upcycling)
     and `split` (moe4_split.pt, experts of 576 neurons), fine-tuned with AdamW and with
     OMoE in each of its readings (--omoe-space, --omoe-mode); needs `make compare`'s
-    checkpoints. --corpus picks the data: movie_reviews, tweets, amazon, or
-    movie_review_pairs (pairs of movie reviews: same or different sentiment; binarised with
-    the encoder's vocabulary into data-bin/CORPUS_minilm on first use).
+    checkpoints. --corpus picks the data: movie_reviews, tweets, amazon,
+    movie_review_pairs (pairs of movie reviews: same or different sentiment), or conll2003
+    (NER, --task omoe_token_classification, scored by seqeval's entity F1); binarised with
+    the encoder's vocabulary into data-bin/CORPUS_minilm on first use.
   scratch: a small 4-layer MoE trained from scratch on the movie reviews with AdamW, OMoE
     joint and OMoE average.
 
@@ -44,21 +46,20 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omoe_plugin.analysis.analyze import expert_similarity
-from omoe_plugin.data.movie_reviews import prepare
-
-# rated sentences of the vaderSentiment sdist, and a sentence-pair task made of them
-CORPORA = ("movie_reviews", "tweets", "amazon", "movie_review_pairs")
+from omoe_plugin.data.cli import BUNDLED, prepare_bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PRE = ROOT / "data-bin" / "minilm"
-TASK = ["--user-dir", str(ROOT / "user_dir"), "--task", "omoe_sentence_prediction",
-        "--num-classes", "2", "--init-token", "0", "--max-positions", "128", "--cpu",
-        "--num-workers", "0", "--criterion", "omoe_sentence_prediction",
-        # a few product-review sentences exceed the 128 positions: cut them, as serving does
-        "--shorten-method", "truncate"]
+TASK = ["--user-dir", str(ROOT / "user_dir"), "--max-positions", "128", "--cpu",
+        "--num-workers", "0"]
+SENTENCES = ["--task", "omoe_sentence_prediction", "--criterion", "omoe_sentence_prediction",
+             "--num-classes", "2", "--init-token", "0",
+             # a few product-review sentences exceed the 128 positions: cut them, as serving does
+             "--shorten-method", "truncate"]
+TAGS = ["--task", "omoe_token_classification", "--criterion", "omoe_token_classification"]
 COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--batch-size", "32",
-          "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
+          "--maximize-best-checkpoint-metric",
           "--no-epoch-checkpoints", "--no-last-checkpoints", "--log-format", "simple",
           "--log-interval", "100", "--moe-aux-weight", "0.01"]
 ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
@@ -129,8 +130,18 @@ def direction_room(run_dir: Path, data: Path, args: list[str]) -> float | None:
     return sum(r["mean_cos"] - r["mean_apart"] for r in layers) / len(layers)
 
 
-def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dict[str, float]:
+def task_of(corpus: str) -> tuple[list[str], str]:
+    """fairseq-train's task options for a corpus, and its validation metric (also the
+    checkpoint-selection metric and the one scored on the test split)."""
+    if corpus == "conll2003":
+        return TASK + TAGS, "entity_f1"
+    return TASK + SENTENCES, "accuracy"
+
+
+def run_one(data: Path, out: Path, name: str, args: list[str], seed: int,
+            corpus: str) -> dict[str, float]:
     """Train and score one configuration and seed (or read back its finished result)."""
+    task, metric = task_of(corpus)
     run_dir = out / slug(name) / f"seed{seed}"
     done = run_dir / "result.json"
     if done.exists():
@@ -139,7 +150,8 @@ def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dic
             result["room"] = direction_room(run_dir, data, args)
             done.write_text(json.dumps(result))
         return result
-    train = [str(BIN / "fairseq-train"), str(data), *TASK, *COMMON, *args,
+    train = [str(BIN / "fairseq-train"), str(data), *task, *COMMON, *args,
+             "--best-checkpoint-metric", metric,
              "--seed", str(seed), "--save-dir", str(run_dir / "checkpoints"),
              "--tensorboard-logdir", str(run_dir / "tensorboard")]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,15 +159,15 @@ def run_one(data: Path, out: Path, name: str, args: list[str], seed: int) -> dic
         subprocess.run(train, check=True, stdout=log, stderr=subprocess.STDOUT)
     valid = last_scalars(run_dir / "tensorboard" / "valid")
     test = subprocess.run(
-        [str(BIN / "fairseq-validate"), str(data), *TASK,
+        [str(BIN / "fairseq-validate"), str(data), *task,
          "--path", str(run_dir / "checkpoints" / "checkpoint_best.pt"), "--valid-subset", "test",
          "--omoe-similarity-tokens", "0",
          "--batch-size", "64"], capture_output=True, text=True)
     if test.returncode != 0:
         sys.exit(f"scoring {run_dir} on the test split failed:\n{test.stderr[-3000:]}")
-    test_acc = float(re.findall(r"\| accuracy ([\d.]+)", test.stderr + test.stdout)[-1])
+    test_score = float(re.findall(rf"\| {metric} ([\d.]+)", test.stderr + test.stdout)[-1])
     last = lambda tag: valid[tag][-1] if tag in valid else None  # None: a dense model
-    result = {"valid": max(valid["accuracy"]), "test": test_acc, "cka": last("omoe_sim_cka"),
+    result = {"valid": max(valid[metric]), "test": test_score, "cka": last("omoe_sim_cka"),
               "cos": last("omoe_sim_cos"), "delta": last("omoe_sim_delta")}
     if "--finetune-from-model" in args:
         result["room"] = direction_room(run_dir, data, args)
@@ -173,7 +185,7 @@ def fmt(values: list, digits: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=list(SETTINGS), default="pretrained")
-    parser.add_argument("--corpus", choices=CORPORA, default="movie_reviews",
+    parser.add_argument("--corpus", choices=BUNDLED, default="movie_reviews",
                         help="the data set (pretrained setting)")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/SETTING")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -193,9 +205,11 @@ def main() -> None:
     data = setting["data"](args.corpus)
     if not (data / "input0" / "dict.txt").exists():
         srcdict = PRE / "dict.txt" if args.setting == "pretrained" else None
-        prepare(data, workers=2, srcdict=srcdict, corpus=args.corpus)
-    rows = ["| configuration | seeds | valid acc | test acc | expert CKA | expert cosine | "
-            "displacement cosine | room for directions |", "|---|---|---|---|---|---|---|---|"]
+        prepare_bundled(data, args.corpus, srcdict, workers=2)
+    score = task_of(args.corpus)[1].replace("accuracy", "acc")
+    rows = [f"| configuration | seeds | valid {score} | test {score} | expert CKA | expert "
+            "cosine | displacement cosine | room for directions |",
+            "|---|---|---|---|---|---|---|---|"]
     for key, (name, config) in configs.items():
         if args.configs is not None and key not in args.configs:
             continue
@@ -204,7 +218,7 @@ def main() -> None:
                  or (out / key / f"seed{s}" / "result.json").exists()]
         if not seeds:
             continue
-        results = [run_one(data, out, name, run_args, s) for s in seeds]
+        results = [run_one(data, out, name, run_args, s, args.corpus) for s in seeds]
         cols = {k: [r.get(k) for r in results]
                 for k in ("valid", "test", "cka", "cos", "delta", "room")}
         rows.append(f"| {name} | {len(seeds)} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "

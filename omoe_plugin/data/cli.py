@@ -18,6 +18,7 @@ from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
 from .tables import FORMATS, Columns, read_examples, split_deterministically
 
 logger = logging.getLogger(__name__)
+BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, "conll2003")  # --corpus
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
                    help="token dictionary to binarise with (omoe-import-bert's dict.txt), "
                    "checked against the tokenizer; default: a sentencepiece model's pieces, "
                    "else the training split's tokens")
-    p.add_argument("--corpus", choices=[*VADER_CORPORA, *PAIR_CORPORA, "conll2003"],
+    p.add_argument("--corpus", choices=BUNDLED,
                    default=None,
                    help="a bundled set instead of your files (default: movie_reviews); "
                    "movie_review_pairs: pairs of movie reviews labelled same or different "
@@ -102,6 +103,17 @@ def tokenizer_for(args, splits: Optional[dict]) -> SubwordTokenizer:
     return wordpiece_tokenizer()
 
 
+def prepare_bundled(out_dir: Path, corpus: str, srcdict: Optional[Path] = None, workers: int = 1,
+                    max_tokens: int = 126) -> dict[str, int]:
+    """Prepare one bundled set (BUNDLED) with the pretrained encoder's WordPiece tokenizer;
+    returns the number of examples per split."""
+    if corpus == "conll2003":
+        return prepare_tagging(out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},
+                               wordpiece_tokenizer(), srcdict, workers, max_tokens,
+                               texts=conll2003_texts())
+    return prepare_corpus(out_dir, workers, srcdict, corpus)
+
+
 def cli_main(argv: Optional[list[str]] = None) -> None:
     p = parser()
     args = p.parse_args(argv)
@@ -111,13 +123,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
         if args.tokenizer or args.gpt2_bpe or args.train_spm or args.regression:
             p.error("--tokenizer, --gpt2-bpe, --train-spm and --regression apply to your own files "
                     "(--input or --train/--valid/--test)")
-        if args.corpus == "conll2003":
-            sizes = prepare_tagging(args.out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},
-                                    wordpiece_tokenizer(), args.srcdict, args.workers,
-                                    args.max_tokens, texts=conll2003_texts())
-        else:
-            sizes = prepare_corpus(args.out_dir, args.workers, args.srcdict,
-                                   args.corpus or "movie_reviews")
+        sizes = prepare_bundled(args.out_dir, args.corpus or "movie_reviews", args.srcdict,
+                                args.workers, args.max_tokens)
     elif args.format == "conll":
         if args.corpus or args.input or args.pair_column or args.regression or args.train_spm:
             p.error("--format conll takes --train/--valid/--test (no --input, --corpus, "
