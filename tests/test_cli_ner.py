@@ -3,6 +3,7 @@
 exact resume), fairseq-validate on the test split; a malformed CoNLL line stops
 omoe-prepare-data with its file and line."""
 
+import json
 import re
 
 import pytest
@@ -85,3 +86,54 @@ def test_a_malformed_line_stops_preparation_with_file_and_line(conll, tmp_path):
     with pytest.raises(SystemExit, match=rf"{re.escape(str(bad))}:2: expected 4 columns"):
         prepare_main(args)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "ner.onnx"
+    result = run("omoe-export", str(runs[0] / "checkpoints" / "checkpoint_best.pt"),
+                 "--out", str(out))
+    assert "fp32 parity with PyTorch" in output(result)
+    return out
+
+
+def test_served_word_tags_are_the_checkpoints(runs, exported):
+    from omoe_plugin.export.classifier import load_classifier
+    from omoe_plugin.export.tagger import OMoETagger
+
+    model, info = load_classifier(runs[0] / "checkpoints" / "checkpoint_best.pt")
+    assert info.tagging and info.labels == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC",
+                                            "I-MISC", "I-ORG", "I-PER", "O"]
+    tagger = OMoETagger(exported)
+    text = "Peter Blackburn, of the European Commission, flew to Brussels on 1996-08-22."
+    [tagged] = tagger.predict([text])
+    words = [w for w, _ in tagged.words]
+    assert words[:3] == ["Peter", "Blackburn", ","] and "1996-08-22" in words
+    [(ids, firsts)] = tagger._pieces([(w, 0, 0) for w in words])
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), classification_head_name="token_tags")[0][0]
+    assert [t for _, t in tagged.words] == [info.labels[i] for i in logits[firsts].argmax(-1)]
+    for entity in tagged.entities:
+        assert text[entity.start:entity.end] == entity.text
+
+
+def test_omoe_infer_prints_entities(exported, tmp_path):
+    lines = tmp_path / "in.txt"
+    lines.write_text("Peter Blackburn flew to Brussels.\n\n")
+    result = run("omoe-infer", str(exported), str(lines))
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "entities" in records[0] and records[1]["error"] == "empty line"
+
+
+def test_entities_are_seqeval_spans_with_character_offsets():
+    from omoe_plugin.export.tagger import WORD, OMoETagger
+
+    text = "Peter Blackburn visited the U.S. today"
+    words = [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+    assert [w for w, _, _ in words] == ["Peter", "Blackburn", "visited", "the", "U.S", ".",
+                                        "today"]
+    tags = [("B-PER", 0.9), ("I-PER", 0.7), ("O", 1.0), ("O", 1.0), ("B-LOC", 0.6),
+            ("O", 1.0), ("O", 1.0)]
+    entities = OMoETagger._tagged(text, words, tags).entities
+    assert [(e.text, e.type, e.start, e.end, e.score) for e in entities] == [
+        ("Peter Blackburn", "PER", 0, 15, 0.8), ("U.S", "LOC", 28, 31, 0.6)]

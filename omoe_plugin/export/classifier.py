@@ -1,6 +1,6 @@
 """A fine-tuned omoe_roberta checkpoint as the module `omoe-export` exports (encoder and one
-classification head, routing kept as an output), with the serving metadata the ONNX file
-carries: tokenizer, dictionary, labels, shapes."""
+classification or token-tagging head, routing kept as an output), with the serving metadata
+the ONNX file carries: tokenizer, dictionary, labels, shapes."""
 
 from pathlib import Path
 from typing import Optional
@@ -19,18 +19,23 @@ from ..models.encoder import OMoEEncoder, is_moe_layer
 from .serving_info import ServingInfo
 
 HEAD = "sentence_classification_head"
+TOKEN_HEAD = "token_tags"  # omoe_token_classification's head
 
 
 class ExportedClassifier(nn.Module):
     """The inference forward of a classifier: no MoE statistics, no hidden states."""
 
-    def __init__(self, model: OMoERobertaModel, head: str = HEAD) -> None:
+    def __init__(self, model: OMoERobertaModel, head: Optional[str] = None) -> None:
+        """head: the name of the head to run; default: the model's only head (load_classifier
+        keeps one), else HEAD."""
         super().__init__()
+        heads = model.classification_heads
         self.encoder = model.encoder
-        self.head = model.classification_heads[head]
+        self.head = heads[head or (next(iter(heads)) if len(heads) == 1 else HEAD)]
 
     def forward(self, src_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """src_tokens [B, T] -> logits [B, C] fp32 (+ experts [B, T, L, k] int64 if MoE)."""
+        """src_tokens [B, T] -> logits [B, C] ([B, T, C] for a token head) fp32 (+ experts
+        [B, T, L, k] int64 if MoE)."""
         features, extra = self.encoder(src_tokens)
         logits = self.head(features).float()
         if not extra["moe_aux"]:
@@ -39,11 +44,13 @@ class ExportedClassifier(nn.Module):
 
 
 def load_classifier(
-    checkpoint: Path, data: Optional[Path] = None, head: str = HEAD,
+    checkpoint: Path, data: Optional[Path] = None, head: Optional[str] = None,
     tokenizer: Optional[Path] = None,
 ) -> tuple[OMoERobertaModel, ServingInfo]:
     """The fine-tuned model of a fairseq-train checkpoint (eval mode) and what serving it needs.
 
+    head: the head to keep; default: the task's (TOKEN_HEAD for omoe_token_classification,
+    else HEAD).
     data: the binarised data directory it was trained on (input0/dict.txt, label/dict.txt);
     default: the one named in the checkpoint. tokenizer: a tokenizer file (`subword.from_file`);
     default: the one omoe-prepare-data saved in the data directory, else the pretrained
@@ -51,13 +58,15 @@ def load_classifier(
     state = read_checkpoint(checkpoint)
     cfg = encoder_config(state, checkpoint)
     weights = state["model"]
+    task = state["cfg"].get("task") or {}
+    if head is None:
+        head = TOKEN_HEAD if task.get("_name") == "omoe_token_classification" else HEAD
     out_proj = weights.get(f"classification_heads.{head}.out_proj.weight")
     if out_proj is None:
         raise ValueError(
             f"{checkpoint} has no classification head {head!r}: export a checkpoint written "
             "by fairseq-train (checkpoint_best.pt), not an imported or upcycled encoder"
         )
-    task = state["cfg"].get("task") or {}
     data = Path(data or task.get("data") or "")
     if not (data / "input0" / "dict.txt").is_file():
         raise FileNotFoundError(
@@ -70,7 +79,11 @@ def load_classifier(
     labels = [] if regression else _labels(data, out_proj.size(0))
 
     model = OMoERobertaModel(cfg, OMoEEncoder(cfg, dictionary))
-    model.register_classification_head(head, num_classes=out_proj.size(0))
+    tagging = f"classification_heads.{head}.dense.weight" not in weights  # no pooler: per token
+    if tagging:
+        model.register_token_head(head, out_proj.size(0))
+    else:
+        model.register_classification_head(head, num_classes=out_proj.size(0))
     others = "classification_heads."
     model_state = {k: v for k, v in weights.items()
                    if not k.startswith(others) or k.startswith(f"{others}{head}.")}
@@ -82,6 +95,7 @@ def load_classifier(
     tok = from_file(tokenizer) if tokenizer else saved_in(data) or wordpiece_tokenizer()
     info = serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name, pairs,
                         task.get("separator_token") if pairs else None)
+    info.tagging = tagging
     return model.eval(), info
 
 

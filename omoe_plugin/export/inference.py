@@ -118,8 +118,11 @@ class OMoEClassifier:
 
     def predict(self, sentences: Sequence[Text], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated
-        one's is marked so). Sentences are batched by length to keep padding low. Raises ValueError naming the
-        first empty sentence."""
+        one's is marked so). Sentences are batched by length to keep padding low. Raises
+        ValueError naming the first empty sentence."""
+        if self.info.tagging:
+            raise ValueError("this model tags tokens: serve it with omoe_plugin.export.tagger."
+                             "OMoETagger")
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         encoded = self.encode_batch(sentences)
@@ -178,7 +181,8 @@ def pair_of(line: str | Exception) -> tuple[str, str] | Exception:
 
 def classify_stream(classifier: OMoEClassifier, stream: BinaryIO, out: TextIO,
                     batch_size: int) -> int:
-    """Write one JSON line per input line to out; returns how many lines failed."""
+    """Write one JSON line per input line to out; returns how many lines failed. classifier:
+    an OMoEClassifier, or an OMoETagger (whose results are the entities)."""
     failed = 0
     for lines in read_lines(stream, chunk=batch_size * 16):
         if classifier.info.pairs:
@@ -204,7 +208,9 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     parser = serving_parser(
         "omoe-infer", "Classify sentences (one per line) with an omoe-export ONNX model on ONNX "
         "Runtime; writes one JSON object per line: {\"line\", \"label\", \"probabilities\"} "
-        "(or \"value\" for regression, \"error\" for a line that cannot be classified).",
+        "(\"value\" for regression; \"entities\", each with its text, type, character "
+        "offsets and score, for a token-tagging model; \"error\" for a line that cannot be "
+        "classified).",
         None, "ONNX Runtime graph optimisation level (default: the one stored at export)")
     parser.add_argument("model", type=Path, help="ONNX model written by omoe-export")
     parser.add_argument("input", type=Path, nargs="?", default=None,
@@ -216,6 +222,10 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     quiet_logging()
     try:
         classifier = OMoEClassifier(args.model, args.threads, args.optimization_level)
+        if classifier.info.tagging:
+            from .tagger import OMoETagger
+
+            classifier = OMoETagger(args.model, args.threads, args.optimization_level)
         stream = open(args.input, "rb") if args.input else sys.stdin.buffer
     except (ValueError, OSError) as e:
         sys.exit(f"omoe-infer: {e}")

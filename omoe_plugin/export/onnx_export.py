@@ -25,7 +25,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from ..models import OMoERobertaModel
-from .classifier import HEAD, ExportedClassifier, load_classifier
+from .classifier import HEAD, TOKEN_HEAD, ExportedClassifier, load_classifier
 from .inference import at_least, quiet_logging, serving_parser
 from .parity import ATOL, RTOL, check_parity, report, sample_tokens
 from .serving_info import ServingInfo
@@ -35,10 +35,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 20  # torch 2.13's default; torchlib builds at >= 18
 
 
-def export_onnx(model: OMoERobertaModel, info: ServingInfo, out: Path, head: str = HEAD,
-                opset: int = DEFAULT_OPSET) -> None:
-    """Export model's classifier to out (one file with info in its metadata) and run
-    onnx.checker's full check on it."""
+def export_onnx(model: OMoERobertaModel, info: ServingInfo, out: Path,
+                head: Optional[str] = None, opset: int = DEFAULT_OPSET) -> None:
+    """Export model's classifier (head: see ExportedClassifier) to out (one file with info in
+    its metadata) and run onnx.checker's full check on it."""
     wrapper = ExportedClassifier(model, head).eval()
     example = torch.from_numpy(sample_tokens(info, batch=2, length=8, padded=True))
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=info.max_positions)}
@@ -85,7 +85,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="binarised data directory the model was fine-tuned on (default: "
                         "the one recorded in the checkpoint)")
-    parser.add_argument("--head", default=HEAD, help="classification head to export")
+    parser.add_argument("--head", default=None,
+                        help=f"head to export (default: the task's, {HEAD} or {TOKEN_HEAD})")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="the tokenizer the data was tokenised with: a tokenizers JSON, a "
                         "BERT vocab.txt or a sentencepiece model (default: the one "
@@ -106,8 +107,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     # leaves no file, and never half a file, under --out
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         model_path = Path(tmp) / "fp32.onnx"
-        export_onnx(model, info, model_path, args.head, args.opset)
-        parities = check_parity(model, info, model_path, args.head)
+        export_onnx(model, info, model_path, opset=args.opset)
+        parities = check_parity(model, info, model_path)
         logger.info(f"fp32 parity with PyTorch: {report(parities)}")
         failed = [p for p in parities if not p.within_tolerance or p.experts_agree < 1.0]
         if failed:
@@ -117,7 +118,7 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
             quantize_int8(model_path, Path(tmp) / "int8.onnx")
             model_path = Path(tmp) / "int8.onnx"
             logger.info(f"int8 agreement with PyTorch: "
-                        f"{report(check_parity(model, info, model_path, args.head))}")
+                        f"{report(check_parity(model, info, model_path))}")
         model_path.replace(args.out)
     size = args.out.stat().st_size / 2**20
     logger.info(f"wrote {args.out} ({size:.1f} MB, opset {args.opset}, "

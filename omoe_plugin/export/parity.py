@@ -3,13 +3,14 @@ other than the export example's, and logits and routed experts are compared."""
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from ..models import OMoERobertaModel
-from .classifier import HEAD, ExportedClassifier
+from .classifier import ExportedClassifier
 from .inference import session
 from .serving_info import ServingInfo
 
@@ -63,7 +64,7 @@ def compare(wrapper: ExportedClassifier, onnx_session: ort.InferenceSession,
 
 
 def check_parity(model: OMoERobertaModel, info: ServingInfo, path: Path,
-                 head: str = HEAD) -> list[Parity]:
+                 head: Optional[str] = None) -> list[Parity]:
     """Compare the ONNX model at path with PyTorch at PARITY_SHAPES (max_positions capped)."""
     wrapper = ExportedClassifier(model, head).eval()
     onnx_session = session(path, level=info.optimization_level)

@@ -33,6 +33,7 @@ class ServingInfo:
     tokenizer_kind: str = "tokenizers"  # "tokenizers" JSON, or "sentencepiece" (base64)
     pairs: bool = False  # fine-tuned on sentence pairs: <s> A </s> [separator] B </s>
     separator: Optional[int] = None  # the task's --separator-token between a pair's texts
+    tagging: bool = False  # a per-token head: logits [batch, seq, tags], labels = the tags
     optimization_level: str = "all"  # ONNX Runtime graph optimisation level of sessions
     source: str = ""  # the checkpoint this was exported from
 
