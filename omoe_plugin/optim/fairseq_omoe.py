@@ -78,6 +78,13 @@ class OMoEConfig(FairseqDataclass):
             "the removed component"
         },
     )
+    omoe_orthogonal_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "learning rate of the expert weights in orthogonal updates, as a multiple of "
+            "--lr: the projected update is this many times as long"
+        },
+    )
     omoe_forget: float = field(
         default=0.0,
         metadata={
@@ -95,7 +102,8 @@ class FairseqOMoE(FairseqOptimizer):
         betas = cfg.omoe_betas
         betas = ast.literal_eval(betas) if isinstance(betas, str) else tuple(betas)
         settings = ("alpha", "accumulate_steps", "orthogonal_steps", "mode", "project", "stat",
-                    "stat_rank", "max_rank", "forget", "space", "max_gain", "moment")
+                    "stat_rank", "max_rank", "forget", "space", "max_gain", "moment",
+                    "orthogonal_lr_scale")
         self._optimizer = OMoE(params, **self.optimizer_config, betas=betas,
                                **{name: getattr(cfg, "omoe_" + name) for name in settings})
 

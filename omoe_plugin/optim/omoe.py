@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
+from .groups import EXPERT_GROUP, expert_weights, regroup_saved, split_expert_groups
 from .projection import DirectionProjection, Projection, as_rows, stat_dtype
 from .projector import expert_factors, fold_columns
 from .resume import check_loaded_state, report_changed_settings
@@ -53,6 +53,7 @@ class OMoE(torch.optim.AdamW):
         space: str = "deltas",
         max_gain: float = 1.0,
         moment: str = "project",
+        orthogonal_lr_scale: float = 1.0,
     ) -> None:
         # plain strings (fairseq hands over its ChoiceEnum values): they go into checkpoints
         mode, project, stat, space, moment = map(str, (mode, project, stat, space, moment))
@@ -60,23 +61,13 @@ class OMoE(torch.optim.AdamW):
             alpha=alpha, accumulate_steps=accumulate_steps, orthogonal_steps=orthogonal_steps,
             mode=mode, project=project, stat=stat, stat_rank=stat_rank, max_rank=max_rank,
             forget=forget, space=space, max_gain=max_gain, moment=moment,
+            orthogonal_lr_scale=orthogonal_lr_scale,
         )
         check_settings(self.settings)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self.alpha, self.mode, self.project = alpha, mode, project
-        self.accumulate_steps, self.orthogonal_steps = accumulate_steps, orthogonal_steps
-        self.stat, self.stat_rank, self.max_rank, self.forget = stat, stat_rank, max_rank, forget
-        self.space, self.max_gain, self.moment = space, max_gain, moment
-        self.experts = {}  # "{layer}.{fc1|fc2}" -> stacked weight [E, out, in]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if hasattr(p, EXPERT_AXIS_ATTR):
-                    if getattr(p, EXPERT_AXIS_ATTR) != 0 or p.dim() != 3:
-                        raise ValueError("OMoE expects expert weights stacked as [E, out, in]")
-                    key = expert_weight_key(
-                        getattr(p, EXPERT_LAYER_ATTR), getattr(p, EXPERT_INPUT_ATTR)
-                    )
-                    self.experts[key] = p
+        groups, self._origin = split_expert_groups(params)
+        super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        vars(self).update(self.settings)  # self.alpha, self.mode, ... as given
+        self.experts = expert_weights(self.param_groups)  # "{layer}.{fc1|fc2}" -> [E, out, in]
         if not self.experts:
             raise ValueError(
                 "--optimizer omoe found no expert weights to train: the model has no MoE layer "
@@ -220,19 +211,29 @@ class OMoE(torch.optim.AdamW):
         projections = self._step_projections(active)
         measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
         self._measure_next = False
-        if self.project == "gradient":
-            for key, projection in projections.items():
-                grad = active[key].grad
-                projected = projection.apply(grad.to(projection.dtype))
-                grad.copy_(self._rescaled(projected, grad.to(projection.dtype)))
-            loss = super().step(closure)
-        else:
-            loss = self._step_projecting_update(closure, active, projections, measure)
+        experts = [g for g in self.param_groups if g.get(EXPERT_GROUP)]
+        lrs = [g["lr"] for g in experts]
+        for g in experts:  # AdamW's update is linear in lr: this scales the experts' update
+            g["lr"] *= self.orthogonal_lr_scale
+        try:
+            loss = self._orthogonal_step(closure, active, projections, measure)
+        finally:
+            for g, lr in zip(experts, lrs):
+                g["lr"] = lr
         if self.moment == "project":  # in place: no weight-sized temporaries
             for key, projection in projections.items():
                 moment = self.state[active[key]]["exp_avg"]
                 projection.subtract(projection.products(moment), moment)
         return loss
+
+    def _orthogonal_step(self, closure, active, projections, measure):
+        if self.project == "gradient":
+            for key, projection in projections.items():
+                grad = active[key].grad
+                projected = projection.apply(grad.to(projection.dtype))
+                grad.copy_(self._rescaled(projected, grad.to(projection.dtype)))
+            return super().step(closure)
+        return self._step_projecting_update(closure, active, projections, measure)
 
     def _step_projecting_update(self, closure, active, projections, measure):
         """AdamW, then each expert weight's update dW = new - old projected. Without
@@ -288,6 +289,8 @@ class OMoE(torch.optim.AdamW):
         if omoe is not None:
             report_changed_settings(self.settings, omoe.get("settings"))
         check_loaded_state(omoe, self.stats, self.stat_steps, self.mode)
+        state_dict["param_groups"] = regroup_saved(state_dict["param_groups"], self.param_groups,
+                                                   self._origin)
         super().load_state_dict(state_dict)
         for key in self.stats:
             self.stats[key] = omoe["stats"][key].to(self.stats[key])

@@ -28,6 +28,7 @@ CHANGED = {
     "project": _NEW_RULE,
     "max_gain": _NEW_RULE,
     "moment": _NEW_RULE,
+    "orthogonal_lr_scale": _NEW_RULE,
     "mode": "the checkpointed projectors were formed the old way",
     "space": "the checkpointed statistics and projectors live in the old space",
     "max_rank": "the checkpointed statistics have the old rank",

@@ -27,6 +27,7 @@ def check_settings(settings: dict) -> None:
         (s["space"] in SPACES, "space", "one of " + ", ".join(SPACES)),
         (s["max_gain"] >= 1.0, "max_gain", ">= 1 (1 = no rescaling)"),
         (s["moment"] in MOMENTS, "moment", "one of " + ", ".join(MOMENTS)),
+        (s["orthogonal_lr_scale"] > 0, "orthogonal_lr_scale", "> 0"),
     )
     for ok, name, rule in checks:
         if not ok:

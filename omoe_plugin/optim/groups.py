@@ -1,0 +1,60 @@
+"""OMoE's parameter groups: every group's expert weights in a group of their own (marked
+EXPERT_GROUP), right after the rest of it, so that orthogonal updates can take the experts at
+their own learning rate (`--omoe-orthogonal-lr-scale`) at no extra pass over the weights; and
+loading the optimizer state of a checkpoint saved before the split."""
+
+import torch
+
+from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
+
+EXPERT_GROUP = "omoe_experts"  # param-group key: True for a group of stacked expert weights
+
+
+def split_expert_groups(params) -> tuple[list[dict], list[int]]:
+    """(the param groups of params, split; the position each parameter had in the
+    original groups' order, in the split groups' order)."""
+    groups = list(params)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    split, origin, position = [], [], 0
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        numbered = list(enumerate(group["params"], position))
+        position += len(numbered)
+        for experts in (False, True):
+            part = [(i, p) for i, p in numbered if hasattr(p, EXPERT_AXIS_ATTR) == experts]
+            if part:
+                split.append({**rest, "params": [p for _, p in part], EXPERT_GROUP: experts})
+                origin += [i for i, _ in part]
+    return split, origin
+
+
+def regroup_saved(saved_groups: list[dict], groups: list[dict], origin: list[int]) -> list[dict]:
+    """A checkpoint's param groups as `groups` are split. Saved groups that already match are
+    returned as they are; groups saved unsplit (one per original group, parameters numbered
+    in the original order) are split the same way, each keeping its saved hyper-parameters."""
+    if len(saved_groups) == len(groups):
+        return saved_groups
+    owner = {i: g for g in saved_groups for i in g["params"]}  # saved index -> saved group
+    regrouped, position = [], 0
+    for group in groups:
+        ids = origin[position:position + len(group["params"])]
+        position += len(ids)
+        if any(i not in owner for i in ids):
+            raise ValueError("the checkpoint's optimizer state does not fit this model's "
+                             "parameters; resume with --reset-optimizer")
+        regrouped.append({**owner[ids[0]], "params": ids, EXPERT_GROUP: group[EXPERT_GROUP]})
+    return regrouped
+
+
+def expert_weights(groups: list[dict]) -> dict[str, torch.Tensor]:
+    """The stacked expert weights [E, out, in] of the groups by "{layer}.{fc1|fc2}"."""
+    experts = {}
+    for group in groups:
+        for p in group["params"]:
+            if hasattr(p, EXPERT_AXIS_ATTR):
+                if getattr(p, EXPERT_AXIS_ATTR) != 0 or p.dim() != 3:
+                    raise ValueError("OMoE expects expert weights stacked as [E, out, in]")
+                layer, kind = getattr(p, EXPERT_LAYER_ATTR), getattr(p, EXPERT_INPUT_ATTR)
+                experts[expert_weight_key(layer, kind)] = p
+    return experts
