@@ -231,6 +231,7 @@ def test_step_without_the_alternating_task_says_what_is_missing():
         (dict(space="weights"), "--omoe-space"),
         (dict(space="centred", stat="mean"), "--omoe-space centred needs"),
         (dict(max_gain=0.5), "--omoe-max-gain"),
+        (dict(orthogonal_lr_scale=0.0), "--omoe-orthogonal-lr-scale"),
     ),
 )
 def test_invalid_values_name_the_option(options, flag):
