@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from .boolq import boolq_examples
 from .conll import prepare_tagging
 from .movie_reviews import PAIR_CORPORA, wordpiece_tokenizer
 from .movie_reviews import prepare as prepare_corpus
@@ -18,7 +19,7 @@ from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
 from .tables import FORMATS, Columns, read_examples, split_deterministically
 
 logger = logging.getLogger(__name__)
-BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, "conll2003")  # --corpus
+BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, "boolq", "conll2003")  # --corpus
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
                    default=None,
                    help="a bundled set instead of your files (default: movie_reviews); "
                    "movie_review_pairs: pairs of movie reviews labelled same or different "
-                   "sentiment; conll2003: CoNLL-2003 English NER, for "
+                   "sentiment; boolq: BoolQ's question-passage pairs (yes/no questions); "
+                   "conll2003: CoNLL-2003 English NER, for "
                    "--task omoe_token_classification")
     p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     return p
@@ -107,6 +109,9 @@ def prepare_bundled(out_dir: Path, corpus: str, srcdict: Optional[Path] = None, 
                     max_tokens: int = 126) -> dict[str, int]:
     """Prepare one bundled set (BUNDLED) with the pretrained encoder's WordPiece tokenizer;
     returns the number of examples per split."""
+    if corpus == "boolq":
+        return prepare_examples(out_dir, boolq_examples(), wordpiece_tokenizer(), srcdict,
+                                workers=workers)
     if corpus == "conll2003":
         return prepare_tagging(out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},
                                wordpiece_tokenizer(), srcdict, workers, max_tokens,

