@@ -23,7 +23,7 @@ TRAIN = TASK + [
     "--omoe-orthogonal-steps", "3", "--batch-size", "16", "--seed", "2",
     "--best-checkpoint-metric", "entity_f1", "--maximize-best-checkpoint-metric",
     "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
-    "--validate-interval-updates", "10",
+    "--validate-interval-updates", "6",
 ]
 
 
@@ -47,14 +47,14 @@ def conll(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(conll, tmp_path_factory):
-    return straight_and_resumed(conll / "data", tmp_path_factory, TRAIN, 20)
+    return straight_and_resumed(conll / "data", tmp_path_factory, TRAIN, 12)
 
 
 def test_training_validates_entity_f1_and_logs_omoe(runs):
     straight, _, logs = runs
     out = output(logs["straight"])
     f1 = [float(v) for v in re.findall(r"\| entity_f1 ([\d.]+)", out)]
-    assert len(f1) >= 2 and all(0 <= v <= 100 for v in f1)  # every 10 updates, each epoch
+    assert len(f1) >= 2 and all(0 <= v <= 100 for v in f1)  # every 6 updates
     assert re.search(r"omoe_phase=0\.[1-9]", out)  # orthogonal updates ran
     tags = scalar_tags(straight)
     for tag in ("valid/entity_f1", "valid/entity_precision", "valid/omoe_sim_cos",
@@ -64,7 +64,7 @@ def test_training_validates_entity_f1_and_logs_omoe(runs):
 
 def test_resume_continues_exactly(runs):
     straight, split, logs = runs
-    assert "@ 10 updates" in output(logs["resumed"])
+    assert "@ 6 updates" in output(logs["resumed"])
     a, b = checkpoint(straight)["model"], checkpoint(split)["model"]
     assert any("token_tags" in k for k in a)
     for key in a:
