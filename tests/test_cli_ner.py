@@ -99,7 +99,7 @@ def exported(runs, tmp_path_factory):
 
 def test_served_word_tags_are_the_checkpoints(runs, exported):
     from omoe_plugin.export.classifier import load_classifier
-    from omoe_plugin.export.tagger import OMoETagger
+    from omoe_plugin.export import OMoETagger
 
     model, info = load_classifier(runs[0] / "checkpoints" / "checkpoint_best.pt")
     assert info.tagging and info.labels == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC",

@@ -1,6 +1,16 @@
-"""ONNX export of fine-tuned classifiers (`omoe-export`) and ONNX Runtime inference
-(`omoe-infer`, `OMoEClassifier`)."""
+"""ONNX export of fine-tuned classifiers and taggers (`omoe-export`) and ONNX Runtime
+inference (`omoe-infer`, `OMoEClassifier`, `OMoETagger`)."""
 
 from .inference import OMoEClassifier, Prediction
 
-__all__ = ["OMoEClassifier", "Prediction"]
+__all__ = ["OMoEClassifier", "OMoETagger", "Prediction"]
+
+
+def __getattr__(name: str):
+    """OMoETagger on first use: it imports seqeval (and scikit-learn), which sentence
+    classifiers do not need."""
+    if name == "OMoETagger":
+        from .tagger import OMoETagger
+
+        return OMoETagger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
