@@ -10,7 +10,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.logging import metrics
 from seqeval.metrics.sequence_labeling import get_entities
 
-from ..tasks.omoe_token_classification import HEAD, IGNORE
+from ..models.omoe_roberta import TOKEN_HEAD
+from ..tasks.omoe_token_classification import IGNORE
 from .router_losses import RouterLossConfig, RouterLosses
 
 ENTITY_COUNTS = ("_entity_correct", "_entity_predicted", "_entity_gold")
@@ -46,7 +47,8 @@ class TokenClassificationCriterion(FairseqCriterion):
         self.tags = task.tag_list
 
     def forward(self, model, sample, reduce=True):
-        logits, _ = model(**sample["net_input"], classification_head_name=HEAD)  # [B, T, tags]
+        # [B, T, tags]
+        logits, _ = model(**sample["net_input"], classification_head_name=TOKEN_HEAD)
         target = sample["target"]
         tagged = target != IGNORE
         loss = F.cross_entropy(logits[tagged].float(), target[tagged], reduction="sum")

@@ -16,10 +16,10 @@ from ..data.movie_reviews import wordpiece_tokenizer
 from ..data.subword import SubwordTokenizer, from_file, saved_in
 from ..models import OMoERobertaConfig, OMoERobertaModel
 from ..models.encoder import OMoEEncoder, is_moe_layer
+from ..models.omoe_roberta import TOKEN_HEAD
 from .serving_info import ServingInfo
 
 HEAD = "sentence_classification_head"
-TOKEN_HEAD = "token_tags"  # omoe_token_classification's head
 
 
 class ExportedClassifier(nn.Module):
@@ -94,18 +94,17 @@ def load_classifier(
                          f"configuration: {' '.join(str(e).split())[:400]}") from None
     tok = from_file(tokenizer) if tokenizer else saved_in(data) or wordpiece_tokenizer()
     info = serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name, pairs,
-                        task.get("separator_token") if pairs else None)
-    info.tagging = tagging
+                        task.get("separator_token") if pairs else None, tagging)
     return model.eval(), info
 
 
 def serving_info(cfg: OMoERobertaConfig, dictionary: Dictionary, labels: list[str],
                  tokenizer: SubwordTokenizer, source: str = "", pairs: bool = False,
-                 separator: Optional[int] = None) -> ServingInfo:
+                 separator: Optional[int] = None, tagging: bool = False) -> ServingInfo:
     """What serving a model of config cfg needs (see ServingInfo)."""
     return ServingInfo(
         labels=labels, symbols=list(dictionary.symbols), tokenizer=tokenizer.to_text(),
-        tokenizer_kind=tokenizer.kind, pairs=pairs, separator=separator,
+        tokenizer_kind=tokenizer.kind, pairs=pairs, separator=separator, tagging=tagging,
         max_positions=cfg.max_positions, bos=dictionary.bos(), eos=dictionary.eos(),
         pad=dictionary.pad(), unk=dictionary.unk(),
         moe_layers=[i for i in range(cfg.encoder_layers) if is_moe_layer(i, cfg.moe_freq)],

@@ -121,8 +121,7 @@ class OMoEClassifier:
         one's is marked so). Sentences are batched by length to keep padding low. Raises
         ValueError naming the first empty sentence."""
         if self.info.tagging:
-            raise ValueError("this model tags tokens: serve it with omoe_plugin.export.tagger."
-                             "OMoETagger")
+            raise ValueError("this model tags tokens: serve it with omoe_plugin.export.OMoETagger")
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         encoded = self.encode_batch(sentences)

@@ -25,7 +25,8 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from ..models import OMoERobertaModel
-from .classifier import HEAD, TOKEN_HEAD, ExportedClassifier, load_classifier
+from ..models.omoe_roberta import TOKEN_HEAD
+from .classifier import HEAD, ExportedClassifier, load_classifier
 from .inference import at_least, quiet_logging, serving_parser
 from .parity import ATOL, RTOL, check_parity, report, sample_tokens
 from .serving_info import ServingInfo

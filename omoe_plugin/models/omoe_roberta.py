@@ -23,6 +23,7 @@ from .encoder import OMoEEncoder, expert_ffn_dim
 logger = logging.getLogger(__name__)
 
 ACTIVATION_CHOICES = ChoiceEnum(get_available_activation_fns())
+TOKEN_HEAD = "token_tags"  # the per-token head --task omoe_token_classification registers
 
 
 @dataclass

@@ -26,10 +26,10 @@ from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 from omegaconf import II
 
+from ..models.omoe_roberta import TOKEN_HEAD
 from .schedule import OMoESchedule, OMoEScheduleConfig
 
 logger = logging.getLogger(__name__)
-HEAD = "token_tags"  # the model's per-token head
 IGNORE = -100  # target of a position without a tag (torch's cross-entropy default)
 
 
@@ -137,7 +137,7 @@ class OMoETokenClassificationTask(OMoESchedule, FairseqTask):
         if not hasattr(model, "register_token_head"):
             raise ValueError(f"--task omoe_token_classification needs a model with a per-token "
                              f"head (--arch omoe_roberta_*), got {type(model).__name__}")
-        model.register_token_head(HEAD, len(self.tag_list))
+        model.register_token_head(TOKEN_HEAD, len(self.tag_list))
         return model
 
     def max_positions(self):
