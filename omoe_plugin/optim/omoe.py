@@ -12,6 +12,15 @@ from .projector import expert_factors, fold_columns
 from .resume import check_loaded_state, report_changed_settings
 from .settings import check_settings
 
+def fused_kernel(groups: list[dict]) -> Optional[bool]:
+    """True where torch's fused AdamW kernel takes every parameter (floating point, on CPU or
+    CUDA): one pass over each tensor instead of several, about 4 times as fast on CPU, with
+    the same results. None (torch's default loop) otherwise."""
+    params = [p for g in groups for p in g["params"]]
+    return True if all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                       for p in params) else None
+
+
 MISSING_TASK = (
     "--optimizer omoe was stepped without a phase: its accumulating/orthogonal schedule is run "
     "by the alternating task. Train with --task omoe_sentence_prediction (or call "
@@ -65,7 +74,8 @@ class OMoE(torch.optim.AdamW):
         )
         check_settings(self.settings)
         groups, self._origin = split_expert_groups(params)
-        super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         fused=fused_kernel(groups))
         vars(self).update(self.settings)  # self.alpha, self.mode, ... as given
         self.experts = expert_weights(self.param_groups)  # "{layer}.{fc1|fc2}" -> [E, out, in]
         if not self.experts:
@@ -247,17 +257,18 @@ class OMoE(torch.optim.AdamW):
         for key, projection in projections.items():
             p = active[key]
             change = tuple(a - b for a, b in zip(projection.products(p), before[key]))
-            if not keep_old:
-                projection.subtract(change, p)
-                continue
-            cut = projection.removed(change, p.shape)
-            delta = p.to(cut.dtype) - old[key].to(cut.dtype)
-            if measure:
-                removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))
             if self.max_gain > 1.0:
+                cut = projection.removed(change, p.shape)
+                delta = p.to(cut.dtype) - old[key].to(cut.dtype)
+                if measure:
+                    removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))
                 p.copy_((old[key].to(cut.dtype) + self._rescaled(delta - cut, delta)).to(p.dtype))
-            else:
-                p.sub_(cut.to(p.dtype))
+                continue
+            if measure:  # old becomes minus the update: no further weight-sized tensor
+                update_norm = old[key].sub_(p).norm().to(projection.dtype)
+                removed.append(float(projection.removed_norm(change, p.shape)
+                                     / update_norm.clamp(min=1e-30)))
+            projection.subtract(change, p)
         if removed:
             self.last_measured["removed"] = sum(removed) / len(removed)
         return loss
@@ -292,6 +303,8 @@ class OMoE(torch.optim.AdamW):
         state_dict["param_groups"] = regroup_saved(state_dict["param_groups"], self.param_groups,
                                                    self._origin)
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a checkpoint's groups bring their own kernel choice
+            group["fused"] = self.defaults["fused"]
         for key in self.stats:
             self.stats[key] = omoe["stats"][key].to(self.stats[key])
             self.stat_steps[key] = omoe["stat_steps"][key].to(self.stat_steps[key])

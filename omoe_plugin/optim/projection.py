@@ -11,6 +11,21 @@ import torch
 from .projector import direction_mixing, removed_part, update_products
 
 
+def row_products(A: torch.Tensor, B: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """A [E, N] @ B [F, N]^T for a few long rows (the experts' flattened weights), as one
+    batched product over chunks of N, summed. A plain matmul of this shape runs on one
+    thread (about twice as slow on two cores) and sums each entry over N in one running sum;
+    the chunks run in parallel, stay in cache, and sum pairwise."""
+    E, N = A.shape
+    chunks = N // chunk
+    if chunks < 2 or A.stride(1) != 1 or B.stride(1) != 1:
+        return A @ B.T
+    head = torch.bmm(A.as_strided((chunks, E, chunk), (chunk, A.stride(0), 1)),
+                     B.as_strided((chunks, chunk, B.size(0)), (chunk, 1, B.stride(0)))).sum(0)
+    tail = chunks * chunk
+    return head if tail == N else head + A[:, tail:] @ B[:, tail:].T
+
+
 def stat_dtype(p: torch.Tensor) -> torch.dtype:
     """Projector maths run in fp32 at least, whatever the parameters' precision."""
     return torch.promote_types(p.dtype, torch.float32)
@@ -39,6 +54,10 @@ class Projection:
         """What the projection removes from the W (of this shape) whose `products` these are."""
         return as_rows(removed_part(products, self.factors, self.mode), self.space)
 
+    def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
+        """The Frobenius norm of `removed(products, shape)`."""
+        return self.removed(products, shape).norm()
+
     def apply(self, W: torch.Tensor) -> torch.Tensor:
         """W [E, out, in] projected."""
         return W - self.removed(self.products(W), W.shape)
@@ -57,7 +76,7 @@ class DirectionProjection(Projection):
     anywhere in the moments reaches."""
 
     def __init__(self, moments: torch.Tensor, alpha: float, mode: str) -> None:
-        gram = moments @ moments.T
+        gram = row_products(moments, moments)
         self.finite = bool(torch.isfinite(gram).all())
         if not self.finite:
             return
@@ -65,16 +84,23 @@ class DirectionProjection(Projection):
         self.directions = moments * inv_norms[:, None]
         self.dtype = moments.dtype
         unit_gram = gram * inv_norms[:, None] * inv_norms[None, :]
+        self.unit_gram = unit_gram
         self.mixing = direction_mixing(unit_gram, alpha, mode).to(self.dtype)
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (W.to(self.dtype).reshape(W.size(0), -1) @ self.directions.T,)  # [E, E]
+        return (row_products(W.to(self.dtype).reshape(W.size(0), -1), self.directions),)  # [E, E]
 
     def _coefficients(self, products: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return torch.einsum("eij,ej->ei", self.mixing, products[0])  # [E, E]
 
     def removed(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
         return (self._coefficients(products) @ self.directions).reshape(shape)
+
+    def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
+        # ||K U||_F^2 = trace(K (U U^T) K^T) with the unit directions' Gram matrix: no pass
+        # over the directions
+        K = self._coefficients(products)
+        return torch.einsum("ei,ij,ej->", K, self.unit_gram, K).clamp(min=0).sqrt()
 
     def subtract(self, products: tuple[torch.Tensor, ...], W: torch.Tensor) -> None:
         if W.dtype != self.dtype or not W.is_contiguous():

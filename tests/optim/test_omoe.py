@@ -41,15 +41,22 @@ def accumulate_step(opt: OMoE, layer: MoELayer, x: torch.Tensor, stat: str = "to
 
 
 def test_accumulating_phases_match_adamw_step_for_step():
-    a, b = layer64(), layer64()
+    """Bit for bit torch's fused AdamW, the kernel OMoE steps with (and within rounding of
+    torch's default loop, which the second reference checks)."""
+    a, b, c = layer64(), layer64(), layer64()
     omoe = OMoE(a.parameters(), **HYPER, stat="mean")
-    adamw = torch.optim.AdamW(b.parameters(), **ADAMW)
+    assert omoe.defaults["fused"]
+    adamw = torch.optim.AdamW(b.parameters(), **ADAMW, fused=True)
+    loop = torch.optim.AdamW(c.parameters(), **ADAMW)
     for step in range(6):
         accumulate_step(omoe, a, batch(step), stat="mean")
         backward(b, batch(step))
         adamw.step()
-        for p, q in zip(a.parameters(), b.parameters()):
+        backward(c, batch(step))
+        loop.step()
+        for p, q, r in zip(a.parameters(), b.parameters(), c.parameters()):
             assert torch.equal(p, q)
+            torch.testing.assert_close(p, r, atol=1e-14, rtol=0)
 
 
 def test_orthogonal_phase_without_statistics_matches_adamw():
@@ -93,6 +100,21 @@ def roundtrip(state: dict) -> dict:
     torch.save(state, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def test_a_checkpoint_of_the_unfused_kernel_resumes_on_the_fused_one():
+    """State saved before OMoE stepped with the fused kernel holds fused=None in its groups;
+    loading it must not switch the resumed run back to torch's slower loop."""
+    layer = layer64()
+    opt = OMoE(layer.parameters(), **HYPER)
+    accumulate_step(opt, layer, batch(0))
+    saved = roundtrip(opt.state_dict())
+    for group in saved["param_groups"]:
+        group["fused"] = None
+    opt.load_state_dict(saved)
+    assert all(group["fused"] is True for group in opt.param_groups)
+    accumulate_step(opt, layer, batch(1))
+    assert all(opt.state[p]["step"] == 2 for g in opt.param_groups for p in g["params"])
 
 
 def orthogonal_deltas(mode: str, alpha: float, project: str = "update", **options):

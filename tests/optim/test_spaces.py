@@ -105,6 +105,16 @@ def test_deltas_average_update_is_the_closed_form_average():
                                        atol=1e-13, rtol=1e-10)
 
 
+@pytest.mark.parametrize("space", ["inputs", "outputs", "deltas"])
+def test_the_removed_share_is_what_the_projection_took_from_the_update(space):
+    """omoe_removed, measured on the first orthogonal step, is ||dW - P dW|| / ||dW|| against
+    the unprojected update of an identical twin (deltas reads it off E x E matrices)."""
+    _, opt, projected, plain = orthogonal_deltas("joint", alpha=0.05, space=space)
+    shares = [float((plain[k] - projected[k]).norm() / plain[k].norm()) for k in plain]
+    assert 0.05 < opt.last_measured["removed"] < 1
+    assert opt.last_measured["removed"] == pytest.approx(sum(shares) / len(shares), rel=1e-9)
+
+
 def test_max_gain_rescales_the_update_towards_its_unprojected_norm_up_to_the_cap():
     _, _, unscaled, plain = orthogonal_deltas("joint", alpha=1e-9)
     _, _, full, _ = orthogonal_deltas("joint", alpha=1e-9, max_gain=1e6)
