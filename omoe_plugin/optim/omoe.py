@@ -6,20 +6,11 @@ from typing import Any, Optional
 
 import torch
 
-from .groups import EXPERT_GROUP, expert_weights, regroup_saved, split_expert_groups
+from .groups import EXPERT_GROUP, expert_weights, fused_kernel, regroup_saved, split_expert_groups
 from .projection import DirectionProjection, Projection, as_rows, stat_dtype
-from .projector import expert_factors, fold_columns
+from .projector import expert_factors, fold_columns, mean_trace
 from .resume import check_loaded_state, report_changed_settings
 from .settings import check_settings
-
-def fused_kernel(groups: list[dict]) -> Optional[bool]:
-    """True where torch's fused AdamW kernel takes every parameter (floating point, on CPU or
-    CUDA): one pass over each tensor instead of several, about 4 times as fast on CPU, with
-    the same results. None (torch's default loop) otherwise."""
-    params = [p for g in groups for p in g["params"]]
-    return True if all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                       for p in params) else None
-
 
 MISSING_TASK = (
     "--optimizer omoe was stepped without a phase: its accumulating/orthogonal schedule is run "
@@ -164,7 +155,7 @@ class OMoE(torch.optim.AdamW):
                 factors[~ok] = previous[~ok]
                 self.counters["skipped_projectors"] += int((~ok).sum())
             self.factors[key] = factors
-            traces.append(self._mean_trace(factors))
+            traces.append(mean_trace(factors, self.mode))
         self.counters["projector_updates"] += 1
         if traces:
             self.last_measured["trace"] = sum(traces) / len(traces)
@@ -174,14 +165,6 @@ class OMoE(torch.optim.AdamW):
     def skipped(self) -> int:
         """Statistics and projector updates skipped so far because of numerical faults."""
         return self.counters["skipped_stats"] + self.counters["skipped_projectors"]
-
-    def _mean_trace(self, factors: torch.Tensor) -> float:
-        """Mean over experts of trace(P_{-e}) / dim: 1 = projects nothing, 0 = everything."""
-        E, dim = factors.shape[:2]
-        norms = factors.square().sum(dim=(1, 2))  # ||Q_e||_F^2 = dim - trace(I - Q Q^T)
-        if self.mode == "average" and E > 1:  # trace of (S - P_e) / (E - 1)
-            norms = (norms.sum() - norms) / (E - 1)
-        return float(1.0 - norms.mean() / dim)
 
     def _step_projections(self, active: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The other-experts projection of every active expert weight for this orthogonal

@@ -138,6 +138,16 @@ def expert_factors(
     return factors, ok
 
 
+def mean_trace(factors: torch.Tensor, mode: Mode) -> float:
+    """Mean over experts of trace(P_{-e}) / dim for the factors of `expert_factors`:
+    1 = projects nothing, 0 = everything."""
+    E, dim = factors.shape[:2]
+    norms = factors.square().sum(dim=(1, 2))  # ||Q_e||_F^2 = dim - trace(I - Q Q^T)
+    if mode == "average" and E > 1:  # trace of (S - P_e) / (E - 1)
+        norms = (norms.sum() - norms) / (E - 1)
+    return float(1.0 - norms.mean() / dim)
+
+
 def update_products(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> tuple[torch.Tensor, ...]:
     """The small part of projecting delta [E, out, in]: its products with the factors.
 
