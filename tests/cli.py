@@ -34,6 +34,17 @@ def failed_train(data: Path, args: list[str], save_dir: Path) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+def exits_with(main, argv: list[str]) -> str:
+    """The message a console script's `cli_main` stops with, run in this process (one process
+    start fewer per bad input; a test through `run` shows such a message reaches stderr)."""
+    try:
+        main(argv)
+    except SystemExit as stop:
+        assert stop.code not in (None, 0), f"{argv} exited successfully"
+        return str(stop.code)
+    raise AssertionError(f"{argv} did not stop")
+
+
 def setup_error(data: Path, args: list[str]) -> str:
     """The ValueError fairseq-train's set-up (task, model, criterion, optimizer) raises for
     these arguments, built in this process as fairseq-train builds them (one process start

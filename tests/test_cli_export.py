@@ -10,9 +10,10 @@ import torch
 from fairseq.data import data_utils
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
+from omoe_plugin.export import inference, onnx_export
 from omoe_plugin.export.inference import OMoEClassifier, session
 from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
-from tests.cli import output, run, train
+from tests.cli import exits_with, output, run, train
 from tests.test_cli_omoe import OMOE
 
 pytestmark = pytest.mark.slow
@@ -95,12 +96,13 @@ def test_bad_checkpoints_and_options_get_clear_messages(exported, tmp_path):
         "missing.pt": "no checkpoint at",
     }
     for name, message in cases.items():
-        result = run("omoe-export", str(tmp_path / name), "--out", str(tmp_path / "x.onnx"),
-                     check=False)
-        assert result.returncode != 0 and message in result.stderr, (name, result.stderr[-500:])
-    wrong_data = run("omoe-export", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--data",
-                     str(tmp_path), check=False)
-    assert wrong_data.returncode != 0 and "pass --data" in wrong_data.stderr
+        argv = [str(tmp_path / name), "--out", str(tmp_path / "x.onnx")]
+        assert message in exits_with(onnx_export.cli_main, argv), name
+    argv = [str(ckpt), "--out", str(tmp_path / "x.onnx"), "--data", str(tmp_path)]
+    assert "pass --data" in exits_with(onnx_export.cli_main, argv)
     assert not (tmp_path / "x.onnx").exists()
-    not_onnx = run("omoe-infer", str(ckpt), check=False)
-    assert not_onnx.returncode != 0 and "not a loadable ONNX model" in not_onnx.stderr
+    assert "not a loadable ONNX model" in exits_with(inference.cli_main, [str(ckpt)])
+    # and from the console script, on stderr with a failing exit status
+    missing = run("omoe-export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx"),
+                  check=False)
+    assert missing.returncode != 0 and "omoe-export: no checkpoint at" in missing.stderr

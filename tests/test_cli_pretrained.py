@@ -8,9 +8,11 @@ import subprocess
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from omoe_plugin.analysis import analyze
+from omoe_plugin.convert import cli as convert_cli
 from omoe_plugin.convert.checkpoint import load_encoder_checkpoint
 from omoe_plugin.data.prepare import binarize
-from tests.cli import BIN, USER_DIR, checkpoint, output, run, train
+from tests.cli import BIN, USER_DIR, checkpoint, exits_with, output, run, train
 
 pytestmark = pytest.mark.slow
 
@@ -77,10 +79,10 @@ def test_split_upcycle_then_finetune_with_its_expert_size(pretrained, tmp_path):
 
 def test_the_dense_checkpoint_cannot_be_analysed_and_bad_sources_are_refused(pretrained, tmp_path):
     out, data = pretrained
-    dense = run("omoe-analyze", str(out / "model.pt"), "--data", str(data), check=False)
-    assert dense.returncode != 0 and "dense model" in dense.stderr
-    not_bert = run("omoe-import-bert", str(tmp_path), "--out", str(tmp_path / "x"), check=False)
-    assert not_bert.returncode != 0 and "lacks config.json" in not_bert.stderr
+    argv = [str(out / "model.pt"), "--data", str(data)]
+    assert "dense model" in exits_with(analyze.cli_main, argv)
+    argv = [str(tmp_path), "--out", str(tmp_path / "x")]
+    assert "lacks config.json" in exits_with(convert_cli.import_bert_main, argv)
     missing = run("omoe-upcycle", str(tmp_path / "none.pt"), "--out", str(tmp_path / "y.pt"),
                   check=False)
     assert missing.returncode != 0 and "no checkpoint at" in missing.stderr
