@@ -30,7 +30,7 @@ class OMoE(torch.optim.AdamW):
     turns them into every expert's other-experts projector factor at the switch. Orthogonal
     steps project each expert weight's update away from the other experts (`deltas`: their
     AdamW first moments, read at every step); everything else takes the AdamW update. With
-    only accumulating phases the parameters follow torch.optim.AdamW exactly.
+    only accumulating phases the parameters follow torch.optim.AdamW (its fused kernel) exactly.
     """
 
     def __init__(

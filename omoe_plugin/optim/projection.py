@@ -83,9 +83,8 @@ class DirectionProjection(Projection):
         inv_norms = gram.diagonal().sqrt().clamp(min=1e-12).reciprocal()  # F.normalize's eps
         self.directions = moments * inv_norms[:, None]
         self.dtype = moments.dtype
-        unit_gram = gram * inv_norms[:, None] * inv_norms[None, :]
-        self.unit_gram = unit_gram
-        self.mixing = direction_mixing(unit_gram, alpha, mode).to(self.dtype)
+        self.unit_gram = gram * inv_norms[:, None] * inv_norms[None, :]
+        self.mixing = direction_mixing(self.unit_gram, alpha, mode).to(self.dtype)
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (row_products(W.to(self.dtype).reshape(W.size(0), -1), self.directions),)  # [E, E]
