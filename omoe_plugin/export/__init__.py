@@ -1,9 +1,10 @@
-"""ONNX export of fine-tuned classifiers and taggers (`omoe-export`) and ONNX Runtime
-inference (`omoe-infer`, `OMoEClassifier`, `OMoETagger`)."""
+"""ONNX export of fine-tuned classifiers, taggers and readers (`omoe-export`) and ONNX Runtime
+inference (`omoe-infer`, `OMoEClassifier`, `OMoETagger`, `OMoEReader`)."""
 
 from .inference import OMoEClassifier, Prediction
+from .reader import Answer, OMoEReader
 
-__all__ = ["OMoEClassifier", "OMoETagger", "Prediction"]
+__all__ = ["Answer", "OMoEClassifier", "OMoEReader", "OMoETagger", "Prediction"]
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """A fine-tuned omoe_roberta checkpoint as the module `omoe-export` exports (encoder and one
-classification or token-tagging head, routing kept as an output), with the serving metadata
-the ONNX file carries: tokenizer, dictionary, labels, shapes."""
+classification, token-tagging or answer-span head, routing kept as an output), with the
+serving metadata the ONNX file carries: tokenizer, dictionary, labels, shapes."""
 
 from pathlib import Path
 from typing import Optional
@@ -16,10 +16,11 @@ from ..data.movie_reviews import wordpiece_tokenizer
 from ..data.subword import SubwordTokenizer, from_file, saved_in
 from ..models import OMoERobertaConfig, OMoERobertaModel
 from ..models.encoder import OMoEEncoder, is_moe_layer
-from ..models.omoe_roberta import TOKEN_HEAD
+from ..models.omoe_roberta import SPAN_HEAD, TOKEN_HEAD
 from .serving_info import ServingInfo
 
 HEAD = "sentence_classification_head"
+TASK_HEADS = {"omoe_token_classification": TOKEN_HEAD, "omoe_span_qa": SPAN_HEAD}  # else HEAD
 
 
 class ExportedClassifier(nn.Module):
@@ -49,8 +50,7 @@ def load_classifier(
 ) -> tuple[OMoERobertaModel, ServingInfo]:
     """The fine-tuned model of a fairseq-train checkpoint (eval mode) and what serving it needs.
 
-    head: the head to keep; default: the task's (TOKEN_HEAD for omoe_token_classification,
-    else HEAD).
+    head: the head to keep; default: the task's (TASK_HEADS, else HEAD).
     data: the binarised data directory it was trained on (input0/dict.txt, label/dict.txt);
     default: the one named in the checkpoint. tokenizer: a tokenizer file (`subword.from_file`);
     default: the one omoe-prepare-data saved in the data directory, else the pretrained
@@ -59,8 +59,7 @@ def load_classifier(
     cfg = encoder_config(state, checkpoint)
     weights = state["model"]
     task = state["cfg"].get("task") or {}
-    if head is None:
-        head = TOKEN_HEAD if task.get("_name") == "omoe_token_classification" else HEAD
+    head = head or TASK_HEADS.get(task.get("_name"), HEAD)
     out_proj = weights.get(f"classification_heads.{head}.out_proj.weight")
     if out_proj is None:
         raise ValueError(
@@ -76,7 +75,9 @@ def load_classifier(
     dictionary = SentencePredictionTask.load_dictionary(str(data / "input0" / "dict.txt"))
     regression = bool(task.get("regression_target", False))
     pairs = (data / "input1").is_dir()
-    labels = [] if regression else _labels(data, out_proj.size(0))
+    span_qa = head == SPAN_HEAD
+    labels = ["start", "end"] if span_qa else [] if regression else _labels(data,
+                                                                           out_proj.size(0))
 
     model = OMoERobertaModel(cfg, OMoEEncoder(cfg, dictionary))
     tagging = f"classification_heads.{head}.dense.weight" not in weights  # no pooler: per token
@@ -94,7 +95,9 @@ def load_classifier(
                          f"configuration: {' '.join(str(e).split())[:400]}") from None
     tok = from_file(tokenizer) if tokenizer else saved_in(data) or wordpiece_tokenizer()
     info = serving_info(cfg, dictionary, labels, tok, Path(checkpoint).name, pairs,
-                        task.get("separator_token") if pairs else None, tagging)
+                        task.get("separator_token") if pairs else None, tagging and not span_qa)
+    if span_qa:
+        info.span_qa, info.max_answer_tokens = True, task.get("max_answer_tokens", 30)
     return model.eval(), info
 
 

@@ -120,8 +120,10 @@ class OMoEClassifier:
         """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated
         one's is marked so). Sentences are batched by length to keep padding low. Raises
         ValueError naming the first empty sentence."""
-        if self.info.tagging:
-            raise ValueError("this model tags tokens: serve it with omoe_plugin.export.OMoETagger")
+        if self.info.tagging or self.info.span_qa:
+            raise ValueError("this model " + ("tags tokens" if self.info.tagging else "answers "
+                             "questions") + ": serve it with omoe_plugin.export." +
+                             ("OMoETagger" if self.info.tagging else "OMoEReader"))
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         encoded = self.encode_batch(sentences)
@@ -208,7 +210,9 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
         "omoe-infer", "Classify sentences (one per line) with an omoe-export ONNX model on ONNX "
         "Runtime; writes one JSON object per line: {\"line\", \"label\", \"probabilities\"} "
         "(\"value\" for regression; \"entities\", each with its text, type, character "
-        "offsets and score, for a token-tagging model; \"error\" for a line that cannot be "
+        "offsets and score, for a token-tagging model; \"answer\" with its character offsets "
+        "in the context and its score for an extractive-QA model, whose lines are "
+        "question<TAB>context; \"error\" for a line that cannot be "
         "classified).",
         None, "ONNX Runtime graph optimisation level (default: the one stored at export)")
     parser.add_argument("model", type=Path, help="ONNX model written by omoe-export")
@@ -225,6 +229,10 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
             from .tagger import OMoETagger
 
             classifier = OMoETagger(args.model, args.threads, args.optimization_level)
+        elif classifier.info.span_qa:
+            from .reader import OMoEReader
+
+            classifier = OMoEReader(args.model, args.threads, args.optimization_level)
         stream = open(args.input, "rb") if args.input else sys.stdin.buffer
     except (ValueError, OSError) as e:
         sys.exit(f"omoe-infer: {e}")

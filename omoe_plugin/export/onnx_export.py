@@ -25,7 +25,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from ..models import OMoERobertaModel
-from ..models.omoe_roberta import TOKEN_HEAD
+from ..models.omoe_roberta import SPAN_HEAD, TOKEN_HEAD
 from .classifier import HEAD, ExportedClassifier, load_classifier
 from .inference import at_least, quiet_logging, serving_parser
 from .parity import ATOL, RTOL, check_parity, report, sample_tokens
@@ -87,7 +87,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
                         help="binarised data directory the model was fine-tuned on (default: "
                         "the one recorded in the checkpoint)")
     parser.add_argument("--head", default=None,
-                        help=f"head to export (default: the task's, {HEAD} or {TOKEN_HEAD})")
+                        help=f"head to export (default: the task's: {HEAD}, {TOKEN_HEAD} or "
+                        f"{SPAN_HEAD})")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="the tokenizer the data was tokenised with: a tokenizers JSON, a "
                         "BERT vocab.txt or a sentencepiece model (default: the one "

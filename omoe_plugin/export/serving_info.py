@@ -34,6 +34,8 @@ class ServingInfo:
     pairs: bool = False  # fine-tuned on sentence pairs: <s> A </s> [separator] B </s>
     separator: Optional[int] = None  # the task's --separator-token between a pair's texts
     tagging: bool = False  # a per-token head: logits [batch, seq, tags], labels = the tags
+    span_qa: bool = False  # extractive QA: per-token start and end logits [batch, seq, 2]
+    max_answer_tokens: int = 30  # span_qa: the longest answer, in sub-words, as in training
     optimization_level: str = "all"  # ONNX Runtime graph optimisation level of sessions
     source: str = ""  # the checkpoint this was exported from
 

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 ACTIVATION_CHOICES = ChoiceEnum(get_available_activation_fns())
 TOKEN_HEAD = "token_tags"  # the per-token head --task omoe_token_classification registers
+SPAN_HEAD = "answer_span"  # --task omoe_span_qa's per-token head: start and end logits
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""End to end on real Disfl-QA questions: omoe-prepare-data --corpus disflqa, fairseq-train
+--task omoe_span_qa --optimizer omoe (exact match and F1 on validation, in TensorBoard, exact
+resume), fairseq-validate on the test split, omoe-export, and OMoEReader / omoe-infer reading
+the windows and answers the checkpoint reads; a bad answer stops omoe-prepare-data with its
+file and line."""
+
+import json
+import re
+
+import pytest
+import torch
+from fairseq.data import Dictionary, data_utils
+
+from omoe_plugin.data.cli import cli_main as prepare_main
+from omoe_plugin.spans import best_span
+from tests.cli import USER_DIR, checkpoint, output, run, scalar_tags, straight_and_resumed
+
+pytestmark = pytest.mark.slow
+
+TASK = ["--user-dir", USER_DIR, "--task", "omoe_span_qa", "--max-positions", "128",
+        "--criterion", "omoe_span_qa", "--cpu", "--num-workers", "0"]
+TRAIN = TASK + [
+    "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
+    "--optimizer", "omoe", "--lr", "1e-3", "--omoe-accumulate-steps", "3",
+    "--omoe-orthogonal-steps", "3", "--batch-size", "16", "--seed", "3",
+    "--best-checkpoint-metric", "f1", "--maximize-best-checkpoint-metric",
+    "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
+    "--validate-interval-updates", "6",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("disflqa") / "data"
+    prepare_main([str(out), "--corpus", "disflqa"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    return straight_and_resumed(data, tmp_path_factory, TRAIN, 12)
+
+
+def test_training_validates_exact_match_and_f1_and_logs_omoe(runs):
+    straight, _, logs = runs
+    out = output(logs["straight"])
+    f1 = [float(v) for v in re.findall(r"\| f1 ([\d.]+)", out)]
+    em = [float(v) for v in re.findall(r"\| exact_match ([\d.]+)", out)]
+    assert len(f1) == len(em) >= 2 and all(0 <= e <= f <= 100 for e, f in zip(em, f1))
+    assert "loaded valid: 190 windows of 80 questions" in out
+    assert re.search(r"omoe_phase=0\.[1-9]", out)  # orthogonal updates ran
+    tags = scalar_tags(straight)
+    for tag in ("valid/f1", "valid/exact_match", "valid/omoe_sim_cos", "train_inner/omoe_phase",
+                "train_inner/omoe_removed", "train_inner/moe_lb"):
+        assert tag in tags, tag
+
+
+def test_resume_continues_exactly(runs):
+    straight, split, logs = runs
+    assert "@ 6 updates" in output(logs["resumed"])
+    a, b = checkpoint(straight)["model"], checkpoint(split)["model"]
+    assert any("answer_span" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_validate_scores_the_test_split(data, runs):
+    result = run("fairseq-validate", str(data), *TASK, "--valid-subset", "test",
+                 "--batch-size", "32",
+                 "--path", str(runs[0] / "checkpoints" / "checkpoint_best.pt"))
+    assert re.search(r"\| exact_match [\d.]+ \| f1 [\d.]+", output(result))
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "qa.onnx"
+    result = run("omoe-export", str(runs[0] / "checkpoints" / "checkpoint_best.pt"),
+                 "--out", str(out))
+    assert "fp32 parity with PyTorch" in output(result) and "['start', 'end']" in output(result)
+    return out
+
+
+def test_served_windows_and_answers_are_the_checkpoints(data, runs, exported):
+    from omoe_plugin.export import OMoEReader
+    from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
+
+    reader = OMoEReader(exported, threads=1)
+    assert reader.info.span_qa and reader.info.pairs and reader.info.max_answer_tokens == 30
+    questions = [json.loads(line) for line in
+                 (data / "raw" / "test.questions.jsonl").read_text().splitlines()]
+    words = Dictionary.load(str(data / "input0" / "dict.txt"))
+    binarised = [data_utils.load_indexed_dataset(str(data / c / "test"), words)
+                 for c in ("input0", "input1")]
+    served = [w for q in questions for w in reader.windows(
+        q["question"], reader.tokenizer.tokenize_with_offsets(q["context"])[0])]
+    assert [ids for ids, *_ in served] == [
+        [words.bos(), *binarised[0][i].tolist(), *binarised[1][i].tolist()]
+        for i in range(len(binarised[0]))]  # the test split's windows, id for id
+
+    model, _ = load_classifier(runs[0] / "checkpoints" / "checkpoint_best.pt")
+    net = ExportedClassifier(model)
+    pairs = [(q["question"], q["context"]) for q in questions[:8]]
+    answers = reader.predict(pairs, batch_size=5)
+    for (question, context), answer in zip(pairs, answers):
+        tokens, offsets = reader.tokenizer.tokenize_with_offsets(context)
+        best = []
+        for ids, first, offset, length in reader.windows(question, tokens):
+            with torch.no_grad():
+                logits = net(torch.tensor([ids]))[0][0].numpy()
+            score, a, b = best_span(logits[:, 0], logits[:, 1], first, length, 30)
+            best.append((score, a - first + offset, b - first + offset))
+        _, a, b = max(best)
+        assert (answer.start, answer.end) == (offsets[a][0], offsets[b][1])
+        assert answer.text == context[answer.start:answer.end] and 0 < answer.score <= 1
+
+
+def test_omoe_infer_prints_answers_with_offsets(exported, tmp_path):
+    context = "The Normans gave their name to Normandy, a region in France."
+    lines = tmp_path / "in.txt"
+    lines.write_text(f"Where is Normandy?\t{context}\nno tab here\n")
+    result = run("omoe-infer", str(exported), str(lines))
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert context[first["start"]:first["end"]] == first["answer"] and first["line"] == 1
+    assert "expected two texts separated by a tab" in second["error"]
+
+
+def test_an_answer_outside_its_context_stops_preparation_with_file_and_line(tmp_path):
+    good = {"question": "Where?", "context": "In France.",
+            "answers": [{"text": "France", "answer_start": 3}]}
+    bad = {**good, "answers": [{"text": "France", "answer_start": 0}]}
+    files = []
+    for split, rows in (("train", [good, bad]), ("valid", [good]), ("test", [good])):
+        files += [f"--{split}", str(tmp_path / f"{split}.jsonl")]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / 'train.jsonl'}:2: the answer "
+                                                   "'France' is not inside its context")):
+        prepare_main([str(tmp_path / "out"), "--format", "squad", *files])
+    assert not (tmp_path / "out").exists()
