@@ -1,6 +1,6 @@
-"""Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data or CoNLL-2003
-NER: for every configuration and seed, run fairseq-train, read the best validation score
-(accuracy; entity F1 for NER) and the last
+"""Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data, BoolQ,
+CoNLL-2003 NER or Disfl-QA extractive QA: for every configuration and seed, run fairseq-train,
+read the best validation score (accuracy; entity F1 for NER; F1 for QA) and the last
 validation expert similarity back from the TensorBoard event files, score
 checkpoint_best.pt on the test split with fairseq-validate, measure how much lower the
 experts' output cosine could be with the same displacements pointed apart ("room for
@@ -17,8 +17,9 @@ Settings:
     and `split` (moe4_split.pt, experts of 576 neurons), fine-tuned with AdamW and with
     OMoE in each of its readings (--omoe-space, --omoe-mode); needs `make compare`'s
     checkpoints. --corpus picks the data: movie_reviews, tweets, amazon,
-    movie_review_pairs (pairs of movie reviews: same or different sentiment), or conll2003
-    (NER, --task omoe_token_classification, scored by seqeval's entity F1); binarised with
+    movie_review_pairs (pairs of movie reviews: same or different sentiment), boolq,
+    conll2003 (NER, --task omoe_token_classification, scored by seqeval's entity F1) or
+    disflqa (extractive QA, --task omoe_span_qa, scored by F1 per question); binarised with
     the encoder's vocabulary into data-bin/CORPUS_minilm on first use.
   scratch: a small 4-layer MoE trained from scratch on the movie reviews with AdamW, OMoE
     joint and OMoE average.
@@ -58,6 +59,7 @@ SENTENCES = ["--task", "omoe_sentence_prediction", "--criterion", "omoe_sentence
              # a few product-review sentences exceed the 128 positions: cut them, as serving does
              "--shorten-method", "truncate"]
 TAGS = ["--task", "omoe_token_classification", "--criterion", "omoe_token_classification"]
+SPANS = ["--task", "omoe_span_qa", "--criterion", "omoe_span_qa"]
 COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--batch-size", "32",
           "--maximize-best-checkpoint-metric",
           "--no-epoch-checkpoints", "--no-last-checkpoints", "--log-format", "simple",
@@ -135,6 +137,8 @@ def task_of(corpus: str) -> tuple[list[str], str]:
     checkpoint-selection metric and the one scored on the test split)."""
     if corpus == "conll2003":
         return TASK + TAGS, "entity_f1"
+    if corpus == "disflqa":
+        return TASK + SPANS, "f1"
     return TASK + SENTENCES, "accuracy"
 
 
