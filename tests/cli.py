@@ -160,6 +160,15 @@ def checkpoint(run_dir: Path, name: str = "checkpoint_last.pt") -> dict:
     return torch.load(run_dir / "checkpoints" / name, weights_only=True)
 
 
+def assert_same_model(run_a: Path, run_b: Path) -> list[str]:
+    """Assert the two runs' last checkpoints hold bit-identical weights; their names."""
+    a, b = checkpoint(run_a)["model"], checkpoint(run_b)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    return list(a)
+
+
 def scalar_tags(run_dir: Path) -> set[str]:
     """Every "{subset}/{name}" scalar written to run_dir/tensorboard."""
     tags = set()

@@ -11,7 +11,14 @@ import torch
 
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.sources import conll2003_texts
-from tests.cli import USER_DIR, checkpoint, output, run, scalar_tags, straight_and_resumed
+from tests.cli import (
+    USER_DIR,
+    assert_same_model,
+    output,
+    run,
+    scalar_tags,
+    straight_and_resumed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +72,7 @@ def test_training_validates_entity_f1_and_logs_omoe(runs):
 def test_resume_continues_exactly(runs):
     straight, split, logs = runs
     assert "@ 6 updates" in output(logs["resumed"])
-    a, b = checkpoint(straight)["model"], checkpoint(split)["model"]
-    assert any("token_tags" in k for k in a)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert any("token_tags" in k for k in assert_same_model(straight, split))
 
 
 def test_validate_scores_the_test_split(conll, runs):

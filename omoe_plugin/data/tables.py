@@ -37,7 +37,7 @@ def format_of(path: Path, fmt: Optional[str] = None) -> str:
     return fmt
 
 
-def _records(path: Path, fmt: str):
+def records(path: Path, fmt: str):
     """(line number, {column: value}) for every data row of the file."""
     text = path.read_text(encoding="utf-8-sig")
     if fmt == "jsonl":
@@ -74,7 +74,7 @@ def read_examples(path: Path, columns: Columns, regression: bool = False,
     fmt = format_of(path, fmt)
     wanted = [c for c in columns if c is not None]
     examples = []
-    for number, record in _records(path, fmt):
+    for number, record in records(path, fmt):
         values = {}
         for column in wanted:
             value = record.get(column)
