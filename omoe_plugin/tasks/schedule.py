@@ -102,6 +102,15 @@ class OMoESchedule:
         self._start: Optional[dict[int, tuple[torch.Tensor, torch.Tensor]]] = None
         self._displacement_cos: Optional[float] = None
 
+    def get_batch_iterator(self, dataset, **kwargs):
+        """fairseq drops a split's last batch when its size is not a multiple of
+        --required-batch-size-multiple (8 by default): harmless in training, but validation
+        and fairseq-validate would leave up to 7 examples (for QA, a question's windows)
+        unscored. Every split but the training one is batched with a multiple of 1."""
+        if dataset is not self.datasets.get("train"):
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, **kwargs)
+
     def _omoe(self, optimizer) -> Optional[OMoE]:
         omoe = find_omoe(optimizer)
         if omoe is None and not self._warned:

@@ -72,3 +72,18 @@ def test_micro_batches_of_one_update_share_one_capture():
     first = task.capture
     task.train_step(sample(task, seed=2), model, criterion, optimizer, update_num=0)
     assert task.capture is first and first.counts  # --update-freq 2: both micro-batches
+
+
+def test_validation_and_test_splits_score_every_example(movie_reviews):
+    """fairseq drops a last batch whose size is not a multiple of
+    --required-batch-size-multiple; only the training split may lose one."""
+    cfg = OMoESentencePredictionConfig(data=str(movie_reviews[0]), num_classes=2, init_token=0,
+                                       max_positions=128, seed=1, regression_target=False)
+    task = OMoESentencePredictionTask.setup_task(cfg)
+    for split in ("train", "valid", "test"):
+        task.load_dataset(split)
+        batches = task.get_batch_iterator(dataset=task.dataset(split), max_sentences=32,
+                                          required_batch_size_multiple=8).frozen_batches
+        seen = sum(len(b) for b in batches)
+        size = movie_reviews[1][split]
+        assert seen == (size - size % 8 if split == "train" else size), split
