@@ -76,8 +76,10 @@ def load_classifier(
     regression = bool(task.get("regression_target", False))
     pairs = (data / "input1").is_dir()
     span_qa = head == SPAN_HEAD
-    labels = ["start", "end"] if span_qa else [] if regression else _labels(data,
-                                                                           out_proj.size(0))
+    if span_qa:
+        labels = ["start", "end"]
+    else:
+        labels = [] if regression else _labels(data, out_proj.size(0))
 
     model = OMoERobertaModel(cfg, OMoEEncoder(cfg, dictionary))
     tagging = f"classification_heads.{head}.dense.weight" not in weights  # no pooler: per token

@@ -121,9 +121,9 @@ class OMoEClassifier:
         one's is marked so). Sentences are batched by length to keep padding low. Raises
         ValueError naming the first empty sentence."""
         if self.info.tagging or self.info.span_qa:
-            raise ValueError("this model " + ("tags tokens" if self.info.tagging else "answers "
-                             "questions") + ": serve it with omoe_plugin.export." +
-                             ("OMoETagger" if self.info.tagging else "OMoEReader"))
+            server = "OMoETagger" if self.info.tagging else "OMoEReader"
+            raise ValueError(f"this model does not classify sentences: serve it with "
+                             f"omoe_plugin.export.{server}")
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         encoded = self.encode_batch(sentences)

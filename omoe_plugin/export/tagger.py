@@ -52,7 +52,8 @@ class OMoETagger(OMoEClassifier):
     def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None):
         super().__init__(model, threads, optimization_level)
         if not self.info.tagging:
-            raise ValueError(f"{model} classifies sentences: serve it with OMoEClassifier")
+            raise ValueError(f"{model} is not a token-tagging model: serve it with "
+                             + ("OMoEReader" if self.info.span_qa else "OMoEClassifier"))
 
     def predict(self, sentences: Sequence[str], batch_size: int = 32) -> list[Tagged]:
         """One Tagged per text, in order; raises ValueError naming the first empty text."""
