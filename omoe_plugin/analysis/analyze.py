@@ -51,7 +51,7 @@ def expert_similarity(checkpoint: Path, data: Path, split: str = "valid",
         if layer.moe is not None:
             layer.moe.register_forward_hook(
                 lambda mod, args, _out, i=i: layers.__setitem__(i, (mod, *args)))
-    encoder(leading_sentences(data, split, dictionary, max_tokens))
+    encoder(leading_sentences(data, split, dictionary, max_tokens, cfg.max_positions))
     results = []
     for i, (moe, x, padding_mask) in sorted(layers.items()):
         tokens = x[~padding_mask]

@@ -141,7 +141,8 @@ def dense_importance(
 
     hooks = [layer.fc1.register_forward_hook(score(i, layer))
              for i, layer in enumerate(encoder.layers)]
-    for batch in leading_sentences(data, "train", dictionary, max_tokens).split(batch_size):
+    examples = leading_sentences(data, "train", dictionary, max_tokens, cfg.max_positions)
+    for batch in examples.split(batch_size):
         real = batch.ne(dictionary.pad())
         encoder(batch)
     for hook in hooks:

@@ -5,7 +5,9 @@ import json
 import re
 
 import pytest
+from fairseq.data import Dictionary
 
+from omoe_plugin.data.binarised import leading_sentences
 from omoe_plugin.data.movie_reviews import wordpiece_tokenizer
 from omoe_plugin.data.squad import (
     Question,
@@ -106,6 +108,7 @@ def test_the_directory_holds_windows_with_their_gold_spans(tmp_path):
         files[split].write_text("".join(json.dumps(r) + "\n" for r in split_rows))
     out = tmp_path / "data"
     sizes = prepare_span_qa(out, files, wordpiece_tokenizer(), max_tokens=30, stride=8)
+    raw = lambda column: (out / "raw" / f"train.{column}").read_text().splitlines()[0]  # noqa: E731
     assert sizes == {"train": 2, "valid": 1, "test": 1}
     labels = (out / "label" / "train.label").read_text().splitlines()
     windows_of = [int(line.split()[0]) for line in labels]
@@ -121,6 +124,12 @@ def test_the_directory_holds_windows_with_their_gold_spans(tmp_path):
             holding += 1
     assert holding >= 1
     assert all((out / d / "dict.txt").is_file() for d in ("input0", "input1"))
+    # read back as the model reads them (omoe-analyze, split upcycling): question and window
+    words = Dictionary.load(str(out / "input0" / "dict.txt"))
+    batch = leading_sentences(out, "train", words, max_tokens=10_000, max_positions=20)
+    first = [words.bos(), *(words.index(t) for t in f"{raw('input0')} </s>".split()),
+             *(words.index(t) for t in f"{raw('input1')} </s>".split())]
+    assert batch.shape == (len(labels), 20) and batch[0].tolist() == first[:20]
     files["test"].write_text(json.dumps({**qa("Who?", "Rollo"), "answers": [
         {"text": "Rollo", "answer_start": 0}]}) + "\n")
     with pytest.raises(ValueError, match="not inside its context"):
