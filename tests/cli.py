@@ -16,6 +16,22 @@ USER_DIR = str(Path(__file__).resolve().parents[1] / "user_dir")
 EVERY_RANK = str(Path(__file__).resolve().parent / "fairseq_train_every_rank.py")
 
 
+def token_task_args(task: str, metric: str, seed: int) -> tuple[list[str], list[str]]:
+    """The options of a per-token task's end-to-end tests: the task's own (fairseq-validate's
+    too), and those that also train a tiny MoE with OMoE (cycles of 3 + 3 updates, validation
+    every 6 updates, checkpoints selected by `metric`)."""
+    task_args = ["--user-dir", USER_DIR, "--task", task, "--max-positions", "128",
+                 "--criterion", task, "--cpu", "--num-workers", "0"]
+    return task_args, task_args + [
+        "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
+        "--optimizer", "omoe", "--lr", "1e-3", "--omoe-accumulate-steps", "3",
+        "--omoe-orthogonal-steps", "3", "--batch-size", "16", "--seed", str(seed),
+        "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric",
+        "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
+        "--validate-interval-updates", "6",
+    ]
+
+
 def run(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True)
     if check and result.returncode != 0:

@@ -12,26 +12,17 @@ import torch
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.sources import conll2003_texts
 from tests.cli import (
-    USER_DIR,
     assert_same_model,
     output,
     run,
     scalar_tags,
     straight_and_resumed,
+    token_task_args,
 )
 
 pytestmark = pytest.mark.slow
 
-TASK = ["--user-dir", USER_DIR, "--task", "omoe_token_classification", "--max-positions", "128",
-        "--criterion", "omoe_token_classification", "--cpu", "--num-workers", "0"]
-TRAIN = TASK + [
-    "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
-    "--optimizer", "omoe", "--lr", "1e-3", "--omoe-accumulate-steps", "3",
-    "--omoe-orthogonal-steps", "3", "--batch-size", "16", "--seed", "2",
-    "--best-checkpoint-metric", "entity_f1", "--maximize-best-checkpoint-metric",
-    "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
-    "--validate-interval-updates", "6",
-]
+TASK, TRAIN = token_task_args("omoe_token_classification", "entity_f1", seed=2)
 
 
 def conll_head(text: str, sentences: int) -> str:

@@ -14,26 +14,17 @@ from fairseq.data import Dictionary, data_utils
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.spans import best_span
 from tests.cli import (
-    USER_DIR,
     assert_same_model,
     output,
     run,
     scalar_tags,
     straight_and_resumed,
+    token_task_args,
 )
 
 pytestmark = pytest.mark.slow
 
-TASK = ["--user-dir", USER_DIR, "--task", "omoe_span_qa", "--max-positions", "128",
-        "--criterion", "omoe_span_qa", "--cpu", "--num-workers", "0"]
-TRAIN = TASK + [
-    "--arch", "omoe_roberta_tiny", "--moe-experts", "4", "--moe-top-k", "1",
-    "--optimizer", "omoe", "--lr", "1e-3", "--omoe-accumulate-steps", "3",
-    "--omoe-orthogonal-steps", "3", "--batch-size", "16", "--seed", "3",
-    "--best-checkpoint-metric", "f1", "--maximize-best-checkpoint-metric",
-    "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
-    "--validate-interval-updates", "6",
-]
+TASK, TRAIN = token_task_args("omoe_span_qa", "f1", seed=3)
 
 
 @pytest.fixture(scope="module")
