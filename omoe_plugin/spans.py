@@ -21,7 +21,11 @@ def best_span(start: np.ndarray, end: np.ndarray, first: int, length: int,
 def window_starts(length: int, size: int, stride: int) -> list[int]:
     """The first sub-word of each window of `size` sub-words over a context of `length`,
     `stride` apart, the last one reaching the context's end (contexts longer than the model's
-    positions are read in such overlapping windows, in training as in serving)."""
+    positions are read in such overlapping windows, in training as in serving). A window
+    narrower than the stride would skip sub-words: a ValueError."""
+    if size < stride:
+        raise ValueError(f"a window holds {size} context sub-words beside the question, fewer "
+                         f"than the stride {stride}")
     starts = [0]
     while starts[-1] + size < length:
         starts.append(starts[-1] + stride)

@@ -116,11 +116,11 @@ def windows(question: Question, tokenizer: SubwordTokenizer, max_tokens: int, st
                              f"{text[:60]!r}")
         golds.append(token_span(spans, start, start + len(text)))
     size = max_tokens - len(asked)  # context sub-words a window holds
-    if size < stride:
-        raise ValueError(f"{question.where}: a window holds {size} context sub-words beside the "
-                         f"question, fewer than the stride {stride}: lower --doc-stride or "
-                         "--max-question-tokens")
-    starts = window_starts(len(tokens), size, stride)
+    try:
+        starts = window_starts(len(tokens), size, stride)
+    except ValueError as e:
+        raise ValueError(f"{question.where}: {e}: lower --doc-stride or --max-question-tokens") \
+            from None
     return asked, [tokens[s:s + size] for s in starts], starts, golds
 
 

@@ -94,9 +94,6 @@ class OMoEReader(OMoEClassifier):
         sub-word, its number of context sub-words)."""
         asked = self._ids(self.tokenizer.tokenize([question])[0][:max_question_tokens])
         size = self.info.max_positions - 3 - len(asked)  # context sub-words a window holds
-        if size < stride:
-            raise ValueError(f"a window holds {size} context sub-words beside the question, "
-                             f"fewer than the stride {stride}")
         head, ids = [self.info.bos, *asked, self.info.eos], self._ids(context)
         return [(head + ids[s:s + size] + [self.info.eos], len(head), s, len(ids[s:s + size]))
                 for s in window_starts(len(ids), size, stride)]
