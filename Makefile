@@ -56,18 +56,18 @@ $(PRE_DATA)/input0/dict.txt: $(PRE)/model.pt
 # Fine-tune the upcycled MiniLM MoE with OMoE for one epoch, score the test split.
 TASK := --user-dir user_dir --task omoe_sentence_prediction --num-classes 2 \
   --init-token 0 --max-positions 128 --criterion omoe_sentence_prediction --cpu --num-workers 0
+FINETUNE := --arch omoe_roberta_minilm --layer-norm-eps 1e-12 --weight-decay 0.01 --lr 1e-4 \
+  --lr-scheduler polynomial_decay --warmup-updates 26 --total-num-update 265 \
+  --batch-size 32 --max-epoch 1 --best-checkpoint-metric accuracy \
+  --maximize-best-checkpoint-metric --log-format simple --log-interval 20 \
+  --no-epoch-checkpoints --seed 1
 demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	rm -rf $(RUN)
-	$(VENV)/bin/fairseq-train $(PRE_DATA) $(TASK) --finetune-from-model $(PRE)/moe4.pt \
-	  --arch omoe_roberta_minilm --layer-norm-eps 1e-12 \
+	$(VENV)/bin/fairseq-train $(PRE_DATA) $(TASK) $(FINETUNE) --finetune-from-model $(PRE)/moe4.pt \
 	  --moe-experts 4 --moe-top-k 1 --moe-aux-weight 0.01 \
-	  --optimizer omoe --omoe-betas '(0.9, 0.98)' --weight-decay 0.01 --lr 1e-4 \
+	  --optimizer omoe --omoe-betas '(0.9, 0.98)' \
 	  --omoe-alpha 0.01 --omoe-accumulate-steps 10 --omoe-orthogonal-steps 10 \
-	  --lr-scheduler polynomial_decay --warmup-updates 26 --total-num-update 265 \
-	  --batch-size 32 --max-epoch 1 \
-	  --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
-	  --save-dir $(RUN)/checkpoints --tensorboard-logdir $(RUN)/tensorboard \
-	  --log-format simple --log-interval 20 --no-epoch-checkpoints --seed 1
+	  --save-dir $(RUN)/checkpoints --tensorboard-logdir $(RUN)/tensorboard
 	$(VENV)/bin/fairseq-validate $(PRE_DATA) $(TASK) \
 	  --path $(RUN)/checkpoints/checkpoint_best.pt --valid-subset test --batch-size 64
 	$(VENV)/bin/omoe-analyze $(RUN)/checkpoints/checkpoint_best.pt --data $(PRE_DATA) \
@@ -87,8 +87,16 @@ bench: setup
 	$(PY) scripts/bench_moe_layer.py
 	$(PY) scripts/bench_optimizer.py
 
-# PyTorch vs ONNX Runtime fp32 / int8 on the demo's fine-tuned checkpoint (run `make demo` first)
-bench-inference: setup
+# The dense encoder the demo's MoE was upcycled from, fine-tuned the same way (AdamW): what
+# bench-inference serves beside the MoE.
+DENSE_RUN := runs/demo_dense
+$(DENSE_RUN)/checkpoints/checkpoint_best.pt: | setup $(PRE)/model.pt $(PRE_DATA)/input0/dict.txt
+	$(VENV)/bin/fairseq-train $(PRE_DATA) $(TASK) $(FINETUNE) --finetune-from-model $(PRE)/model.pt \
+	  --moe-freq 0 --optimizer adam --adam-betas '(0.9, 0.98)' --save-dir $(DENSE_RUN)/checkpoints
+
+# PyTorch vs ONNX Runtime fp32 / int8 on the demo's fine-tuned MoE, and the MoE against the
+# dense model served the same way (run `make demo` first)
+bench-inference: setup $(DENSE_RUN)/checkpoints/checkpoint_best.pt
 	$(PY) scripts/bench_inference.py
 
 clean:

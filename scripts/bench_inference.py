@@ -1,13 +1,16 @@
 """Inference speed of a fine-tuned MoE classifier: PyTorch eager vs ONNX Runtime fp32 vs ONNX
-Runtime int8 (omoe-export --int8), each timed in its own process (ONNX Runtime's spinning
-threads distort timings taken beside another engine), engines interleaved over several
-rounds, median of each round's median; plus test accuracy of the three.
+Runtime int8 (omoe-export --int8), and the MoE against the dense model it was upcycled from,
+fine-tuned, exported and served the same way. Each engine is timed in its own process (ONNX
+Runtime's spinning threads distort timings taken beside another engine), engines interleaved
+over several rounds, median of each round's median; plus the test accuracy of every engine.
 
-    python scripts/bench_inference.py [--checkpoint CKPT] [--data DIR] [--threads 2]
+    python scripts/bench_inference.py [--checkpoint CKPT] [--dense-checkpoint CKPT]
+                                      [--data DIR] [--threads 2]
 
-Defaults: `make demo`'s checkpoint and data. The last line printed is one JSON object:
-latency (ms) and throughput (sentences/s) per engine and shape, the speed-ups over PyTorch,
-and the accuracies.
+Defaults: the checkpoints of `make demo` and of `make bench-inference`'s dense fine-tune, and
+their data. The last line printed is one JSON object: latency (ms) and throughput
+(sentences/s) per engine and shape, the speed-ups over PyTorch, MoE / dense latency, and
+the accuracies.
 """
 
 import argparse
@@ -28,15 +31,26 @@ from omoe_plugin.export.parity import sample_tokens
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHAPES = ((1, 64), (1, 128), (32, 128))
-ENGINES = ("torch", "ort_fp32", "ort_int8")
+RUNTIMES = ("torch", "ort_fp32", "ort_int8")
+MODELS = ("moe", "dense")  # an engine is (model, runtime), named "runtime" or "dense_runtime"
+ENGINES = [(model, runtime) for model in MODELS for runtime in RUNTIMES]
 
 
-def time_engine(engine: str, checkpoint: Path, models: Path, batch: int, seq: int,
+def engine_name(model: str, runtime: str) -> str:
+    return runtime if model == "moe" else f"{model}_{runtime}"
+
+
+def onnx_file(models: Path, model: str, runtime: str) -> Path:
+    """Where the exported model of an ONNX Runtime engine is kept."""
+    return models / f"{model}_{runtime[4:]}.onnx"
+
+
+def time_engine(runtime: str, checkpoint: Path, model_file: Path, batch: int, seq: int,
                 threads: int, repeats: int) -> float:
-    """Median latency (ms) of one engine on [batch, seq] tokens; runs in a worker process."""
+    """Median latency (ms) of one runtime on [batch, seq] tokens; runs in a worker process."""
     model, info = load_classifier(checkpoint)
     tokens = sample_tokens(info, batch, seq, padded=False, seed=seq)
-    if engine == "torch":
+    if runtime == "torch":
         torch.set_num_threads(threads)
         wrapper = ExportedClassifier(model).eval()
         inputs = torch.from_numpy(tokens)
@@ -45,7 +59,7 @@ def time_engine(engine: str, checkpoint: Path, models: Path, batch: int, seq: in
             with torch.inference_mode():
                 wrapper(inputs)
     else:
-        onnx_session = session(models / f"{engine[4:]}.onnx", threads=threads)
+        onnx_session = session(model_file, threads=threads)
 
         def step():
             onnx_session.run(["logits"], {"src_tokens": tokens})
@@ -90,57 +104,72 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path,
                         default=ROOT / "runs/demo/checkpoints/checkpoint_best.pt")
+    parser.add_argument("--dense-checkpoint", type=Path,
+                        default=ROOT / "runs/demo_dense/checkpoints/checkpoint_best.pt",
+                        help="the dense model the MoE was upcycled from, fine-tuned alike")
     parser.add_argument("--data", type=Path, default=ROOT / "data-bin/movie_reviews_minilm")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench_inference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
     parser.add_argument("--rounds", type=int, default=3,
                         help="worker processes per engine and shape (median of their medians)")
-    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "BATCH", "SEQ"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, metavar=("RUNTIME", "CHECKPOINT", "MODEL", "BATCH",
+                                                      "SEQ"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        engine, batch, seq = args.worker[0], int(args.worker[1]), int(args.worker[2])
+        runtime, checkpoint, model_file, batch, seq = args.worker
+        batch, seq = int(batch), int(seq)
         repeats = max(5, args.repeats // batch * 4) if batch > 1 else args.repeats
-        print(time_engine(engine, args.checkpoint, args.out, batch, seq, args.threads, repeats))
+        print(time_engine(runtime, Path(checkpoint), Path(model_file), batch, seq, args.threads,
+                          repeats))
         return
 
+    checkpoints = {"moe": args.checkpoint, "dense": args.dense_checkpoint}
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, extra in (("fp32", []), ("int8", ["--int8"])):
-        target = args.out / f"{name}.onnx"
-        if not target.exists() or target.stat().st_mtime < args.checkpoint.stat().st_mtime:
-            subprocess.run([str(BIN / "omoe-export"), str(args.checkpoint), "--out", str(target),
-                            "--data", str(args.data), *extra], check=True)
+    for (model, runtime), checkpoint in ((e, checkpoints[e[0]]) for e in ENGINES):
+        target = onnx_file(args.out, model, runtime)
+        if runtime != "torch" and (not target.exists()
+                                   or target.stat().st_mtime < checkpoint.stat().st_mtime):
+            subprocess.run([str(BIN / "omoe-export"), str(checkpoint), "--out", str(target),
+                            "--data", str(args.data), *(["--int8"] * (runtime == "ort_int8"))],
+                           check=True)
     results = {}
     for batch, seq in SHAPES:
         row, rounds = {}, {engine: [] for engine in ENGINES}
         for _ in range(args.rounds):  # engines interleaved, so drifts in machine speed cancel
-            for engine in ENGINES:
-                worker = [sys.executable, __file__, "--worker", engine, str(batch), str(seq),
-                          "--checkpoint", str(args.checkpoint), "--out", str(args.out),
+            for model, runtime in ENGINES:
+                worker = [sys.executable, __file__, "--worker", runtime, str(checkpoints[model]),
+                          str(onnx_file(args.out, model, runtime)), str(batch), str(seq),
                           "--threads", str(args.threads), "--repeats", str(args.repeats)]
-                rounds[engine].append(float(subprocess.run(
+                rounds[model, runtime].append(float(subprocess.run(
                     worker, check=True, capture_output=True, text=True).stdout.split()[-1]))
-        for engine in ENGINES:
-            ms = statistics.median(rounds[engine])
-            row[f"{engine}_ms"] = round(ms, 2)
-            row[f"{engine}_per_s"] = round(1000 * batch / ms, 1)
-        for engine in ENGINES[1:]:
-            row[f"{engine}_speedup"] = round(row["torch_ms"] / row[f"{engine}_ms"], 2)
+        for (model, runtime), times in rounds.items():
+            name, ms = engine_name(model, runtime), statistics.median(times)
+            row[f"{name}_ms"] = round(ms, 2)
+            row[f"{name}_per_s"] = round(1000 * batch / ms, 1)
+        for runtime in RUNTIMES[1:]:
+            row[f"{runtime}_speedup"] = round(row["torch_ms"] / row[f"{runtime}_ms"], 2)
+        for runtime in RUNTIMES:  # the price of the experts, served alike
+            row[f"{runtime}_moe_over_dense"] = round(row[f"{runtime}_ms"] /
+                                                     row[f"dense_{runtime}_ms"], 2)
         results[f"b{batch}_s{seq}"] = row
-    classifier = OMoEClassifier(args.out / "fp32.onnx", threads=args.threads)
-    results["accuracy"] = {
-        "torch": round(torch_accuracy(args.checkpoint, classifier, args.data), 2),
-        "ort_fp32": round(accuracy(args.out / "fp32.onnx", args.data, args.threads), 2),
-        "ort_int8": round(accuracy(args.out / "int8.onnx", args.data, args.threads), 2),
-    }
-    print("| shape | PyTorch ms | ORT fp32 ms (x) | ORT int8 ms (x) |")
-    print("|---|---|---|---|")
+    results["accuracy"] = {}
+    for model, checkpoint in checkpoints.items():
+        classifier = OMoEClassifier(onnx_file(args.out, model, "ort_fp32"), threads=args.threads)
+        results["accuracy"][engine_name(model, "torch")] = round(
+            torch_accuracy(checkpoint, classifier, args.data), 2)
+        for runtime in RUNTIMES[1:]:
+            results["accuracy"][engine_name(model, runtime)] = round(
+                accuracy(onnx_file(args.out, model, runtime), args.data, args.threads), 2)
+    print("| shape | PyTorch ms | ORT fp32 ms (x) | ORT int8 ms (x) | MoE / dense: PyTorch, "
+          "fp32, int8 |")
+    print("|---|---|---|---|---|")
     for name, row in results.items():
         if name != "accuracy":
             print(f"| {name} | {row['torch_ms']} | {row['ort_fp32_ms']} "
                   f"({row['ort_fp32_speedup']}x) | {row['ort_int8_ms']} "
-                  f"({row['ort_int8_speedup']}x) |")
+                  f"({row['ort_int8_speedup']}x) | "
+                  + ", ".join(str(row[f"{r}_moe_over_dense"]) for r in RUNTIMES) + " |")
     print(f"test accuracy: {results['accuracy']}")
     print(json.dumps(results))
 

@@ -28,6 +28,7 @@ from ..models import OMoERobertaModel
 from ..models.omoe_roberta import SPAN_HEAD, TOKEN_HEAD
 from .classifier import HEAD, ExportedClassifier, load_classifier
 from .inference import at_least, quiet_logging, serving_parser
+from .onnx_ops import TRANSLATIONS
 from .parity import ATOL, RTOL, check_parity, report, sample_tokens
 from .serving_info import ServingInfo
 
@@ -47,6 +48,7 @@ def export_onnx(model: OMoERobertaModel, info: ServingInfo, out: Path,
     program = torch.onnx.export(
         wrapper, (example,), None, input_names=["src_tokens"], output_names=outputs,
         dynamic_shapes=(dims,), opset_version=opset, optimize=False, verbose=False,
+        custom_translation_table=TRANSLATIONS,
     )
     onnxscript.optimizer.optimize(program.model, input_size_limit=2**62, output_size_limit=2**62)
     program.model.metadata_props.update(info.to_metadata())

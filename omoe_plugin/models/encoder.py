@@ -2,53 +2,20 @@
 
 Written for export as much as for training: tensors are batch-major ([B, T, C]), padding
 is always masked (fairseq's encoder branches on `has_pads`, which torch.export cannot
-trace), and attention is one scaled_dot_product_attention call.
+trace), and attention is one scaled_dot_product_attention call (one fused operator in an
+exported graph: attention.py).
 """
 
 from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.models import FairseqEncoder
 from fairseq.modules import LayerNorm
 
 from ..moe import MoEArgs, MoEAux, MoELayer
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with BERT's separate query/key/value projections."""
-
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(
-                f"--encoder-embed-dim ({embed_dim}) must be divisible by "
-                f"--encoder-attention-heads ({num_heads})"
-            )
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, C]; attend: [B, 1, 1, T] bool, True where a key may be attended."""
-        bsz, seq_len, dim = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, H, T, C / H]
-            return t.view(bsz, seq_len, self.num_heads, -1).transpose(1, 2)
-
-        y = F.scaled_dot_product_attention(
-            heads(self.q_proj(x)),
-            heads(self.k_proj(x)),
-            heads(self.v_proj(x)),
-            attn_mask=attend,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.out_proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
+from .attention import SelfAttention
 
 
 class EncoderLayer(nn.Module):
@@ -127,7 +94,7 @@ class OMoEEncoder(FairseqEncoder):
         x = self.embed_tokens(src_tokens) + self.embed_positions(positions) + \
             self.embed_segments(segments(src_tokens, self.dictionary.eos()))
         x = self.dropout(self.layernorm_embedding(x))
-        attend = (~padding_mask)[:, None, None, :]  # [B, 1, 1, T]
+        attend = ~padding_mask  # [B, T]
         inner_states = [x] if return_all_hiddens else []
         moe_aux = []
         for layer in self.layers:

@@ -94,7 +94,7 @@ def test_layers_are_post_ln():
                             encoder_attention_heads=2, max_positions=16)
     layer = EncoderLayer(cfg, moe=None).eval()
     x = torch.randn(2, 3, 8) * 10 + 5
-    y, aux = layer(x, torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 1, 1, 3, dtype=torch.bool))
+    y, aux = layer(x, torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
     assert aux is None
     torch.testing.assert_close(y.mean(-1), torch.zeros(2, 3), atol=1e-5, rtol=0)
 
