@@ -107,7 +107,10 @@ class StackedExperts(nn.Module):
         fc1_w, fc1_b = self.fc1_weight.unbind(0), self.fc1_bias.unbind(0)
         fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
         ys = []
-        for e, x_e in enumerate(x[routed // k].split(sizes[:E])):  # x_e [n_e, d]: e's tokens
+        # the token of each routed (token, slot); assignments are non-negative, so truncating
+        # division is floor division, and one ONNX Div where `//` is seven operators
+        tokens = routed if k == 1 else torch.div(routed, k, rounding_mode="trunc")
+        for e, x_e in enumerate(x[tokens].split(sizes[:E])):  # x_e [n_e, d]: e's tokens
             z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
             h = self.activation_fn(z)
             y = F.linear(self.activation_dropout(h), fc2_w[e], fc2_b[e])  # [n_e, d]
@@ -119,4 +122,4 @@ class StackedExperts(nn.Module):
         # each output to its (token, slot) place, then the k slots summed in a fixed order: no
         # index repeats in the scatter, whose additions would run in any order in ONNX Runtime
         placed = x.new_zeros(assignment.numel(), x.size(1)).index_copy_(0, routed, y)
-        return placed.view(-1, k, x.size(1)).sum(1)  # [N, d]
+        return placed if k == 1 else placed.view(-1, k, x.size(1)).sum(1)  # [N, d]
