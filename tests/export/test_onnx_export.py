@@ -1,7 +1,9 @@
 """ONNX export of omoe_roberta classifiers: parity with PyTorch at shapes other than the
-export example (padded and not), every expert kept in the graph, metadata, int8."""
+export example (padded and not), every expert kept in the graph, attention as one fused
+operator, metadata, int8."""
 
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -9,7 +11,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from omoe_plugin.data.subword import SubwordTokenizer
-from omoe_plugin.export.inference import session
+from omoe_plugin.export.inference import DISABLED_FUSIONS, session
 from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx, quantize_int8
 from omoe_plugin.export.parity import compare, sample_tokens
@@ -70,6 +72,27 @@ def test_every_expert_is_in_the_graph_and_used(exported):
         assert set(experts[:, :, layer].unique().tolist()) >= set(range(EXPERTS))
 
 
+def test_attention_is_one_fused_operator_per_layer(exported):
+    _, _, path, _ = exported
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Attention") == LAYERS
+    # the routers' softmax only: no attention decomposed into elementwise operators
+    assert ops.count("Softmax") == LAYERS and "IsNaN" not in ops
+
+
+def test_serving_sessions_keep_residual_add_and_layer_norm_apart(exported, tmp_path):
+    _, _, path, _ = exported
+    optimized = tmp_path / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=DISABLED_FUSIONS)
+    ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in [n.op_type for n in onnx.load(str(optimized)).graph.node]
+
+
 def test_metadata_round_trips(exported):
     _, info, path, onnx_session = exported
     assert ServingInfo.from_metadata(onnx_session.get_modelmeta().custom_metadata_map, path) == info
@@ -81,6 +104,10 @@ def test_int8_quantises_experts_keeps_routers_fp32_and_metadata(exported, tmp_pa
     quantize_int8(path, tmp_path / "int8.onnx")
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     assert sum(n.op_type == "MatMulInteger" for n in graph.node) >= LAYERS * EXPERTS * 2
+    assert sum(n.op_type == "QAttention" for n in graph.node) == LAYERS
+    scales = {i.name: tuple(i.dims) for i in graph.initializer if i.name.endswith("_scale")}
+    ffn = model.cfg.encoder_ffn_embed_dim
+    assert (ffn,) in scales.values()  # one scale per output channel of an expert's fc1
     gates = [n.op_type for n in graph.node if any("router.gate" in i for i in n.input)]
     assert sorted(gates) in (["Gemm"] * LAYERS, ["MatMul"] * LAYERS)
     int8 = session(tmp_path / "int8.onnx")
