@@ -4,24 +4,28 @@ projection, scaled dot-product, softmax and the weighted sum in one kernel; its 
 QAttention, is what dynamic quantisation turns it into)."""
 
 import onnxscript
+import torch
+from onnx import TensorProto
 from onnxscript import BOOL, FLOAT
 from onnxscript import opset18 as op
 
-from ..models import attention  # registers omoe::self_attention
+from ..models import attention  # noqa: F401 - registers omoe::self_attention
 
 MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
+INT32 = TensorProto.INT32
 
 
 @onnxscript.script(MICROSOFT)
 def self_attention(x: FLOAT, weight: FLOAT, bias: FLOAT, attend: BOOL, num_heads: int) -> FLOAT:
     """x [B, T, C]; weight [3C, C] (constant-folded into Attention's [C, 3C]); bias [3C];
     attend [B, T] bool -> [B, T, C]. Attention's 2-D mask is 1 where a key is attended; a
-    masked key's score gets -10000 before the softmax, whose exponential is exactly 0 in fp32,
-    as with the -inf of scaled_dot_product_attention."""
-    mask = op.Cast(attend, to=6)
+    masked key's score is lowered by 10000 before the softmax, so its weight underflows to
+    exactly 0 in fp32, as with scaled_dot_product_attention's -inf, unless the scores of one
+    query differ by thousands."""
+    mask = op.Cast(attend, to=INT32)
     y = MICROSOFT.Attention(x, op.Transpose(weight, perm=[1, 0]), bias, mask,
                             num_heads=num_heads)
     return y
 
 
-TRANSLATIONS = {attention.fused_self_attention._opoverload: self_attention}
+TRANSLATIONS = {torch.ops.omoe.self_attention.default: self_attention}

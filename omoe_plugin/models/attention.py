@@ -54,9 +54,9 @@ class SelfAttention(nn.Module):
         """x: [B, T, C]; attend: [B, T] bool, True where a key may be attended."""
         if torch.compiler.is_exporting():  # one operator in the graph (module docstring)
             projections = (self.q_proj, self.k_proj, self.v_proj)
-            y = torch.ops.omoe.self_attention(
-                x, torch.cat([p.weight for p in projections]),
-                torch.cat([p.bias for p in projections]), attend, self.num_heads)
+            y = fused_self_attention(x, torch.cat([p.weight for p in projections]),
+                                     torch.cat([p.bias for p in projections]), attend,
+                                     self.num_heads)
             return self.out_proj(y)
         bsz, seq_len, dim = x.shape
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from omoe_plugin.models.attention import SelfAttention
+from omoe_plugin.models.attention import SelfAttention, fused_self_attention
 
 
 @pytest.mark.parametrize("batch, seq, heads", ((1, 1, 2), (3, 7, 4), (2, 16, 1)))
@@ -14,7 +14,7 @@ def test_the_exported_operator_equals_eager_attention(batch, seq, heads):
     attend = torch.ones(batch, seq, dtype=torch.bool)
     attend[0, seq // 2 + 1:] = False  # padding on the right of the first row
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-    fused = attention.out_proj(torch.ops.omoe.self_attention(
+    fused = attention.out_proj(fused_self_attention(
         x, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]),
         attend, heads))
     torch.testing.assert_close(fused, attention(x, attend), atol=1e-6, rtol=1e-5)
