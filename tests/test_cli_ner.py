@@ -11,14 +11,8 @@ import torch
 
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.sources import conll2003_texts
-from tests.cli import (
-    assert_same_model,
-    output,
-    run,
-    scalar_tags,
-    straight_and_resumed,
-    token_task_args,
-)
+from tests.cli import (assert_same_model, output, run, scalar_tags, straight_and_resumed,
+                       token_task_args)
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,8 @@ from fairseq.data import Dictionary, data_utils
 
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.spans import best_span
-from tests.cli import (
-    assert_same_model,
-    output,
-    run,
-    scalar_tags,
-    straight_and_resumed,
-    token_task_args,
-)
+from tests.cli import (assert_same_model, output, run, scalar_tags, straight_and_resumed,
+                       token_task_args)
 
 pytestmark = pytest.mark.slow
 
