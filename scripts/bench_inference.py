@@ -41,13 +41,14 @@ def engine_name(model: str, runtime: str) -> str:
 
 
 def onnx_file(models: Path, model: str, runtime: str) -> Path:
-    """Where the exported model of an ONNX Runtime engine is kept."""
+    """Where the exported model of an ONNX Runtime engine ("ort_fp32", "ort_int8") is kept."""
     return models / f"{model}_{runtime[4:]}.onnx"
 
 
 def time_engine(runtime: str, checkpoint: Path, model_file: Path, batch: int, seq: int,
                 threads: int, repeats: int) -> float:
-    """Median latency (ms) of one runtime on [batch, seq] tokens; runs in a worker process."""
+    """Median latency (ms) of one runtime on [batch, seq] tokens (model_file: the exported
+    model, unused by "torch"); runs in a worker process."""
     model, info = load_classifier(checkpoint)
     tokens = sample_tokens(info, batch, seq, padded=False, seed=seq)
     if runtime == "torch":
@@ -125,21 +126,29 @@ def main() -> None:
         return
 
     checkpoints = {"moe": args.checkpoint, "dense": args.dense_checkpoint}
+    for model, checkpoint in checkpoints.items():
+        if not checkpoint.is_file():
+            sys.exit(f"no {model} checkpoint at {checkpoint}: run `make demo` and `make "
+                     "bench-inference` (which fine-tunes the dense model), or pass its path")
     args.out.mkdir(parents=True, exist_ok=True)
-    for (model, runtime), checkpoint in ((e, checkpoints[e[0]]) for e in ENGINES):
+    # exported again when older than its checkpoint or than any of the package's code
+    newest_code = max(path.stat().st_mtime for path in (ROOT / "omoe_plugin").rglob("*.py"))
+    for model, runtime in ENGINES:
         target = onnx_file(args.out, model, runtime)
-        if runtime != "torch" and (not target.exists()
-                                   or target.stat().st_mtime < checkpoint.stat().st_mtime):
-            subprocess.run([str(BIN / "omoe-export"), str(checkpoint), "--out", str(target),
-                            "--data", str(args.data), *(["--int8"] * (runtime == "ort_int8"))],
-                           check=True)
+        if runtime == "torch" or (target.exists() and target.stat().st_mtime > max(
+                checkpoints[model].stat().st_mtime, newest_code)):
+            continue
+        subprocess.run([str(BIN / "omoe-export"), str(checkpoints[model]), "--out", str(target),
+                        "--data", str(args.data), *(["--int8"] * (runtime == "ort_int8"))],
+                       check=True)
     results = {}
     for batch, seq in SHAPES:
         row, rounds = {}, {engine: [] for engine in ENGINES}
         for _ in range(args.rounds):  # engines interleaved, so drifts in machine speed cancel
             for model, runtime in ENGINES:
+                model_file = "-" if runtime == "torch" else onnx_file(args.out, model, runtime)
                 worker = [sys.executable, __file__, "--worker", runtime, str(checkpoints[model]),
-                          str(onnx_file(args.out, model, runtime)), str(batch), str(seq),
+                          str(model_file), str(batch), str(seq),
                           "--threads", str(args.threads), "--repeats", str(args.repeats)]
                 rounds[model, runtime].append(float(subprocess.run(
                     worker, check=True, capture_output=True, text=True).stdout.split()[-1]))
