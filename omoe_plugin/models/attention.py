@@ -50,14 +50,16 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query, key and value projections stacked: weight [3C, C], bias [3C]."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        return (torch.cat([p.weight for p in projections]),
+                torch.cat([p.bias for p in projections]))
+
     def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         """x: [B, T, C]; attend: [B, T] bool, True where a key may be attended."""
         if torch.compiler.is_exporting():  # one operator in the graph (module docstring)
-            projections = (self.q_proj, self.k_proj, self.v_proj)
-            y = fused_self_attention(x, torch.cat([p.weight for p in projections]),
-                                     torch.cat([p.bias for p in projections]), attend,
-                                     self.num_heads)
-            return self.out_proj(y)
+            return self.out_proj(fused_self_attention(x, *self.packed(), attend, self.num_heads))
         bsz, seq_len, dim = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, H, T, C / H]

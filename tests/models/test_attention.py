@@ -13,10 +13,7 @@ def test_the_exported_operator_equals_eager_attention(batch, seq, heads):
     x = torch.randn(batch, seq, 8)
     attend = torch.ones(batch, seq, dtype=torch.bool)
     attend[0, seq // 2 + 1:] = False  # padding on the right of the first row
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-    fused = attention.out_proj(fused_self_attention(
-        x, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]),
-        attend, heads))
+    fused = attention.out_proj(fused_self_attention(x, *attention.packed(), attend, heads))
     torch.testing.assert_close(fused, attention(x, attend), atol=1e-6, rtol=1e-5)
 
 
