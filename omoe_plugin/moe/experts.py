@@ -109,7 +109,7 @@ class StackedExperts(nn.Module):
         ys = []
         # the token of each routed (token, slot); assignments are non-negative, so truncating
         # division is floor division, and one ONNX Div where `//` is seven operators
-        tokens = routed if k == 1 else torch.div(routed, k, rounding_mode="trunc")
+        tokens = torch.div(routed, k, rounding_mode="trunc")
         for e, x_e in enumerate(x[tokens].split(sizes[:E])):  # x_e [n_e, d]: e's tokens
             z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
             h = self.activation_fn(z)
@@ -122,4 +122,4 @@ class StackedExperts(nn.Module):
         # each output to its (token, slot) place, then the k slots summed in a fixed order: no
         # index repeats in the scatter, whose additions would run in any order in ONNX Runtime
         placed = x.new_zeros(assignment.numel(), x.size(1)).index_copy_(0, routed, y)
-        return placed if k == 1 else placed.view(-1, k, x.size(1)).sum(1)  # [N, d]
+        return placed.view(-1, k, x.size(1)).sum(1)  # [N, d]
