@@ -24,7 +24,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 
 from omoe_plugin.data.movie_reviews import prepare
-from omoe_plugin.tasks.schedule import find_omoe, phase_of
+from omoe_plugin.tasks.schedule import find_omoe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,8 @@ def main() -> None:
         for name, c in (("omoe", cfg), ("adam", adam_cfg))
     }
     omoe = find_omoe(optimizers["omoe"])
-    cycle = omoe.accumulate_steps + omoe.orthogonal_steps
+    settings = omoe.settings
+    cycle = settings.accumulate_steps + settings.orthogonal_steps
     batches = task.get_batch_iterator(
         task.dataset("train"), max_sentences=32, seed=1
     ).next_epoch_itr(shuffle=True)
@@ -86,18 +87,18 @@ def main() -> None:
     times = {"adam": [], "accumulate": [], "switch": [], "orthogonal": []}
     for update_num in range((args.cycles + 1) * cycle):  # the first cycle warms up
         sample = next(batches)
-        phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
+        phase = omoe.next_phase
         omoe_s, adam_s = update("omoe", sample, update_num), update("adam", sample, update_num)
         if update_num < cycle:
             continue
         kind = ("accumulate" if phase.accumulating
-                else "switch" if phase.position == omoe.accumulate_steps else "orthogonal")
+                else "switch" if phase.position == settings.accumulate_steps else "orthogonal")
         times[kind].append(omoe_s)
         times["adam"].append(adam_s)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    cycle_s = (omoe.accumulate_steps * med["accumulate"] + med["switch"]
-               + (omoe.orthogonal_steps - 1) * med["orthogonal"]) / cycle
+    cycle_s = (settings.accumulate_steps * med["accumulate"] + med["switch"]
+               + (settings.orthogonal_steps - 1) * med["orthogonal"]) / cycle
     params = sum(p.numel() * p.element_size() for p in models["omoe"].parameters())
     factor_b, stat_b = state_bytes(omoe)
     result = {

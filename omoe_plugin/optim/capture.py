@@ -9,17 +9,17 @@ a summary's second moment has trace <= 1 in every layer and `--omoe-alpha` means
 everywhere (a fraction of the energy).
 """
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from .projector import compress
+from .settings import choices
 from ..moe import expert_weight_key
 
-Summary = Literal["mean", "pca", "tokens"]
-Space = Literal["inputs", "centred", "outputs"]
+CAPTURED = tuple(s for s in choices("space") if s != "deltas")  # the statistics spaces
 
 
 class RoutedInputCapture:
@@ -33,12 +33,13 @@ class RoutedInputCapture:
       them into its rank-limited statistics with an eigen-decomposition of their Gram matrix).
     """
 
-    def __init__(self, summary: Summary, width: int = 1, space: Space = "inputs") -> None:
-        """width: directions kept per update with summary "pca" (--omoe-stat-rank);
-        space: what is summarised (--omoe-space)."""
-        if summary not in ("mean", "pca", "tokens"):
-            raise ValueError(f"--omoe-stat must be mean, pca or tokens, got {summary!r}")
-        if space not in ("inputs", "centred", "outputs"):
+    def __init__(self, summary: str, width: int = 1, space: str = "inputs") -> None:
+        """summary: one of --omoe-stat's choices; width: directions kept per update with
+        summary "pca" (--omoe-stat-rank); space: what is summarised (--omoe-space)."""
+        if summary not in choices("stat"):
+            raise ValueError(f"--omoe-stat must be one of {', '.join(choices('stat'))}, "
+                             f"got {summary!r}")
+        if space not in CAPTURED:
             raise ValueError(f"no routed-input capture for --omoe-space {space!r}")
         self.summary, self.space = summary, space
         self.width = width

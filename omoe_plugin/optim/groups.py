@@ -21,21 +21,20 @@ def fused_kernel(groups: list[dict]) -> Optional[bool]:
                        for p in params) else None
 
 
-def split_expert_groups(params) -> tuple[list[dict], list[int]]:
-    """(the param groups of params, split; the position each parameter had in the
-    original groups' order, in the split groups' order)."""
-    groups = list(params)
-    if groups and not isinstance(groups[0], dict):
-        groups = [{"params": groups}]
+def split_expert_groups(groups: list[dict], experts: dict[str, torch.Tensor]
+                        ) -> tuple[list[dict], list[int]]:
+    """(the param groups, each split into its other parameters and its `experts`; the
+    position each parameter had in the original groups' order, in the split groups' order)."""
+    expert_ids = {id(p) for p in experts.values()}
     split, origin, position = [], [], 0
     for group in groups:
-        rest = {k: v for k, v in group.items() if k != "params"}
+        rest = {k: v for k, v in group.items() if k not in ("params", EXPERT_GROUP)}
         numbered = list(enumerate(group["params"], position))
         position += len(numbered)
-        for experts in (False, True):
-            part = [(i, p) for i, p in numbered if hasattr(p, EXPERT_AXIS_ATTR) == experts]
+        for is_expert in (False, True):
+            part = [(i, p) for i, p in numbered if (id(p) in expert_ids) == is_expert]
             if part:
-                split.append({**rest, "params": [p for _, p in part], EXPERT_GROUP: experts})
+                split.append({**rest, "params": [p for _, p in part], EXPERT_GROUP: is_expert})
                 origin += [i for i, _ in part]
     return split, origin
 
@@ -58,14 +57,35 @@ def regroup_saved(saved_groups: list[dict], groups: list[dict], origin: list[int
     return regrouped
 
 
-def expert_weights(groups: list[dict]) -> dict[str, torch.Tensor]:
-    """The stacked expert weights [E, out, in] of the groups by "{layer}.{fc1|fc2}"."""
-    experts = {}
-    for group in groups:
-        for p in group["params"]:
-            if hasattr(p, EXPERT_AXIS_ATTR):
-                if getattr(p, EXPERT_AXIS_ATTR) != 0 or p.dim() != 3:
-                    raise ValueError("OMoE expects expert weights stacked as [E, out, in]")
-                layer, kind = getattr(p, EXPERT_LAYER_ATTR), getattr(p, EXPERT_INPUT_ATTR)
-                experts[expert_weight_key(layer, kind)] = p
-    return experts
+def param_groups(params) -> list[dict]:
+    """params as torch.optim takes them (tensors or dicts), as a list of groups."""
+    groups = list(params)
+    return [{"params": groups}] if groups and not isinstance(groups[0], dict) else groups
+
+
+def expert_weights(groups: list[dict], experts=None) -> dict[str, torch.Tensor]:
+    """The stacked expert weights [E, out, in] to train orthogonally, by key.
+
+    experts: an explicit list per MoE layer of its stacked expert weights ("{layer}.{i}"), or
+    None: every tensor of a group marked {EXPERT_GROUP: True} ("g{group}.{i}") and every
+    tensor the MoE layer of this package tagged ("{layer}.{fc1|fc2}")."""
+    if experts is not None:
+        found = {f"{layer}.{i}": p for layer, weights in enumerate(experts)
+                 for i, p in enumerate(weights)}
+        listed = {id(p) for g in groups for p in g["params"]}
+        if any(id(p) not in listed for p in found.values()):
+            raise ValueError("OMoE's experts must be among the parameters it trains")
+    else:
+        found = {}
+        for g, group in enumerate(groups):
+            for i, p in enumerate(group["params"]):
+                if group.get(EXPERT_GROUP):
+                    found[f"g{g}.{i}"] = p
+                elif hasattr(p, EXPERT_AXIS_ATTR):
+                    layer, role = getattr(p, EXPERT_LAYER_ATTR), getattr(p, EXPERT_INPUT_ATTR)
+                    found[expert_weight_key(layer, role)] = p
+    for p in found.values():
+        if p.dim() != 3 or getattr(p, EXPERT_AXIS_ATTR, 0) != 0:
+            raise ValueError("OMoE expects expert weights stacked as [E, out, in], the experts "
+                             f"along the first dimension; got a tensor of shape {tuple(p.shape)}")
+    return found

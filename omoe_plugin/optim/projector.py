@@ -19,11 +19,11 @@ The dense forms (`projector`, `projector_update`, `covariance_projector`) are th
 the factored form is tested against; they are O(in^2) and meant for small dimensions.
 """
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 
-Mode = Literal["average", "joint"]
+Mode = str  # --omoe-mode: "joint" or "average" (settings.OMoESettings.mode)
 
 
 def covariance_projector(C: torch.Tensor, alpha: float) -> torch.Tensor:

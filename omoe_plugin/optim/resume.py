@@ -7,32 +7,9 @@ from typing import Optional
 
 import torch
 
-from .settings import option
+from .settings import on_resume, option
 
 logger = logging.getLogger(__name__)
-
-# What a changed setting does to a resumed run; a change that no longer fits the
-# checkpointed state (space, mode, max_rank) is then refused with --reset-optimizer named.
-_NEW_CYCLE = ("the phase is recomputed from the update count with the new cycle, so this run "
-              "may switch phase at other updates than the checkpointed run would have")
-_NEW_SUMMARY = ("the checkpointed statistics were summarised the old way; new updates fold in "
-                "the new kind until the next cycle restarts them")
-_NEW_RULE = "orthogonal updates from now on follow the new rule"
-CHANGED = {
-    "alpha": "projectors formed from the next switch on use the new value",
-    "accumulate_steps": _NEW_CYCLE,
-    "orthogonal_steps": _NEW_CYCLE,
-    "stat": _NEW_SUMMARY,
-    "stat_rank": _NEW_SUMMARY,
-    "forget": "the statistics carried over at the next cycle boundary follow the new factor",
-    "project": _NEW_RULE,
-    "max_gain": _NEW_RULE,
-    "moment": _NEW_RULE,
-    "orthogonal_lr_scale": _NEW_RULE,
-    "mode": "the checkpointed projectors were formed the old way",
-    "space": "the checkpointed statistics and projectors live in the old space",
-    "max_rank": "the checkpointed statistics have the old rank",
-}
 
 
 def report_changed_settings(settings: dict, saved: Optional[dict]) -> None:
@@ -49,7 +26,7 @@ def report_changed_settings(settings: dict, saved: Optional[dict]) -> None:
     for name, value in settings.items():
         if name in saved and saved[name] != value:
             logger.warning(f"{option(name)} changed since the checkpoint ({saved[name]!r} -> "
-                           f"{value!r}): {CHANGED[name]}")
+                           f"{value!r}): {on_resume(name)}")
 
 
 def check_loaded_state(omoe: Optional[dict], stats: dict, stat_steps: dict, mode: str) -> None:

@@ -1,7 +1,7 @@
-"""OMoE's alternating schedule for any fairseq task: a mixin (`OMoESchedule`) and the option
-it adds (`OMoEScheduleConfig`). It runs the accumulating/orthogonal phases of `--optimizer
-omoe`, captures the routed inputs the statistics spaces need, and logs the projector and
-expert-similarity metrics. Data flows one way: the model's MoE layers report to the capture,
+"""What `--optimizer omoe` needs from any fairseq task: a mixin (`OMoESchedule`) and the option
+it adds (`OMoEScheduleConfig`). It captures the routed inputs the statistics spaces need,
+hands them to the optimizer (which keeps its own accumulating/orthogonal schedule), and logs
+the projector and expert-similarity metrics. Data flows one way: the model's MoE layers report to the capture,
 the capture's summaries go to the optimizer.
 
     @dataclass
@@ -15,7 +15,8 @@ the capture's summaries go to the optimizer.
 
 import logging
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from functools import partial
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -35,22 +36,6 @@ from ..optim.omoe import OMoE
 
 logger = logging.getLogger(__name__)
 SIMILARITY_METRICS = ("omoe_sim_cka", "omoe_sim_cos", "omoe_sim_delta")
-
-
-class Phase(NamedTuple):
-    position: int  # index of the update within its cycle
-    accumulating: bool
-
-    @property
-    def name(self) -> str:
-        return "accumulate" if self.accumulating else "orthogonal"
-
-
-def phase_of(update_num: int, accumulate_steps: int, orthogonal_steps: int) -> Phase:
-    """Cycles of `accumulate_steps` accumulating updates then `orthogonal_steps` orthogonal
-    ones, keyed on fairseq's update count (so gradient accumulation and resumes agree)."""
-    position = update_num % (accumulate_steps + orthogonal_steps)
-    return Phase(position, position < accumulate_steps)
 
 
 def find_omoe(optimizer) -> Optional[OMoE]:
@@ -77,10 +62,10 @@ class OMoESchedule:
     """Mix in before a fairseq task class (its config must include `OMoEScheduleConfig`):
     its updates then alternate as `--optimizer omoe` asks.
 
-    In accumulating updates the MoE layers report their routed inputs; at every update the
-    task hands the summaries (all-reduced over data-parallel workers) to the optimizer,
-    forms the projectors at each switch to the orthogonal phase, and sets the phase of the
-    step. Logged: `omoe_phase` (share of orthogonal updates), `omoe_trace` (mean
+    The optimizer keeps its own schedule. For its statistics readings, the MoE layers report
+    their routed inputs in accumulating updates and the task hands the update's summaries
+    (all-reduced over data-parallel workers) to the optimizer's step. Logged, from the
+    optimizer's report of each step: `omoe_phase` (share of orthogonal updates), `omoe_trace` (mean
     trace(P_{-e}) / dim: 1 = nothing projected), `omoe_removed` (share of the expert update
     norm the projection removed, as last measured on the first orthogonal update of a cycle),
     `omoe_skipped` (statistics and projector updates skipped in the interval because of
@@ -126,10 +111,10 @@ class OMoESchedule:
         omoe = self._omoe(optimizer)
         if omoe is not None and _starts_update(model):
             # a fresh capture for every trainer step, also after one that was skipped (OOM,
-            # fp16 overflow) without advancing update_num: its inputs are not this update's
-            phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
-            self.capture = (RoutedInputCapture(omoe.stat, omoe.stat_rank, omoe.space)
-                            if omoe.stats and phase.accumulating else None)
+            # fp16 overflow) without a step: its inputs are not this update's
+            s = omoe.settings
+            self.capture = (RoutedInputCapture(s.stat, s.stat_rank, s.space)
+                            if omoe.stats and omoe.next_phase.accumulating else None)
         _set_capture(model, None if ignore_grad else self.capture)
         try:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -140,27 +125,17 @@ class OMoESchedule:
         omoe = self._omoe(optimizer)
         if omoe is None:
             return super().optimizer_step(optimizer, model, update_num)
-        phase = phase_of(update_num, omoe.accumulate_steps, omoe.orthogonal_steps)
-        skipped_before, empty_before = omoe.skipped, omoe.counters["empty_stats"]
-        if phase.position == 0:
-            omoe.begin_cycle()
-        if phase.accumulating:
-            if omoe.stats:  # every worker reduces, also one that captured nothing (a dummy batch)
-                capture = self.capture or RoutedInputCapture(omoe.stat, omoe.stat_rank, omoe.space)
-                omoe.accumulate(capture.pop_summaries(_data_parallel_group(), statistics=omoe.stats))
-        elif phase.position == omoe.accumulate_steps or not omoe.projectors_formed:
-            omoe.form_projectors()
+        if omoe.stats:  # every worker reduces, also one that captured nothing (a dummy batch)
+            s = omoe.settings
+            capture = self.capture or RoutedInputCapture(s.stat, s.stat_rank, s.space)
+            omoe.routed_inputs = partial(capture.pop_summaries, _data_parallel_group())
         self.capture = None
-        omoe.set_phase(phase.name)
         super().optimizer_step(optimizer, model, update_num)
-        metrics.log_scalar("omoe_phase", float(not phase.accumulating), round=2)
-        metrics.log_scalar_sum("omoe_skipped", omoe.skipped - skipped_before)
-        if phase.accumulating:
-            metrics.log_scalar_sum("omoe_empty", omoe.counters["empty_stats"] - empty_before)
-        if "trace" in omoe.last_measured:
-            metrics.log_scalar("omoe_trace", omoe.last_measured["trace"], round=4)
-        if "removed" in omoe.last_measured:  # measured on the first orthogonal update of a cycle
-            metrics.log_scalar("omoe_removed", omoe.last_measured["removed"], round=4)
+        for name, value in omoe.report.items():
+            if name in ("skipped", "empty"):  # counts in the interval
+                metrics.log_scalar_sum("omoe_" + name, value)
+            else:
+                metrics.log_scalar("omoe_" + name, value, round=2 if name == "phase" else 4)
 
     @torch.no_grad()
     def begin_valid_epoch(self, epoch, model):

@@ -16,7 +16,7 @@ from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionTask,
 )
 from tests.conftest import dictionaries
-from tests.optim.test_omoe import HYPER, backward, batch, layer64, roundtrip, routed_inputs
+from tests.optim.test_omoe import HYPER, batch, layer64, orthogonal_step, roundtrip, routed_inputs
 
 OPTIONS = dict(HYPER, stat="tokens", max_rank=16)
 
@@ -29,12 +29,6 @@ def summaries(layer, x: torch.Tensor, opt: OMoE, empty=()) -> dict[str, torch.Te
     for e, (a, h) in enumerate(zip(fc1, fc2)):
         capture(0, 4, e, fc1=a[:0] if e in empty else a, fc2=h[:0] if e in empty else h)
     return capture.pop_summaries(statistics=opt.stats)
-
-
-def orthogonal_step(layer, opt: OMoE, x: torch.Tensor) -> None:
-    backward(layer, x)
-    opt.set_phase("orthogonal")
-    opt.step()
 
 
 @pytest.mark.parametrize("bad", (float("nan"), float("inf"), -float("inf")))
@@ -53,7 +47,7 @@ def test_a_non_finite_summary_is_skipped_counted_and_the_rest_kept(bad):
         assert torch.equal(opt.stat_steps[key], twin_opt.stat_steps[key])
     assert opt.stat_steps["0.fc1"].tolist() == [1, 0, 1, 1]
     opt.form_projectors()
-    orthogonal_step(layer, opt, batch(1))
+    orthogonal_step(opt, layer, batch(1))
     assert all(torch.isfinite(f).all() for f in opt.factors.values())
     assert all(torch.isfinite(p).all() for p in layer.parameters())
 
@@ -69,7 +63,7 @@ def test_an_expert_with_no_token_keeps_an_identity_projector_and_still_trains():
     opt.form_projectors()
     own = opt.factors["0.fc1"][2]  # average mode stores each expert's own projector
     assert not own.any(), "an expert with no input must not constrain the others"
-    orthogonal_step(layer, opt, batch(1))
+    orthogonal_step(opt, layer, batch(1))
     assert all(torch.isfinite(p).all() for p in layer.parameters())
     assert not torch.equal(layer.experts.fc1_weight[2], before)  # weight decay still applies
 
@@ -127,7 +121,7 @@ def test_a_projector_that_cannot_be_factored_keeps_the_previous_one():
     opt.form_projectors()
     assert opt.counters["skipped_projectors"] == 4  # every expert of 0.fc1
     assert torch.equal(opt.factors["0.fc1"], previous["0.fc1"])
-    orthogonal_step(layer, opt, batch(1))
+    orthogonal_step(opt, layer, batch(1))
     assert all(torch.isfinite(p).all() for p in layer.parameters())
 
 

@@ -32,12 +32,28 @@ def backward(layer: MoELayer, x: torch.Tensor, capture=None) -> None:
 
 
 def accumulate_step(opt: OMoE, layer: MoELayer, x: torch.Tensor, stat: str = "tokens") -> None:
-    capture = RoutedInputCapture(stat, width=opt.max_rank, space=opt.space) if opt.stats else None
+    """One accumulating update, its routed inputs handed to the optimizer as the task does."""
+    assert opt.next_phase.accumulating
+    s = opt.settings
+    capture = RoutedInputCapture(stat, width=s.max_rank, space=s.space) if opt.stats else None
     backward(layer, x, capture)
     if capture is not None:
-        opt.accumulate(capture.pop_summaries())
-    opt.set_phase("accumulate")
+        opt.routed_inputs = lambda statistics: capture.pop_summaries(statistics=statistics)
     opt.step()
+
+
+def orthogonal_step(opt: OMoE, layer: MoELayer, x: torch.Tensor) -> None:
+    """One orthogonal update with the projectors as they are (the step count placed on a
+    cycle's second orthogonal update, so none are formed): for tests that fold statistics
+    and form projectors by hand."""
+    opt.counters["steps"] = opt.settings.accumulate_steps + 1
+    backward(layer, x)
+    opt.step()
+
+
+def nothing_routed(statistics: dict) -> dict:
+    """routed_inputs for a statistics reading's accumulating step that folds in nothing."""
+    return {}
 
 
 def test_accumulating_phases_match_adamw_step_for_step():
@@ -61,12 +77,11 @@ def test_accumulating_phases_match_adamw_step_for_step():
 
 def test_orthogonal_phase_without_statistics_matches_adamw():
     a, b = layer64(), layer64()
-    omoe = OMoE(a.parameters(), **HYPER)
+    omoe = OMoE(a.parameters(), **HYPER, accumulate_steps=1)
     adamw = torch.optim.AdamW(b.parameters(), **ADAMW)
-    omoe.form_projectors()  # no statistics: every projector is the identity
-    for step in range(4):
+    for step in range(5):  # no statistics: every projector is the identity
         backward(a, batch(step))
-        omoe.set_phase("orthogonal")
+        omoe.routed_inputs = nothing_routed
         omoe.step()
         backward(b, batch(step))
         adamw.step()
@@ -123,21 +138,19 @@ def orthogonal_deltas(mode: str, alpha: float, project: str = "update", **option
     options = dict(HYPER, alpha=alpha, mode=mode, stat="tokens", max_rank=16,
                    project=project, **options)
     layer = layer64()
-    opt = OMoE(layer.parameters(), **options)
+    opt = OMoE(layer.parameters(), **options, accumulate_steps=1)
     x = batch(0)
-    inputs = routed(layer, x, "outputs" if opt.space == "outputs" else "inputs")
+    inputs = routed(layer, x, "outputs" if opt.settings.space == "outputs" else "inputs")
     accumulate_step(opt, layer, x)
-    opt.form_projectors()
     twin = layer64(seed=99)  # deepcopy would drop the expert tags on the parameters
     twin.load_state_dict(layer.state_dict())
-    twin_opt = OMoE(twin.parameters(), **options)
+    twin_opt = OMoE(twin.parameters(), **options, accumulate_steps=2)  # still accumulating
     twin_opt.load_state_dict(roundtrip(opt.state_dict()))  # a copy, not shared tensors
     before = {k: p.detach().clone() for k, p in opt.experts.items()}
     backward(layer, batch(1))
-    opt.set_phase("orthogonal")
-    opt.step()
+    opt.step()  # the first orthogonal update: the projectors are formed
     backward(twin, batch(1))
-    twin_opt.set_phase("accumulate")
+    twin_opt.routed_inputs = nothing_routed
     twin_opt.step()
     projected = {k: p.detach() - before[k] for k, p in opt.experts.items()}
     plain = {k: p.detach() - before[k] for k, p in twin_opt.experts.items()}
@@ -168,20 +181,18 @@ def test_average_update_equals_the_closed_form_average():
 def test_gradient_mode_feeds_adamw_the_projected_gradient():
     options = dict(HYPER, alpha=0.05, stat="tokens", max_rank=16, project="gradient")
     layer = layer64()
-    opt = OMoE(layer.parameters(), **options)
+    opt = OMoE(layer.parameters(), **options, accumulate_steps=1)
     accumulate_step(opt, layer, batch(0))
-    opt.form_projectors()
     twin = layer64(seed=99)
     twin.load_state_dict(layer.state_dict())
-    twin_opt = OMoE(twin.parameters(), **options)
+    twin_opt = OMoE(twin.parameters(), **options, accumulate_steps=2)
     twin_opt.load_state_dict(roundtrip(opt.state_dict()))
     backward(layer, batch(1))
-    opt.set_phase("orthogonal")
     opt.step()
     backward(twin, batch(1))
     for key, p in twin_opt.experts.items():  # project by hand, then a plain AdamW step
         p.grad = project(p.grad, opt.factors[key], "joint")
-    twin_opt.set_phase("accumulate")
+    twin_opt.routed_inputs = nothing_routed
     twin_opt.step()
     for p, q in zip(layer.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, atol=1e-14, rtol=0)
@@ -194,34 +205,32 @@ def test_biases_and_router_are_never_projected():
     assert opt.last_measured["removed"] > 0.1
 
 
+SCHEDULED = dict(HYPER, stat="pca", stat_rank=2, max_rank=4, accumulate_steps=2,
+                 orthogonal_steps=3)
+
+
 def drive(layer: MoELayer, opt: OMoE, steps: range) -> None:
-    """The alternating schedule of 2 accumulating + 3 orthogonal updates."""
+    """Steps on the optimizer's own schedule (2 accumulating + 3 orthogonal updates)."""
     for step in steps:
-        position = step % 5
-        if position == 0:
-            opt.begin_cycle()
-        if position < 2:
+        if opt.next_phase.accumulating:
             accumulate_step(opt, layer, batch(step), stat="pca")
         else:
-            if position == 2:
-                opt.form_projectors()
             backward(layer, batch(step))
-            opt.set_phase("orthogonal")
             opt.step()
 
 
 def test_save_and_resume_equals_uninterrupted():
     straight = layer64()
-    opt = OMoE(straight.parameters(), **HYPER, stat="pca", stat_rank=2, max_rank=4)
+    opt = OMoE(straight.parameters(), **SCHEDULED)
     drive(straight, opt, range(12))
 
     first = layer64()
-    opt1 = OMoE(first.parameters(), **HYPER, stat="pca", stat_rank=2, max_rank=4)
+    opt1 = OMoE(first.parameters(), **SCHEDULED)
     drive(first, opt1, range(8))  # stops inside an orthogonal phase
     saved = roundtrip({"model": first.state_dict(), "optimizer": opt1.state_dict()})
     resumed = layer64(seed=99)
     resumed.load_state_dict(saved["model"])
-    opt2 = OMoE(resumed.parameters(), **HYPER, stat="pca", stat_rank=2, max_rank=4)
+    opt2 = OMoE(resumed.parameters(), **SCHEDULED)
     opt2.load_state_dict(saved["optimizer"])
     assert opt2.counters == opt1.counters and opt2.factors.keys() == opt1.factors.keys()
     drive(resumed, opt2, range(8, 12))
@@ -232,11 +241,11 @@ def test_save_and_resume_equals_uninterrupted():
         assert torch.equal(opt.factors[key], opt2.factors[key])
 
 
-def test_step_without_the_alternating_task_says_what_is_missing():
+def test_a_statistics_reading_without_routed_inputs_says_what_is_missing():
     layer = layer64()
     opt = OMoE(layer.parameters(), **HYPER)
     backward(layer, batch(0))
-    with pytest.raises(RuntimeError, match="--task omoe_sentence_prediction"):
+    with pytest.raises(RuntimeError, match="--task omoe_sentence_prediction.*routed_inputs"):
         opt.step()
 
 

@@ -8,7 +8,7 @@ import torch
 
 from omoe_plugin.optim import projection as projection_module
 from omoe_plugin.optim.omoe import OMoE
-from tests.optim.test_omoe import HYPER, accumulate_step, backward, batch, layer64
+from tests.optim.test_omoe import HYPER, accumulate_step, batch, layer64, orthogonal_step
 
 
 @pytest.mark.parametrize("project", ("update", "gradient"))
@@ -25,9 +25,7 @@ def test_bf16_parameters_get_fp32_projector_maths(monkeypatch, project):
     monkeypatch.setattr(projection_module, "update_products", lambda delta, factors, mode: (
         seen.append((delta.dtype, factors.dtype)), real(delta, factors, mode))[1])
     before = layer.experts.fc1_weight.detach().clone()
-    backward(layer, batch(1).to(dtype))
-    opt.set_phase("orthogonal")
-    opt.step()
+    orthogonal_step(opt, layer, batch(1).to(dtype))
     assert seen and set(seen) == {(torch.float32, torch.float32)}
     assert layer.experts.fc1_weight.dtype == dtype
     assert torch.isfinite(layer.experts.fc1_weight).all()

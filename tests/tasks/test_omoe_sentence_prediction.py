@@ -14,16 +14,18 @@ from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
     OMoESentencePredictionTask,
 )
-from omoe_plugin.tasks.schedule import find_omoe, phase_of
+from omoe_plugin.optim.settings import OMoESettings
+from omoe_plugin.tasks.schedule import find_omoe
 from tests.conftest import dictionaries, tiny_model
 from tests.criterions.test_omoe_sentence_prediction import sample
 
 
 def test_phase_cycles_accumulate_then_orthogonal():
-    names = [phase_of(u, 2, 3).name for u in range(11)]
+    settings = OMoESettings(accumulate_steps=2, orthogonal_steps=3)
+    names = [settings.phase(u).name for u in range(11)]
     assert names == ["accumulate"] * 2 + ["orthogonal"] * 3 + ["accumulate"] * 2 + \
         ["orthogonal"] * 3 + ["accumulate"]
-    assert [phase_of(u, 2, 3).position for u in range(6)] == [0, 1, 2, 3, 4, 0]
+    assert [settings.phase(u).position for u in range(6)] == [0, 1, 2, 3, 4, 0]
 
 
 def test_find_omoe_unwraps_the_fairseq_optimizer():

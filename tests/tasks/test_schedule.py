@@ -1,5 +1,5 @@
-"""The alternating schedule as a mixin: it drives --optimizer omoe inside a fairseq task other
-than sentence prediction, composed exactly as the README shows for masked_lm."""
+"""The OMoE mixin in a fairseq task other than sentence prediction, composed exactly as the
+docs show for masked_lm; and --optimizer omoe in a task without it."""
 
 from dataclasses import dataclass
 
@@ -43,10 +43,22 @@ def test_the_schedule_runs_omoe_in_a_masked_lm_task(task):
     assert find_omoe(optimizer).counters["projector_updates"] == 1
 
 
-def test_without_the_schedule_omoe_says_what_is_missing(task):
+def test_without_the_mixin_the_default_reading_runs_on_its_own_schedule(task):
     words, _ = dictionaries()
     mlm = MaskedLMTask(MaskedLMConfig(data="unused"), words)
     model = tiny_model(task).train()
-    optimizer = FairseqOMoE(OMoEConfig(lr=[0.01]), list(model.parameters()))
-    with pytest.raises(RuntimeError, match="stepped without a phase"):
+    config = OMoEConfig(lr=[0.01], omoe_accumulate_steps=1, omoe_orthogonal_steps=2)
+    optimizer = FairseqOMoE(config, list(model.parameters()))
+    updates(mlm, model, optimizer, 3)  # accumulate, orthogonal, orthogonal
+    omoe = find_omoe(optimizer)
+    assert omoe.counters["steps"] == 3 and omoe.counters["projector_updates"] == 1
+    assert omoe.report["phase"] == 1.0 and 0 < omoe.last_measured["removed"] < 1
+
+
+def test_without_the_mixin_a_statistics_reading_says_what_is_missing(task):
+    words, _ = dictionaries()
+    mlm = MaskedLMTask(MaskedLMConfig(data="unused"), words)
+    model = tiny_model(task).train()
+    optimizer = FairseqOMoE(OMoEConfig(lr=[0.01], omoe_space="inputs"), list(model.parameters()))
+    with pytest.raises(RuntimeError, match="--omoe-space inputs needs the routed inputs"):
         updates(mlm, model, optimizer, 1)
