@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 def register() -> None:
     """Register the plugin's fairseq components and route fairseq's checkpoint loading
     through the safe loader (idempotent)."""
-    from . import criterions, models, optim, tasks  # noqa: F401 (registers with fairseq)
+    from . import criterions, models, tasks  # noqa: F401 (registers with fairseq)
+    from .optim import fairseq_omoe  # noqa: F401
     from .convert.fairseq_io import install_safe_loading
     from .optim.fp16 import install_expert_tag_copy
 

@@ -5,7 +5,6 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
-from fairseq import utils
 
 from .experts import StackedExperts
 from .losses import expert_counts, load_balancing_loss, router_z_loss
@@ -42,6 +41,10 @@ class MoELayer(nn.Module):
     """
 
     def __init__(self, args: MoEArgs) -> None:
+        # fairseq's activation names; imported here, so that the layer's package (and the
+        # optimizer, which reads its expert tags) loads without fairseq
+        from fairseq import utils
+
         super().__init__()
         self.args = args
         self.router = TopKRouter(args.embed_dim, args.num_experts, args.top_k)

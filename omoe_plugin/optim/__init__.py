@@ -1,5 +1,6 @@
-"""The `omoe` optimizer: settings, projector maths (pure functions), the torch optimizer and
-its fairseq registration."""
+"""The `omoe` optimizer: settings, projector maths (pure functions), the torch optimizer
+(`OMoE`, usable in any PyTorch training loop: this package imports no fairseq) and, in
+`fairseq_omoe`, its fairseq registration."""
 
-from .fairseq_omoe import FairseqOMoE  # noqa: F401 (registers)
 from .omoe import OMoE  # noqa: F401
+from .settings import OMoESettings  # noqa: F401
