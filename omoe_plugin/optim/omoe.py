@@ -200,6 +200,8 @@ class OMoE(torch.optim.AdamW):
         if not active:
             return super().step(closure)
         projections = self._step_projections(active)
+        for projection in projections.values():
+            projection.strength = s.strength(self.counters["steps"])
         measure = self._measure_next  # first orthogonal step of a cycle: log what is removed
         self._measure_next = False
         experts = [g for g in self.param_groups if g.get(EXPERT_GROUP)]

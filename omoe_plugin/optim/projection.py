@@ -42,13 +42,20 @@ class Projection:
     """One stacked expert weight's other-experts projection in a statistics space: the
     factors [E, dim, R] of `expert_factors`, acting on `as_rows` of the weight."""
 
+    strength = 1.0  # the share of the projected-away part that is removed (linear in it)
+
     def __init__(self, factors: torch.Tensor, mode: str, space: str) -> None:
         self.factors, self.mode, self.space = factors, mode, space
         self.dtype = factors.dtype
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The small products of W [E, out, in] with the factors (linear in W)."""
-        return update_products(as_rows(W.to(self.dtype), self.space), self.factors, self.mode)
+        """The small products of W [E, out, in] with the factors (linear in W), scaled by
+        the strength: everything removed is linear in them."""
+        return self._scaled(update_products(as_rows(W.to(self.dtype), self.space),
+                                            self.factors, self.mode))
+
+    def _scaled(self, products: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return products if self.strength == 1.0 else tuple(self.strength * p for p in products)
 
     def removed(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
         """What the projection removes from the W (of this shape) whose `products` these are."""
@@ -87,7 +94,8 @@ class DirectionProjection(Projection):
         self.mixing = direction_mixing(self.unit_gram, alpha, mode).to(self.dtype)
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (row_products(W.to(self.dtype).reshape(W.size(0), -1), self.directions),)  # [E, E]
+        W = W.to(self.dtype).reshape(W.size(0), -1)
+        return self._scaled((row_products(W, self.directions),))  # [E, E]
 
     def _coefficients(self, products: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return torch.einsum("eij,ej->ei", self.mixing, products[0])  # [E, E]

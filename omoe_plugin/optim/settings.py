@@ -100,6 +100,19 @@ class OMoESettings:
         "learning rate: the projected update is this many times as long",
         _NEW_RULE, valid=lambda v: v > 0, rule="> 0")
 
+    start: int = setting(
+        0,
+        "plain AdamW for the first N updates (e.g. the learning-rate warm-up); the "
+        "accumulating/orthogonal cycles begin after them",
+        _NEW_CYCLE, valid=lambda v: v >= 0, rule=">= 0")
+    strength_ramp: int = setting(
+        0,
+        "the projection's strength, the share of the projected-away part that is removed, "
+        "rises linearly to 1 over the first N updates of the cycles (0: full strength from "
+        "the first orthogonal update)",
+        "the strength follows the optimizer's step count with the new ramp",
+        valid=lambda v: v >= 0, rule=">= 0")
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -113,10 +126,20 @@ class OMoESettings:
                              "centred inputs is zero), got stat 'mean'")
 
     def phase(self, step: int) -> Phase:
-        """The phase of the optimizer's step `step` (0 first): cycles of accumulate_steps
-        accumulating updates, then orthogonal_steps orthogonal ones."""
-        position = step % (self.accumulate_steps + self.orthogonal_steps)
+        """The phase of the optimizer's step `step` (0 first): after `start` plain updates
+        (position -1), cycles of accumulate_steps accumulating updates, then
+        orthogonal_steps orthogonal ones."""
+        if step < self.start:
+            return Phase(-1, True)
+        position = (step - self.start) % (self.accumulate_steps + self.orthogonal_steps)
         return Phase(position, position < self.accumulate_steps)
+
+    def strength(self, step: int) -> float:
+        """The projection's strength at step `step`: 1, or rising linearly over the first
+        strength_ramp updates of the cycles."""
+        if self.strength_ramp == 0:
+            return 1.0
+        return min(1.0, (step - self.start + 1) / self.strength_ramp)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, as checkpoints store them."""
