@@ -10,17 +10,24 @@ import torch.nn.functional as F
 from ..moe import StackedExperts
 
 
-@torch.no_grad()
-def expert_outputs(experts: StackedExperts, x: torch.Tensor,
-                   weights: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+def every_expert(experts: StackedExperts, x: torch.Tensor,
+                 weights: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Every expert's FFN output for every token: x [n, d] -> [E, n, d] (no dropout), in fp32
-    whatever the precision of the tokens and the weights (fp16 training validates in fp16).
+    whatever the precision of the tokens and the weights (fp16 training validates in fp16);
+    differentiable (the expert-orthogonality loss trains through it).
 
     weights: (fc1_weight, fc2_weight) to use instead of the experts' own (same shapes)."""
     fc1, fc2 = weights if weights is not None else (experts.fc1_weight, experts.fc2_weight)
     h = experts.activation_fn(torch.einsum("nd,ehd->enh", x.float(), fc1.float())
                               + experts.fc1_bias.float()[:, None])
     return torch.einsum("enh,edh->end", h, fc2.float()) + experts.fc2_bias.float()[:, None]
+
+
+@torch.no_grad()
+def expert_outputs(experts: StackedExperts, x: torch.Tensor,
+                   weights: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """`every_expert` without gradients, for the similarity measures."""
+    return every_expert(experts, x, weights)
 
 
 def displacements(experts: StackedExperts, start: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

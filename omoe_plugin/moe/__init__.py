@@ -8,7 +8,7 @@ from .experts import (
     expert_weight_key,
 )
 from .layer import MoEArgs, MoEAux, MoELayer
-from .losses import expert_counts, load_balancing_loss, router_z_loss
+from .losses import expert_counts, expert_orthogonality_loss, load_balancing_loss, router_z_loss
 from .router import Routing, TopKRouter
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "StackedExperts",
     "TopKRouter",
     "expert_counts",
+    "expert_orthogonality_loss",
     "expert_weight_key",
     "load_balancing_loss",
     "router_z_loss",

@@ -1,4 +1,5 @@
-"""Router auxiliary losses: Switch/GShard load balancing and the ST-MoE router z-loss."""
+"""Router auxiliary losses (Switch/GShard load balancing, the ST-MoE router z-loss) and the
+expert-output orthogonality loss."""
 
 import torch
 
@@ -32,3 +33,16 @@ def router_z_loss(logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     routed = (experts[:, 0] < logits.size(-1)).float()
     z = torch.logsumexp(logits, dim=-1).square()
     return (z * routed).sum() / routed.sum().clamp(min=1.0)
+
+
+def expert_orthogonality_loss(outputs: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens and expert pairs i != j of cos^2(y_i, y_j), for every expert's output
+    on the same tokens (outputs [E, n, d], e.g. `analysis.similarity.every_expert`): 0 when
+    the experts' outputs are orthogonal on every token, 1 when they are parallel. The
+    orthogonality loss of Guo et al. 2025 (arXiv 2505.22323), which pushes the experts of a
+    token apart, here on a sample of tokens through every expert, so it applies at top-1 too."""
+    E = outputs.size(0)
+    unit = torch.nn.functional.normalize(outputs, dim=-1)
+    squares = torch.einsum("ind,jnd->nij", unit, unit).square()  # [n, E, E]
+    off_diagonal = squares.sum(dim=(1, 2)) - squares.diagonal(dim1=1, dim2=2).sum(dim=1)
+    return off_diagonal.mean() / (E * (E - 1))

@@ -69,7 +69,37 @@ def test_dense_model_gets_the_plain_loss(task):
     assert torch.equal(loss, plain) and "moe_lb" not in log
 
 
-@pytest.mark.parametrize("option", ("moe_aux_weight", "moe_z_loss_weight"))
+def test_the_orthogonality_loss_is_added_in_training_only(task):
+    from omoe_plugin.analysis.similarity import every_expert
+    from omoe_plugin.moe import MoELayer, expert_orthogonality_loss
+
+    model, s = tiny_model(task), sample(task)
+    plain, _, _ = criterion(task)(model, s)
+    weighted = criterion(task, moe_orthogonality_weight=0.5, moe_orthogonality_tokens=1000)
+    loss, size, log = weighted(model, s)  # eval mode: nothing added
+    assert torch.equal(loss, plain) and "moe_orth" not in log
+    model.train()
+    inputs = []  # every MoE layer's non-padding input tokens
+    hooks = [m.register_forward_hook(lambda mod, args, _out: inputs.append(
+        (mod, args[0].reshape(-1, args[0].size(-1))[~args[1].reshape(-1)])))
+        for m in model.modules() if isinstance(m, MoELayer)]
+    torch.manual_seed(0)
+    plain, _, _ = criterion(task)(model, s)
+    for hook in hooks:
+        hook.remove()
+    torch.manual_seed(0)
+    loss, size, log = weighted(model, s)
+    orth = torch.stack([expert_orthogonality_loss(every_expert(m.experts, x))
+                        for m, x in inputs]).mean()
+    assert 0 < orth < 1 and len(inputs) == 2
+    torch.testing.assert_close(loss, plain + 0.5 * orth * size)
+    torch.testing.assert_close(log["moe_orth"], orth.detach() * size)
+    loss.backward()
+    assert model.encoder.layers[0].moe.experts.fc1_weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("option", ("moe_aux_weight", "moe_z_loss_weight",
+                                    "moe_orthogonality_weight", "moe_orthogonality_tokens"))
 def test_negative_weight_names_the_option(task, option):
     with pytest.raises(ValueError, match="--" + option.replace("_", "-")):
         criterion(task, **{option: -1.0})

@@ -43,3 +43,17 @@ def test_all_padding_gives_zero_not_nan():
     experts = torch.full((3, 1), 2)
     assert load_balancing_loss(torch.full((3, 2), 0.5), experts, 2).item() == 0.0
     assert router_z_loss(torch.zeros(3, 2), experts).item() == 0.0
+
+
+def test_orthogonality_loss_is_the_mean_squared_cosine_of_expert_pairs():
+    from omoe_plugin.moe import expert_orthogonality_loss
+
+    orthogonal = torch.eye(3).unsqueeze(1).expand(3, 5, 3) * 2.0  # [E, n, d]: axes
+    assert expert_orthogonality_loss(orthogonal) == 0
+    parallel = torch.ones(3, 5, 4)
+    assert expert_orthogonality_loss(parallel) == pytest.approx(1.0)
+    y = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]]])  # one token, cos = 1/sqrt(2)
+    assert expert_orthogonality_loss(y) == pytest.approx(0.5)
+    y = torch.randn(4, 7, 6, requires_grad=True)
+    expert_orthogonality_loss(y).backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
