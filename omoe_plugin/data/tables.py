@@ -10,7 +10,7 @@ import io
 import json
 import zlib
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 FORMATS = ("tsv", "csv", "jsonl")
 
@@ -104,12 +104,19 @@ def read_examples(path: Path, columns: Columns, regression: bool = False,
     return examples
 
 
-def split_deterministically(examples: list[Example]) -> dict[str, list[Example]]:
-    """80 / 10 / 10 train / valid / test by a checksum of each example's text(s), so the split
-    never depends on row order or a seed, and duplicates of one text share a split."""
+def whole_text(example: Example) -> str:
+    """An example's text, or both texts of a pair (split_deterministically's default key)."""
+    return example.text if example.pair is None else f"{example.text}\t{example.pair}"
+
+
+def split_deterministically(examples: list[Example],
+                            key: Callable[[Example], str] = whole_text
+                            ) -> dict[str, list[Example]]:
+    """80 / 10 / 10 train / valid / test by a checksum of each example's key (default: its
+    text(s)), so the split never depends on row order or a seed, and examples of one key share
+    a split (a key of the first text alone keeps every pair with one question together)."""
     splits = {"train": [], "valid": [], "test": []}
     for example in examples:
-        key = example.text if example.pair is None else f"{example.text}\t{example.pair}"
-        bucket = zlib.crc32(key.encode("utf-8")) % 10
+        bucket = zlib.crc32(key(example).encode("utf-8")) % 10
         splits["test" if bucket == 0 else "valid" if bucket == 1 else "train"].append(example)
     return splits
