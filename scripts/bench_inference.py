@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omoe_plugin.export.inference import OMoEClassifier, session
+from omoe_plugin.export.runtime import session
+from omoe_plugin.export.sentences import OMoEClassifier
 from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
 from omoe_plugin.export.parity import sample_tokens
 

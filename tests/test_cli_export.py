@@ -11,7 +11,8 @@ from fairseq.data import data_utils
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
 from omoe_plugin.export import inference, onnx_export
-from omoe_plugin.export.inference import OMoEClassifier, session
+from omoe_plugin.export.runtime import session
+from omoe_plugin.export.sentences import OMoEClassifier
 from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
 from tests.cli import exits_with, output, run, train
 from tests.test_cli_omoe import OMOE

@@ -93,7 +93,7 @@ def test_your_own_sentence_pairs_end_to_end(pretrained, tmp_path):
     the upcycled MiniLM, omoe-export and omoe-infer: serving joins a pair as training did."""
     from fairseq.data import Dictionary, data_utils
 
-    from omoe_plugin.export.inference import OMoEClassifier
+    from omoe_plugin.export.sentences import OMoEClassifier
     from tests.data.test_prepare import pair_rows, real_reviews, write_tsv
 
     out, _ = pretrained

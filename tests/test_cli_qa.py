@@ -70,14 +70,17 @@ def exported(runs, tmp_path_factory):
 
 
 def test_served_windows_and_answers_are_the_checkpoints(data, runs, exported):
-    from omoe_plugin.export import OMoEClassifier, OMoEReader, OMoETagger
+    from omoe_plugin.export import OMoEClassifier, OMoEReader, OMoETagger, load_model
     from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
 
     reader = OMoEReader(exported, threads=1)
-    with pytest.raises(ValueError, match="serve it with omoe_plugin.export.OMoEReader"):
-        OMoEClassifier(exported).predict([("Who?", "Ann.")])
-    with pytest.raises(ValueError, match="not a token-tagging model: serve it with OMoEReader"):
+    with pytest.raises(ValueError, match="not a sentence-classification model: serve it with "
+                                         "omoe_plugin.export.OMoEReader"):
+        OMoEClassifier(exported)
+    with pytest.raises(ValueError, match="not a token-tagging model: serve it with "
+                                         "omoe_plugin.export.OMoEReader"):
         OMoETagger(exported)
+    assert isinstance(load_model(exported), OMoEReader)
     assert reader.info.span_qa and reader.info.pairs and reader.info.max_answer_tokens == 30
     questions = [json.loads(line) for line in
                  (data / "raw" / "test.questions.jsonl").read_text().splitlines()]

@@ -1,10 +1,12 @@
 """ONNX export of fine-tuned classifiers, taggers and readers (`omoe-export`) and ONNX Runtime
-inference (`omoe-infer`, `OMoEClassifier`, `OMoETagger`, `OMoEReader`)."""
+inference (`omoe-infer`; `load_model`, which picks `OMoEClassifier`, `OMoETagger` or
+`OMoEReader` from the file)."""
 
-from .inference import OMoEClassifier, Prediction
+from .inference import load_model
 from .reader import Answer, OMoEReader
+from .sentences import OMoEClassifier, Prediction
 
-__all__ = ["Answer", "OMoEClassifier", "OMoEReader", "OMoETagger", "Prediction"]
+__all__ = ["Answer", "OMoEClassifier", "OMoEReader", "OMoETagger", "Prediction", "load_model"]
 
 
 def __getattr__(name: str):

@@ -1,160 +1,39 @@
-"""`omoe-infer MODEL [INPUT]` and `OMoEClassifier`: classify sentences with an omoe-export
-ONNX model on ONNX Runtime, tokenised with the tokenizer stored in the model.
+"""`omoe-infer MODEL [INPUT]` and `load_model`: serve an omoe-export ONNX model on ONNX Runtime,
+whichever kind it is (`OMoEClassifier`, `OMoETagger`, `OMoEReader`, picked from the file's
+metadata), tokenised with the tokenizer stored in the model.
 
-A sentence becomes `<s> tokens </s>` as in training. One longer than the model's positions
-keeps its first max_positions - 2 tokens (a warning says so and its result is marked
-"truncated"). The command line reads one sentence per line and writes one JSON object per
-line, in input order; a line that cannot be classified (empty, not UTF-8) gets an "error"
-object and the other lines their results. A model fine-tuned on sentence pairs reads
-`text<TAB>text_pair` lines (`predict([(text, text_pair), ...])` from Python), joined as the
-task joined them in training.
+The command line reads one input per line and writes one JSON object per line, in input
+order; a line that cannot be answered (empty, not UTF-8) gets an "error" object and the
+other lines their results. A model fine-tuned on sentence pairs reads `text<TAB>text_pair`
+lines, an extractive-QA model `question<TAB>context` lines.
 """
 
 import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional, Sequence, TextIO, Union
+from typing import BinaryIO, Iterator, Optional, TextIO
 
-import numpy as np
-import onnxruntime as ort
-
-from ..data.subword import SubwordTokenizer
+from .reader import OMoEReader
+from .runtime import OPTIMIZATION_LEVELS, ServedModel
+from .sentences import OMoEClassifier
 from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
-Text = Union[str, tuple[str, str]]  # one sentence, or a sentence pair
-
-OPTIMIZATION_LEVELS = {  # --optimization-level -> ONNX Runtime's setting
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
-# ONNX Runtime 1.32's CPU SkipLayerNormalization kernel, which its optimiser fuses every
-# residual Add + LayerNormalization into, measured 20x slower in fp32 than the two unfused
-# kernels on [4096, 384] (7.2 ms against 0.36 ms; 10-12 % of a whole forward): keep them apart.
-DISABLED_FUSIONS = ["SkipLayerNormFusion"]
+def load_model(model: Path, threads: int = 0,
+               optimization_level: Optional[str] = None) -> ServedModel:
+    """The served model of an omoe-export file, of the class its metadata names, on one ONNX
+    Runtime session."""
+    info = ServingInfo.read(model)
+    if info.kind == "tagging":  # imported on first use: seqeval (and scikit-learn) load slowly
+        from .tagger import OMoETagger
 
-
-def session(path: Path, threads: int = 0, level: str = "all") -> ort.InferenceSession:
-    """An ONNX Runtime CPU session; threads 0 lets ONNX Runtime choose; a clear error for a
-    file that is missing or not an ONNX model."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=DISABLED_FUSIONS)
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own untyped errors
-        raise ValueError(f"{path} is not a loadable ONNX model (truncated?): "
-                         f"{str(e).splitlines()[0]}") from None
-
-
-@dataclass
-class Prediction:
-    label: Optional[str]  # the most probable class (None for a regression model)
-    probabilities: Optional[dict[str, float]]  # per class (None for a regression model)
-    value: Optional[float]  # the regression output (None for a classifier)
-    truncated: bool  # the sentence was longer than the model's positions
-
-    def to_json(self) -> dict:
-        out = {"value": self.value} if self.label is None else {
-            "label": self.label, "probabilities": self.probabilities}
-        return {**out, "truncated": True} if self.truncated else out
-
-
-class OMoEClassifier:
-    """Sentence classification with a model written by omoe-export.
-
-        classifier = OMoEClassifier("model.onnx", threads=2)
-        classifier.predict(["a gripping, funny film", "dull and far too long"])
-    """
-
-    def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None):
-        self.session = session(model, threads, optimization_level or "all")
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        self.info = ServingInfo.from_metadata(metadata, model)
-        if optimization_level is None and self.info.optimization_level != "all":
-            self.session = session(model, threads, self.info.optimization_level)
-        self.tokenizer = SubwordTokenizer.from_text(self.info.tokenizer_kind, self.info.tokenizer)
-        self.index = {symbol: i for i, symbol in enumerate(self.info.symbols)}
-
-    @property
-    def labels(self) -> list[str]:
-        return self.info.labels
-
-    def encode(self, sentence: Text) -> tuple[list[int], bool]:
-        """Model ids of one sentence (`<s> ... </s>`) or pair (`<s> A </s> [separator] B
-        </s>`, as the task joined them in training) and whether it was truncated."""
-        return self.encode_batch([sentence])[0]
-
-    def encode_batch(self, sentences: Sequence[Text]) -> list[tuple[list[int], bool]]:
-        """encode for many sentences or pairs at once (tokenised in parallel); raises
-        ValueError naming the first empty text, or a pair given to a single-sentence model
-        and the other way round. Too long an input keeps its first max_positions - 1 ids
-        and its closing </s>."""
-        info = self.info
-        parts = [[s] if isinstance(s, str) else list(s) for s in sentences]
-        for i, texts in enumerate(parts):
-            if (len(texts) == 2) != info.pairs:
-                raise ValueError(f"sentence {i}: this model classifies "
-                                 + ("sentence pairs: give (text, text_pair)" if info.pairs
-                                    else "single sentences: give one text, not a pair"))
-            if not all(t.strip() for t in texts):
-                raise ValueError(f"sentence {i} is empty")
-        tokens = iter(self.tokenizer.tokenize([t for texts in parts for t in texts]))
-        separator = [] if info.separator is None else [info.separator]
-        encoded = []
-        for texts in parts:
-            ids = [info.bos]
-            for n in range(len(texts)):
-                ids += separator if n else []
-                ids += [self.index.get(t, info.unk) for t in next(tokens)] + [info.eos]
-            too_long = len(ids) > info.max_positions
-            encoded.append((ids[:info.max_positions - 1] + [info.eos] if too_long else ids,
-                            too_long))
-        return encoded
-
-    def predict(self, sentences: Sequence[Text], batch_size: int = 32) -> list[Prediction]:
-        """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated
-        one's is marked so). Sentences are batched by length to keep padding low. Raises
-        ValueError naming the first empty sentence."""
-        if self.info.tagging or self.info.span_qa:
-            server = "OMoETagger" if self.info.tagging else "OMoEReader"
-            raise ValueError(f"this model does not classify sentences: serve it with "
-                             f"omoe_plugin.export.{server}")
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        encoded = self.encode_batch(sentences)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        outputs: list[Optional[np.ndarray]] = [None] * len(encoded)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            tokens = np.full((len(chunk), max(len(encoded[i][0]) for i in chunk)),
-                             self.info.pad, dtype=np.int64)
-            for row, i in enumerate(chunk):
-                tokens[row, :len(encoded[i][0])] = encoded[i][0]
-            logits = self.session.run(["logits"], {"src_tokens": tokens})[0]
-            for row, i in enumerate(chunk):
-                outputs[i] = logits[row]
-        return [self._prediction(out, truncated) for out, (_, truncated) in zip(outputs, encoded)]
-
-    def _prediction(self, logits: np.ndarray, truncated: bool) -> Prediction:
-        if self.info.regression:
-            return Prediction(None, None, float(logits[0]), truncated)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        return Prediction(self.labels[int(probs.argmax())],
-                          {label: float(p) for label, p in zip(self.labels, probs)},
-                          None, truncated)
+        return OMoETagger(model, threads, optimization_level, info)
+    served = OMoEReader if info.kind == "span_qa" else OMoEClassifier
+    return served(model, threads, optimization_level, info)
 
 
 def read_lines(stream: BinaryIO, chunk: int) -> Iterator[list[tuple[int, str | Exception]]]:
@@ -187,10 +66,9 @@ def pair_of(line: str | Exception) -> tuple[str, str] | Exception:
     return texts[0], texts[1]
 
 
-def classify_stream(classifier: OMoEClassifier, stream: BinaryIO, out: TextIO,
+def classify_stream(classifier: ServedModel, stream: BinaryIO, out: TextIO,
                     batch_size: int) -> int:
-    """Write one JSON line per input line to out; returns how many lines failed. classifier:
-    an OMoEClassifier, or an OMoETagger (whose results are the entities)."""
+    """Write one JSON line per input line to out; returns how many lines failed."""
     failed = 0
     for lines in read_lines(stream, chunk=batch_size * 16):
         if classifier.info.pairs:
@@ -204,10 +82,10 @@ def classify_stream(classifier: OMoEClassifier, stream: BinaryIO, out: TextIO,
                 logger.warning(f"line {number}: {text}")
                 record = {"line": number, "error": str(text)}
             else:
-                if predictions[number].truncated:
+                record = {"line": number, **predictions[number].to_json()}
+                if record.get("truncated"):
                     logger.warning(f"line {number}: longer than the model's "
                                    f"{classifier.info.max_positions} positions, truncated")
-                record = {"line": number, **predictions[number].to_json()}
             out.write(json.dumps(record) + "\n")
     return failed
 
@@ -231,15 +109,7 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     quiet_logging()
     try:
-        classifier = OMoEClassifier(args.model, args.threads, args.optimization_level)
-        if classifier.info.tagging:
-            from .tagger import OMoETagger
-
-            classifier = OMoETagger(args.model, args.threads, args.optimization_level)
-        elif classifier.info.span_qa:
-            from .reader import OMoEReader
-
-            classifier = OMoEReader(args.model, args.threads, args.optimization_level)
+        classifier = load_model(args.model, args.threads, args.optimization_level)
         stream = open(args.input, "rb") if args.input else sys.stdin.buffer
     except (ValueError, OSError) as e:
         sys.exit(f"omoe-infer: {e}")

@@ -11,7 +11,7 @@ import torch
 
 from ..models import OMoERobertaModel
 from .classifier import ExportedClassifier
-from .inference import session
+from .runtime import session
 from .serving_info import ServingInfo
 
 # (batch, seq, padded) shapes the parity check runs at: none is the export example's

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from ..spans import best_span, window_starts
-from .inference import OMoEClassifier
+from .runtime import ServedModel, softmax
 
 
 @dataclass
@@ -25,13 +23,12 @@ class Answer:
     start: int
     end: int
     score: float  # probability of its start times that of its end, in its window
-    truncated: bool = False  # never: long contexts are read in windows
 
     def to_json(self) -> dict:
         return {"answer": self.text, "start": self.start, "end": self.end, "score": self.score}
 
 
-class OMoEReader(OMoEClassifier):
+class OMoEReader(ServedModel):
     """Extractive question answering with a model written by omoe-export from a span-QA
     checkpoint.
 
@@ -39,18 +36,21 @@ class OMoEReader(OMoEClassifier):
         reader.predict([("Who wrote it?", "The book was written by Ann Lee in 1990.")])[0].text
     """
 
-    def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None):
-        super().__init__(model, threads, optimization_level)
-        if not self.info.span_qa:
-            raise ValueError(f"{model} is not an extractive-QA model: serve it with "
-                             + ("OMoETagger" if self.info.tagging else "OMoEClassifier"))
+    kind = "span_qa"
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, stride: int = 64,
-                max_question_tokens: int = 64) -> list[Answer]:
+    def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None,
+                 info=None, *, stride: int = 64, max_question_tokens: int = 64) -> None:
+        """stride: context sub-words between window starts; max_question_tokens: a
+        question's sub-words kept (as omoe-prepare-data's --doc-stride and
+        --max-question-tokens)."""
+        if min(stride, max_question_tokens) < 1:
+            raise ValueError("stride and question sub-words must be >= 1")
+        super().__init__(model, threads, optimization_level, info)
+        self.stride, self.max_question_tokens = stride, max_question_tokens
+
+    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[Answer]:
         """One Answer per (question, context), in order; raises ValueError naming the first
         pair that is not two non-empty texts."""
-        if min(batch_size, stride, max_question_tokens) < 1:
-            raise ValueError("batch size, stride and question sub-words must be >= 1")
         windows, contexts = [], []  # windows: (pair, ids, first, offset, length)
         for i, pair in enumerate(pairs):
             if isinstance(pair, str) or len(pair) != 2 or not all(t.strip() for t in pair):
@@ -59,26 +59,19 @@ class OMoEReader(OMoEClassifier):
             if not tokens:
                 raise ValueError(f"pair {i}: the context has no sub-words")
             try:
-                windows += [(i, *w) for w in self.windows(pair[0], tokens, stride,
-                                                          max_question_tokens)]
+                windows += [(i, *w) for w in self.windows(pair[0], tokens)]
             except ValueError as e:
                 raise ValueError(f"pair {i}: {e}") from None
             contexts.append((pair[1], offsets))
         best: list[Optional[tuple[float, int, int, float]]] = [None] * len(contexts)
-        for start in range(0, len(windows), batch_size):
-            chunk = windows[start:start + batch_size]
-            tokens = np.full((len(chunk), max(len(w[1]) for w in chunk)), self.info.pad,
-                             dtype=np.int64)
-            for row, (_, ids, _, _, _) in enumerate(chunk):
-                tokens[row, :len(ids)] = ids
-            logits = self.session.run(["logits"], {"src_tokens": tokens})[0]  # [B, T, 2]
-            for row, (i, ids, first, offset, length) in enumerate(chunk):
-                start_logits, end_logits = logits[row, :len(ids), 0], logits[row, :len(ids), 1]
-                score, a, b = best_span(start_logits, end_logits, first, length,
-                                        self.info.max_answer_tokens)
-                if best[i] is None or score > best[i][0]:
-                    probability = _softmax(start_logits)[a] * _softmax(end_logits)[b]
-                    best[i] = (score, a - first + offset, b - first + offset, float(probability))
+        logits = self.logits([w[1] for w in windows], batch_size)  # each [T, 2]
+        for (i, _, first, offset, length), window_logits in zip(windows, logits):
+            start_logits, end_logits = window_logits[:, 0], window_logits[:, 1]
+            score, a, b = best_span(start_logits, end_logits, first, length,
+                                    self.info.max_answer_tokens)
+            if best[i] is None or score > best[i][0]:
+                probability = softmax(start_logits)[a] * softmax(end_logits)[b]
+                best[i] = (score, a - first + offset, b - first + offset, float(probability))
         answers = []
         for (context, offsets), (_, a, b, probability) in zip(contexts, best):
             begin, end = offsets[a][0], offsets[b][1]
@@ -87,21 +80,12 @@ class OMoEReader(OMoEClassifier):
             answers.append(Answer(context[begin:end], begin, end, round(probability, 4)))
         return answers
 
-    def windows(self, question: str, context: list[str], stride: int = 64,
-                max_question_tokens: int = 64) -> list[tuple[list[int], int, int, int]]:
+    def windows(self, question: str, context: list[str]) -> list[tuple[list[int], int, int, int]]:
         """A question and its context's sub-words as the model reads them: per window, (model
         ids `<s> question </s> window </s>`, the window's first position, its first context
         sub-word, its number of context sub-words)."""
-        asked = self._ids(self.tokenizer.tokenize([question])[0][:max_question_tokens])
+        asked = self.ids(self.tokenizer.tokenize([question])[0][:self.max_question_tokens])
         size = self.info.max_positions - 3 - len(asked)  # context sub-words a window holds
-        head, ids = [self.info.bos, *asked, self.info.eos], self._ids(context)
+        head, ids = [self.info.bos, *asked, self.info.eos], self.ids(context)
         return [(head + ids[s:s + size] + [self.info.eos], len(head), s, len(ids[s:s + size]))
-                for s in window_starts(len(ids), size, stride)]
-
-    def _ids(self, tokens: list[str]) -> list[int]:
-        return [self.index.get(t, self.info.unk) for t in tokens]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max())
-    return exp / exp.sum()
+                for s in window_starts(len(ids), size, self.stride)]

@@ -8,10 +8,11 @@ needs no fairseq, no checkpoint and no data directory.
 """
 
 import dataclasses
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 PREFIX = "omoe."
 FORMAT_VERSION = 1
@@ -43,6 +44,24 @@ class ServingInfo:
     def regression(self) -> bool:
         return not self.labels
 
+    @property
+    def kind(self) -> str:
+        """What the model answers: "sentences" (classes or a value per sentence or pair),
+        "tagging" (a tag per word) or "span_qa" (an answer span per question and context)."""
+        return "tagging" if self.tagging else "span_qa" if self.span_qa else "sentences"
+
+    @classmethod
+    def read(cls, path: Path) -> "ServingInfo":
+        """The ServingInfo of an ONNX file, read without loading its graph."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model at {path}")
+        try:
+            props = read_metadata(path)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a loadable ONNX model (truncated?): {e}") from None
+        return cls.from_metadata(props, path)
+
     def to_metadata(self) -> dict[str, str]:
         """metadata_props entries (string -> string)."""
         props = {"format_version": str(FORMAT_VERSION)}
@@ -70,3 +89,51 @@ class ServingInfo:
             raw = ours[field.name]
             values[field.name] = raw if field.type is str else json.loads(raw)
         return cls(**values)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata_props, read by walking the top level of its ModelProto and
+    seeking past everything else (the graph and its weights), so that a model opens in one
+    ONNX Runtime session at the optimisation level its metadata names. A file that is not a
+    protobuf message raises ValueError."""
+    props = {}
+    with open(path, "rb") as f:
+        for field, value in _fields(f, Path(path).stat().st_size, keep={14}):
+            entry = dict(_fields(io.BytesIO(value), len(value), keep={1, 2}))
+            props[entry.get(1, b"").decode("utf-8", "replace")] = \
+                entry.get(2, b"").decode("utf-8", "replace")
+    return props
+
+
+def _fields(f, size: int, keep: set[int]) -> Iterator[tuple[int, bytes]]:
+    """(field number, bytes) of the length-delimited fields in `keep` of one protobuf
+    message of `size` bytes read from f; every other field is skipped."""
+    while f.tell() < size:
+        key = _varint(f)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, io.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(f)
+            if f.tell() + length > size:
+                raise ValueError("not an ONNX model: a field runs past the end of the file")
+            if number in keep:
+                yield number, f.read(length)
+            else:
+                f.seek(length, io.SEEK_CUR)
+        else:
+            raise ValueError("not an ONNX model: unknown protobuf wire type")
+
+
+def _varint(f) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = f.read(1)
+        if not byte or shift > 63:
+            raise ValueError("not an ONNX model: truncated protobuf varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7

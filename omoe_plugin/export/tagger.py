@@ -11,13 +11,11 @@ omoe-prepare-data cuts long sentences.
 
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
-import numpy as np
 from seqeval.metrics.sequence_labeling import get_entities
 
-from .inference import OMoEClassifier
+from .runtime import ServedModel, softmax
 
 WORD = re.compile(r"\w+(?:[-'.&/]\w+)*|[^\w\s]")
 
@@ -35,13 +33,12 @@ class Entity:
 class Tagged:
     entities: list[Entity]
     words: list[tuple[str, str]]  # every word with its predicted tag
-    truncated: bool = False  # never: long texts are tagged in pieces
 
     def to_json(self) -> dict:
         return {"entities": [asdict(e) for e in self.entities]}
 
 
-class OMoETagger(OMoEClassifier):
+class OMoETagger(ServedModel):
     """Named-entity tagging with a model written by omoe-export from a token-classification
     checkpoint.
 
@@ -49,16 +46,10 @@ class OMoETagger(OMoEClassifier):
         tagger.predict(["Peter Blackburn flew to Brussels."])[0].entities
     """
 
-    def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None):
-        super().__init__(model, threads, optimization_level)
-        if not self.info.tagging:
-            raise ValueError(f"{model} is not a token-tagging model: serve it with "
-                             + ("OMoEReader" if self.info.span_qa else "OMoEClassifier"))
+    kind = "tagging"
 
     def predict(self, sentences: Sequence[str], batch_size: int = 32) -> list[Tagged]:
         """One Tagged per text, in order; raises ValueError naming the first empty text."""
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
         words = []
         for i, text in enumerate(sentences):
             if not isinstance(text, str) or not text.strip():
@@ -67,19 +58,11 @@ class OMoETagger(OMoEClassifier):
             words.append([(m.group(), m.start(), m.end()) for m in WORD.finditer(text)])
         pieces = [(i, piece) for i, ws in enumerate(words) for piece in self._pieces(ws)]
         tags: list[list[tuple[str, float]]] = [[] for _ in sentences]
-        for start in range(0, len(pieces), batch_size):
-            chunk = pieces[start:start + batch_size]
-            tokens = np.full((len(chunk), max(len(ids) for _, (ids, _) in chunk)),
-                             self.info.pad, dtype=np.int64)
-            for row, (_, (ids, _)) in enumerate(chunk):
-                tokens[row, :len(ids)] = ids
-            logits = self.session.run(["logits"], {"src_tokens": tokens})[0]
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            for row, (i, (_, firsts)) in enumerate(chunk):
-                best = probs[row, firsts].argmax(-1)
-                tags[i] += [(self.labels[b], float(probs[row, f, b]))
-                            for f, b in zip(firsts, best)]
+        logits = self.logits([ids for _, (ids, _) in pieces], batch_size)  # in piece order
+        for (i, (_, firsts)), piece_logits in zip(pieces, logits):
+            probs = softmax(piece_logits[firsts])  # [words, tags]
+            best = probs.argmax(-1)
+            tags[i] += [(self.labels[b], float(p[b])) for p, b in zip(probs, best)]
         return [self._tagged(text, ws, ts) for text, ws, ts in zip(sentences, words, tags)]
 
     def _pieces(self, words: list[tuple[str, int, int]]) -> list[tuple[list[int], list[int]]]:
@@ -93,7 +76,7 @@ class OMoETagger(OMoEClassifier):
                 pieces.append((ids + [self.info.eos], firsts))
                 ids, firsts = [self.info.bos], []
             firsts.append(len(ids))
-            ids += [self.index.get(t, self.info.unk) for t in subwords]
+            ids += self.ids(subwords)
         return pieces + [(ids + [self.info.eos], firsts)]
 
     @staticmethod

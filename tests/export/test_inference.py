@@ -10,7 +10,10 @@ import onnx
 import pytest
 import torch
 
-from omoe_plugin.export.inference import OMoEClassifier, classify_stream
+from omoe_plugin.export import runtime
+from omoe_plugin.export.inference import classify_stream, load_model
+from omoe_plugin.export.serving_info import read_metadata
+from omoe_plugin.export.sentences import OMoEClassifier
 from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx
 from tests.conftest import HEAD, tiny_model
@@ -89,6 +92,25 @@ def test_files_that_are_not_omoe_models_are_refused(tmp_path):
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "foreign.onnx"))
     with pytest.raises(ValueError, match="not written by omoe-export"):
         OMoEClassifier(tmp_path / "foreign.onnx")
+
+
+def test_metadata_is_read_without_a_session_and_the_model_opens_one(exported, monkeypatch):
+    _, path, classifier = exported
+    assert read_metadata(path) == classifier.session.get_modelmeta().custom_metadata_map
+    opened = []
+    real = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda *a: opened.append(a) or real(*a))
+    served = load_model(path, threads=1)
+    assert type(served) is OMoEClassifier and len(opened) == 1
+    assert served.predict(["w1 w2"])[0].probabilities == pytest.approx(
+        classifier.predict(["w1 w2"])[0].probabilities)
+
+
+def test_a_truncated_model_file_is_refused_with_its_path(exported, tmp_path):
+    _, path, _ = exported
+    (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cut.onnx is not a loadable ONNX model"):
+        load_model(tmp_path / "cut.onnx")
 
 
 def test_a_regression_head_serves_values(task, tmp_path):

@@ -11,7 +11,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from omoe_plugin.data.subword import SubwordTokenizer
-from omoe_plugin.export.inference import DISABLED_FUSIONS, session
+from omoe_plugin.export.runtime import DISABLED_FUSIONS, session
 from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx, quantize_int8
 from omoe_plugin.export.parity import compare, sample_tokens
