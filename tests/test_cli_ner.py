@@ -102,6 +102,12 @@ def test_served_word_tags_are_the_checkpoints(runs, exported):
     with torch.no_grad():
         logits = model(torch.tensor([ids]), classification_head_name="token_tags")[0][0]
     assert [t for _, t in tagged.words] == [info.labels[i] for i in logits[firsts].argmax(-1)]
+    # words already split are tagged exactly as given; a bad item costs only itself
+    given = ["@LH_TCC", "flew", "to", "https://example.com/a-b", "Brussels"]
+    split, failed = tagger.predict([given, ["two words"]])
+    assert [w for w, _ in split.words] == given and "holds white space" in failed.error
+    for entity in split.entities:
+        assert " ".join(given)[entity.start:entity.end] == entity.text
     for entity in tagged.entities:
         assert text[entity.start:entity.end] == entity.text
 
@@ -109,9 +115,10 @@ def test_served_word_tags_are_the_checkpoints(runs, exported):
 def test_omoe_infer_prints_entities(exported, tmp_path):
     lines = tmp_path / "in.txt"
     lines.write_text("Peter Blackburn flew to Brussels.\n\n")
-    result = run("omoe-infer", str(exported), str(lines))
+    result = run("omoe-infer", str(exported), str(lines), check=False)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert "entities" in records[0] and records[1]["error"] == "empty line"
+    assert result.returncode == 1  # a line failed, as line-oriented tools say
 
 
 def test_entities_are_seqeval_spans_with_character_offsets():

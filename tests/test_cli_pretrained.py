@@ -126,3 +126,4 @@ def test_your_own_sentence_pairs_end_to_end(pretrained, tmp_path):
     records = [json.loads(line) for line in infer.stdout.splitlines()]
     assert [r.get("label") in ("yes", "no") for r in records] == [True, True, True, False]
     assert "expected two texts separated by a tab" in records[3]["error"]
+    assert infer.returncode == 1

@@ -67,6 +67,15 @@ def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
 def install_safe_loading() -> None:
     """Make fairseq read every checkpoint through `load_checkpoint_to_cpu` and copy
     checkpoints with `atomic_copy` (done when the plugin registers with fairseq, i.e. by
-    `--user-dir user_dir`)."""
+    `--user-dir user_dir`).
+
+    Both replace fairseq functions process-wide because fairseq offers no hook: its trainer,
+    fairseq-validate and `--finetune-from-model` call `checkpoint_utils.load_checkpoint_to_cpu`
+    by module attribute, and its checkpoint saving calls `PathManager.copy`. Without the first,
+    a checkpoint carrying a pickle payload runs its code when fairseq loads it
+    (tests/test_cli_reliability.py, test_every_loader_refuses_a_code_carrying_checkpoint...;
+    tests/convert/test_safe_loading.py); without the second, a job killed while fairseq copies
+    checkpoint_last.pt leaves half a file that the next resume fails on
+    (test_an_interrupted_checkpoint_copy_leaves_the_previous_file)."""
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
     PathManager.copy = staticmethod(atomic_copy)

@@ -12,8 +12,11 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional, TextIO
+from queue import Empty, Queue
+from threading import Thread
+from typing import Any, BinaryIO, Iterator, Optional, TextIO
 
 from .reader import OMoEReader
 from .runtime import OPTIMIZATION_LEVELS, ServedModel
@@ -36,57 +39,82 @@ def load_model(model: Path, threads: int = 0,
     return served(model, threads, optimization_level, info)
 
 
-def read_lines(stream: BinaryIO, chunk: int) -> Iterator[list[tuple[int, str | Exception]]]:
-    """Numbered lines (from 1) of a byte stream, in chunks: the text, or the error that makes
-    the line unusable (empty, not UTF-8)."""
-    lines: list[tuple[int, str | Exception]] = []
-    for number, raw in enumerate(stream, 1):
-        raw = raw.rstrip(b"\r\n")
+def batches(lines: Iterator, size: int, delay: float) -> Iterator[list]:
+    """Items of `lines` grouped as they arrive: a group is handed on when it holds `size`
+    items, or `delay` seconds after its first item arrived, or at the end: a pipe gets each
+    answer without waiting for the lines after it. The reading runs in a thread."""
+    queue: Queue = Queue(maxsize=4 * size)
+    end = object()
+
+    def read() -> None:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            lines.append((number, ValueError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at "
-                                             f"offset {e.start})")))
-        else:
-            lines.append((number, text if text.strip() else ValueError("empty line")))
-        if len(lines) == chunk:
-            yield lines
-            lines = []
-    if lines:
-        yield lines
+            for line in lines:
+                queue.put(line)
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put(e)
+        queue.put(end)
+
+    Thread(target=read, daemon=True).start()
+    while (item := queue.get()) is not end:
+        batch, deadline = [], time.monotonic() + delay
+        while True:
+            if isinstance(item, Exception):
+                raise item
+            batch.append(item)
+            if len(batch) == size:
+                break
+            try:
+                item = queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Empty:
+                break
+            if item is end:
+                yield batch
+                return
+        yield batch
 
 
-def pair_of(line: str | Exception) -> tuple[str, str] | Exception:
-    """A pair model's input line, `text<TAB>text_pair`, as a pair (or the line's error)."""
-    if isinstance(line, Exception):
-        return line
-    texts = line.split("\t", 1)
-    if len(texts) != 2 or not all(t.strip() for t in texts):
-        return ValueError("expected two texts separated by a tab (the model classifies pairs)")
-    return texts[0], texts[1]
+def parse_line(raw: bytes, fields: int, max_chars: int) -> tuple[Any, Optional[str]]:
+    """One input line as the model's item (a text, or a pair of texts with `fields` 2), or
+    the ValueError that makes it unusable, and a note when a text was cut to `max_chars`."""
+    try:
+        text = raw.rstrip(b"\r\n").decode("utf-8")
+    except UnicodeDecodeError as e:
+        return ValueError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})"), None
+    if not text.strip():
+        return ValueError("empty line"), None
+    parts = text.split("\t")
+    if len(parts) != fields:
+        what = "one text" if fields == 1 else "two texts separated by a tab"
+        return ValueError(f"expected {what}, found {len(parts)} tab-separated fields"), None
+    cut = [p[:max_chars] for p in parts]
+    note = f"cut to its first {max_chars} characters" if cut != parts else None
+    return (cut[0] if fields == 1 else tuple(cut)), note
 
 
-def classify_stream(classifier: ServedModel, stream: BinaryIO, out: TextIO,
-                    batch_size: int) -> int:
-    """Write one JSON line per input line to out; returns how many lines failed."""
+def classify_stream(model: ServedModel, stream: BinaryIO, out: TextIO, batch_size: int,
+                    max_delay: float = 0.05, max_chars: int = 20_000) -> int:
+    """Write one JSON line per input line to out, each batch as soon as it is answered;
+    returns how many lines failed."""
+    fields = 2 if model.info.pairs else 1
     failed = 0
-    for lines in read_lines(stream, chunk=batch_size * 16):
-        if classifier.info.pairs:
-            lines = [(n, pair_of(text)) for n, text in lines]
-        good = [(n, text) for n, text in lines if not isinstance(text, Exception)]
-        predictions = dict(zip((n for n, _ in good),
-                               classifier.predict([text for _, text in good], batch_size)))
-        for number, text in lines:
-            if isinstance(text, Exception):
+    for batch in batches(enumerate(stream, 1), batch_size, max_delay):
+        items = [(n, *parse_line(raw, fields, max_chars)) for n, raw in batch]
+        good = [(n, item) for n, item, _ in items if not isinstance(item, Exception)]
+        answers = dict(zip((n for n, _ in good),
+                           model.predict([item for _, item in good], batch_size)))
+        for number, item, note in items:
+            record = {"line": number, **(answers[number].to_json() if number in answers
+                                         else {"error": str(item)})}
+            if note:
+                record["note"] = note
+            if "error" in record:
                 failed += 1
-                logger.warning(f"line {number}: {text}")
-                record = {"line": number, "error": str(text)}
-            else:
-                record = {"line": number, **predictions[number].to_json()}
-                if record.get("truncated"):
-                    logger.warning(f"line {number}: longer than the model's "
-                                   f"{classifier.info.max_positions} positions, truncated")
+                logger.warning(f"line {number}: {record['error']}")
+            elif record.get("truncated"):
+                logger.warning(f"line {number}: longer than the model's "
+                               f"{model.info.max_positions} positions, truncated")
             out.write(json.dumps(record) + "\n")
+        out.flush()
     return failed
 
 
@@ -98,7 +126,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
         "offsets and score, for a token-tagging model; \"answer\" with its character offsets "
         "in the context and its score for an extractive-QA model, whose lines are "
         "question<TAB>context; \"error\" for a line that cannot be "
-        "classified).",
+        "classified). Lines are answered as they arrive, so it can sit behind a pipe; the "
+        "exit status is 1 when any line failed (see --exit-zero).",
         None, "ONNX Runtime graph optimisation level (default: the one stored at export)")
     parser.add_argument("model", type=Path, help="ONNX model written by omoe-export")
     parser.add_argument("input", type=Path, nargs="?", default=None,
@@ -106,6 +135,14 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="sentences per run")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads (0: ONNX Runtime's choice)")
+    parser.add_argument("--max-delay-ms", type=at_least(0), default=50,
+                        help="longest wait for more lines before answering the ones read "
+                        "(a batch is answered when full or this long after its first line)")
+    parser.add_argument("--max-chars", type=at_least(1), default=20_000,
+                        help="characters kept of each text of a line; a longer text is cut "
+                        "and its record says so in \"note\"")
+    parser.add_argument("--exit-zero", action="store_true",
+                        help="exit 0 even when lines failed (their records hold \"error\")")
     args = parser.parse_args(argv)
     quiet_logging()
     try:
@@ -114,9 +151,12 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     except (ValueError, OSError) as e:
         sys.exit(f"omoe-infer: {e}")
     with stream:
-        failed = classify_stream(classifier, stream, sys.stdout, args.batch_size)
+        failed = classify_stream(classifier, stream, sys.stdout, args.batch_size,
+                                 args.max_delay_ms / 1000, args.max_chars)
     if failed:
         logger.warning(f"{failed} line(s) could not be classified (see their \"error\")")
+        if not args.exit_zero:
+            sys.exit(1)
 
 
 def at_least(minimum: int):

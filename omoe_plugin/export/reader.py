@@ -11,10 +11,10 @@ returned as the context characters its sub-words cover.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from ..spans import best_span, window_starts
-from .runtime import ServedModel, softmax
+from .runtime import Failure, ServedModel, softmax, text_problem
 
 
 @dataclass
@@ -48,21 +48,25 @@ class OMoEReader(ServedModel):
         super().__init__(model, threads, optimization_level, info)
         self.stride, self.max_question_tokens = stride, max_question_tokens
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[Answer]:
-        """One Answer per (question, context), in order; raises ValueError naming the first
-        pair that is not two non-empty texts."""
+    def problem(self, pair) -> Optional[str]:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            return "give (question, context), two texts"
+        return text_problem(pair[0], "question") or text_problem(pair[1], "context")
+
+    def answer(self, pairs: list[tuple[str, str]], batch_size: int) -> list[Answer | Failure]:
+        """One Answer per (question, context), in order (a Failure for a context without
+        sub-words, or a question that leaves a window no room)."""
         windows, contexts = [], []  # windows: (pair, ids, first, offset, length)
-        for i, pair in enumerate(pairs):
-            if isinstance(pair, str) or len(pair) != 2 or not all(t.strip() for t in pair):
-                raise ValueError(f"pair {i}: give (question, context), two non-empty texts")
-            tokens, offsets = self.tokenizer.tokenize_with_offsets(pair[1])
-            if not tokens:
-                raise ValueError(f"pair {i}: the context has no sub-words")
+        failures: dict[int, Failure] = {}
+        for i, (question, context) in enumerate(pairs):
+            tokens, offsets = self.tokenizer.tokenize_with_offsets(context)
             try:
-                windows += [(i, *w) for w in self.windows(pair[0], tokens)]
+                if not tokens:
+                    raise ValueError("the context has no sub-words")
+                windows += [(i, *w) for w in self.windows(question, tokens)]
             except ValueError as e:
-                raise ValueError(f"pair {i}: {e}") from None
-            contexts.append((pair[1], offsets))
+                failures[i] = Failure(str(e))
+            contexts.append((context, offsets))
         best: list[Optional[tuple[float, int, int, float]]] = [None] * len(contexts)
         logits = self.logits([w[1] for w in windows], batch_size)  # each [T, 2]
         for (i, _, first, offset, length), window_logits in zip(windows, logits):
@@ -73,7 +77,11 @@ class OMoEReader(ServedModel):
                 probability = softmax(start_logits)[a] * softmax(end_logits)[b]
                 best[i] = (score, a - first + offset, b - first + offset, float(probability))
         answers = []
-        for (context, offsets), (_, a, b, probability) in zip(contexts, best):
+        for i, ((context, offsets), found) in enumerate(zip(contexts, best)):
+            if i in failures:
+                answers.append(failures[i])
+                continue
+            _, a, b, probability = found
             begin, end = offsets[a][0], offsets[b][1]
             while begin < end and context[begin].isspace():  # sentencepiece's '▁' spans a space
                 begin += 1

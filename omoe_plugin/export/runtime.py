@@ -3,8 +3,9 @@ tokenizer, and the pad-and-run loop (`ServedModel`, the base of `OMoEClassifier`
 `OMoETagger` and `OMoEReader`); `load_model` in `inference` picks the class from the file."""
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -51,10 +52,34 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
+@dataclass
+class Failure:
+    """The answer to an item that cannot be answered (its other items are answered)."""
+
+    error: str
+
+    def to_json(self) -> dict:
+        return {"error": self.error}
+
+
+def text_problem(text: Any, what: str = "text") -> Optional[str]:
+    """Why `text` is no usable text (not a str, empty, not encodable as UTF-8), or None."""
+    if not isinstance(text, str):
+        return f"the {what} is {type(text).__name__}, not a str"
+    if not text.strip():
+        return f"the {what} is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"the {what} is not valid Unicode (a lone surrogate at character {e.start})"
+    return None
+
+
 class ServedModel(ABC):
     """One model written by omoe-export, on one ONNX Runtime session at the optimisation level
     stored at export (or `optimization_level`). Subclasses serve one kind of model (`kind`,
-    as ServingInfo.kind names it) and implement `predict(items, batch_size)`."""
+    as ServingInfo.kind names it): `problem` says what is wrong with an item, `answer`
+    answers good ones."""
 
     kind = ""
 
@@ -74,9 +99,34 @@ class ServedModel(ABC):
     def labels(self) -> list[str]:
         return self.info.labels
 
-    @abstractmethod
     def predict(self, items: Sequence, batch_size: int = 32) -> list:
-        """One answer per item, in order."""
+        """One answer per item, in order: a Failure, saying why, for an item that cannot be
+        answered, so one bad item costs only itself. Raises TypeError for items that are not
+        a list (one string is not a list of texts)."""
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise TypeError(f"predict takes a list of items, got {type(items).__name__}"
+                            + (": wrap one text in a list" if isinstance(items, str) else ""))
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        answers: list = [None] * len(items)
+        good = []
+        for i, item in enumerate(items):
+            problem = self.problem(item)
+            if problem is None:
+                good.append(i)
+            else:
+                answers[i] = Failure(problem)
+        for i, answer in zip(good, self.answer([items[i] for i in good], batch_size)):
+            answers[i] = answer
+        return answers
+
+    @abstractmethod
+    def problem(self, item: Any) -> Optional[str]:
+        """Why this item cannot be answered by this kind of model, or None."""
+
+    @abstractmethod
+    def answer(self, items: list, batch_size: int) -> list:
+        """One answer per good item (or a Failure found while answering it), in order."""
 
     def ids(self, tokens: list[str]) -> list[int]:
         """Model ids of sub-word tokens (unknown ones as <unk>)."""
@@ -86,8 +136,6 @@ class ServedModel(ABC):
         """The model's logits for every input (model ids, <s> and </s> included), in order:
         inputs batched by length, so that padding stays low; a per-token model's rows cut to
         the input's length."""
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[Optional[np.ndarray]] = [None] * len(inputs)
         for start in range(0, len(order), batch_size):

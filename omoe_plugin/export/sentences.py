@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .runtime import ServedModel, softmax
+from .runtime import ServedModel, softmax, text_problem
 
 Text = Union[str, tuple[str, str]]  # one sentence, or a sentence pair
 
@@ -41,19 +41,25 @@ class OMoEClassifier(ServedModel):
         """Model ids of one sentence or pair, and whether it was truncated."""
         return self.encode_batch([sentence])[0]
 
+    def problem(self, sentence) -> Optional[str]:
+        if not self.info.pairs:
+            if isinstance(sentence, (tuple, list)):
+                return "this model classifies single sentences: give one text, not a pair"
+            return text_problem(sentence)
+        if not isinstance(sentence, (tuple, list)) or len(sentence) != 2:
+            return "this model classifies sentence pairs: give (text, text_pair)"
+        return text_problem(sentence[0], "first text") or text_problem(sentence[1], "second text")
+
     def encode_batch(self, sentences: Sequence[Text]) -> list[tuple[list[int], bool]]:
         """encode for many sentences or pairs at once (tokenised in parallel); raises
-        ValueError naming the first empty text, or a pair given to a single-sentence model
-        and the other way round."""
+        ValueError naming the first one that is no usable sentence (or pair) for this
+        model."""
+        for i, sentence in enumerate(sentences):
+            problem = self.problem(sentence)
+            if problem:
+                raise ValueError(f"sentence {i}: {problem}")
         info = self.info
         parts = [[s] if isinstance(s, str) else list(s) for s in sentences]
-        for i, texts in enumerate(parts):
-            if (len(texts) == 2) != info.pairs:
-                raise ValueError(f"sentence {i}: this model classifies "
-                                 + ("sentence pairs: give (text, text_pair)" if info.pairs
-                                    else "single sentences: give one text, not a pair"))
-            if not all(t.strip() for t in texts):
-                raise ValueError(f"sentence {i} is empty")
         tokens = iter(self.tokenizer.tokenize([t for texts in parts for t in texts]))
         separator = [] if info.separator is None else [info.separator]
         encoded = []
@@ -67,9 +73,9 @@ class OMoEClassifier(ServedModel):
                             too_long))
         return encoded
 
-    def predict(self, sentences: Sequence[Text], batch_size: int = 32) -> list[Prediction]:
+    def answer(self, sentences: list[Text], batch_size: int) -> list[Prediction]:
         """One Prediction per sentence (or pair: a tuple of two texts), in order (a truncated
-        one's is marked so). Raises ValueError naming the first empty sentence."""
+        one's is marked so)."""
         encoded = self.encode_batch(sentences)
         logits = self.logits([ids for ids, _ in encoded], batch_size)
         return [self._prediction(out, truncated) for out, (_, truncated) in zip(logits, encoded)]

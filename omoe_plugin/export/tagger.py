@@ -4,18 +4,20 @@
 A text is cut into words as CoNLL-2003 writes them (runs of letters and digits, joined by
 - ' . & / inside a word; every other punctuation mark a word of its own), each word is
 tokenised on its own and tagged on its first sub-word, as in training; entities are
-seqeval's spans over the word tags (the spans the validation F1 counts). A text longer
-than the model's positions is tagged in consecutive pieces cut at word boundaries, as
+seqeval's spans over the word tags (the spans the validation F1 counts). Words already
+split (a list of words instead of a text: `@LH_TCC` or a URL stays one word) are tagged
+exactly as given, their offsets in the words joined by single spaces. A text longer than the
+model's positions is tagged in consecutive pieces cut at word boundaries, as
 omoe-prepare-data cuts long sentences.
 """
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Optional, Union
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from .runtime import ServedModel, softmax
+from .runtime import ServedModel, softmax, text_problem
 
 WORD = re.compile(r"\w+(?:[-'.&/]\w+)*|[^\w\s]")
 
@@ -48,14 +50,29 @@ class OMoETagger(ServedModel):
 
     kind = "tagging"
 
-    def predict(self, sentences: Sequence[str], batch_size: int = 32) -> list[Tagged]:
-        """One Tagged per text, in order; raises ValueError naming the first empty text."""
-        words = []
-        for i, text in enumerate(sentences):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"sentence {i} is empty" if isinstance(text, str) else
-                                 f"sentence {i}: this model tags single texts, not pairs")
-            words.append([(m.group(), m.start(), m.end()) for m in WORD.finditer(text)])
+    def problem(self, item: Union[str, list[str]]) -> Optional[str]:
+        if not isinstance(item, (list, tuple)):
+            return text_problem(item)
+        if not item:
+            return "no words"
+        for n, word in enumerate(item):  # words already split: each one word
+            problem = text_problem(word, f"word {n}")
+            if problem or len(word.split()) > 1:
+                return problem or f"word {n} holds white space: give one word per item"
+        return None
+
+    def answer(self, sentences: list[Union[str, list[str]]], batch_size: int) -> list[Tagged]:
+        """One Tagged per text (or list of words), in order."""
+        texts = [item if isinstance(item, str) else " ".join(item) for item in sentences]
+        words = []  # (word, start, end) in its text
+        for item, text in zip(sentences, texts):
+            if isinstance(item, str):
+                words.append([(m.group(), m.start(), m.end()) for m in WORD.finditer(text)])
+            else:
+                starts = [0]
+                for word in item[:-1]:
+                    starts.append(starts[-1] + len(word) + 1)
+                words.append([(w, s, s + len(w)) for w, s in zip(item, starts)])
         pieces = [(i, piece) for i, ws in enumerate(words) for piece in self._pieces(ws)]
         tags: list[list[tuple[str, float]]] = [[] for _ in sentences]
         logits = self.logits([ids for _, (ids, _) in pieces], batch_size)  # in piece order
@@ -63,7 +80,7 @@ class OMoETagger(ServedModel):
             probs = softmax(piece_logits[firsts])  # [words, tags]
             best = probs.argmax(-1)
             tags[i] += [(self.labels[b], float(p[b])) for p, b in zip(probs, best)]
-        return [self._tagged(text, ws, ts) for text, ws, ts in zip(sentences, words, tags)]
+        return [self._tagged(text, ws, ts) for text, ws, ts in zip(texts, words, tags)]
 
     def _pieces(self, words: list[tuple[str, int, int]]) -> list[tuple[list[int], list[int]]]:
         """The model ids of the words in pieces of at most max_positions (<s> and </s>

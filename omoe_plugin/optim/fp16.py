@@ -17,7 +17,13 @@ TAGS = (EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR)
 
 
 def install_expert_tag_copy() -> None:
-    """Make fairseq's fp32 copies of the parameters keep the expert tags (idempotent)."""
+    """Make fairseq's fp32 copies of the parameters keep the expert tags (idempotent).
+
+    A process-wide replacement of `_FP16OptimizerMixin.build_fp32_params`, because fairseq
+    builds the optimizer from these copies with no hook in between and OMoE never sees the
+    model. Without it `--optimizer omoe --fp16 --fp16-no-flatten-grads` (and --bf16) stops
+    with "found no expert weights" (tests/test_cli_precision.py,
+    test_fp16_training_keeps_the_projector_maths_in_fp32)."""
     build = _FP16OptimizerMixin.build_fp32_params.__func__
     if getattr(build, "copies_expert_tags", False):
         return

@@ -4,6 +4,8 @@ its own line."""
 
 import io
 import json
+import select
+import subprocess
 
 import numpy as np
 import onnx
@@ -16,6 +18,7 @@ from omoe_plugin.export.serving_info import read_metadata
 from omoe_plugin.export.sentences import OMoEClassifier
 from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx
+from tests.cli import BIN
 from tests.conftest import HEAD, tiny_model
 from tests.export.test_onnx_export import export, word_tokenizer
 
@@ -78,6 +81,44 @@ def test_a_bad_line_costs_only_itself(exported):
     assert records[4]["truncated"] is True and "label" in records[4]
     expected = classifier.predict([good[0], good[1], good[2]])
     assert [records[i]["label"] for i in (0, 2, 5)] == [p.label for p in expected]
+
+
+def test_omoe_infer_answers_a_line_before_the_next_is_written(exported):
+    _, path, _ = exported
+    infer = subprocess.Popen([str(BIN / "omoe-infer"), str(path), "--threads", "1"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        infer.stdin.write("w1 w2 w3\n")
+        infer.stdin.flush()  # the pipe stays open: no second line, no end of input
+        ready, _, _ = select.select([infer.stdout], [], [], 60)
+        assert ready, "omoe-infer waited for more input before answering"
+        first = json.loads(infer.stdout.readline())
+        assert first["line"] == 1 and "label" in first
+        infer.stdin.write("w4\tw5\n")
+        infer.stdin.close()
+        second = json.loads(infer.stdout.readline())
+        assert second == {"line": 2, "error": "expected one text, found 2 tab-separated fields"}
+        assert infer.wait(60) == 1
+    finally:
+        infer.kill()
+
+
+def test_a_long_line_is_cut_with_a_note_and_the_items_are_checked(exported):
+    _, _, classifier = exported
+    stream = io.BytesIO(("w1 " * 5000).encode() + b"\n")
+    out = io.StringIO()
+    assert classify_stream(classifier, stream, out, batch_size=4, max_chars=30) == 0
+    record = json.loads(out.getvalue())
+    assert record["note"] == "cut to its first 30 characters" and "truncated" not in record
+    with pytest.raises(TypeError, match="wrap one text in a list"):
+        classifier.predict("w1 w2")
+    answers = classifier.predict(["w1", None, b"w2", "\ud800 w3", ("w1", "w2"), "", "w4"])
+    assert [a.to_json().get("error") for a in answers] == [
+        None, "the text is NoneType, not a str", "the text is bytes, not a str",
+        "the text is not valid Unicode (a lone surrogate at character 0)",
+        "this model classifies single sentences: give one text, not a pair",
+        "the text is empty", None]
+    assert answers[0].label in classifier.labels and answers[6].label in classifier.labels
 
 
 def test_files_that_are_not_omoe_models_are_refused(tmp_path):
