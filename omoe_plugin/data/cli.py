@@ -3,7 +3,10 @@
 `conll`), or questions with their contexts and answers -> an extractive-QA directory
 (`--format squad`, layout: `squad`). The data is a user's own TSV/CSV/JSON-lines/CoNLL/SQuAD
 file(s), or a bundled set (`--corpus`: the rated sentences of vaderSentiment, the default when
-no file is given, BoolQ, PrivacyQA, CoNLL-2003 or Disfl-QA)."""
+no file is given, BoolQ, PrivacyQA, CoNLL-2003 or Disfl-QA).
+
+Everything a later step would trip over is checked first and reported by file and line, with
+nothing written (docs/bad-input.md lists each check and its message)."""
 
 import argparse
 import logging
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .boolq import boolq_examples
+from .checks import LONG_TEXTS
 from .conll import prepare_tagging
 from .movie_reviews import PAIR_CORPORA, wordpiece_tokenizer
 from .movie_reviews import prepare as prepare_corpus
@@ -20,6 +24,7 @@ from .sources import VADER_CORPORA, conll2003_texts
 from .squad import disflqa_questions, prepare_span_qa
 from .subword import SubwordTokenizer, from_file, gpt2_bpe, train_sentencepiece
 from .tables import FORMATS, Columns, read_examples, split_deterministically
+from .textfile import DEFAULT_ENCODING, encoding_name
 
 logger = logging.getLogger(__name__)
 TASK_FORMATS = ("conll", "squad")  # --format values with a task of their own
@@ -48,10 +53,19 @@ def parser() -> argparse.ArgumentParser:
                       "for --task omoe_span_qa (SQuAD's JSON, or JSON lines of question, "
                       "context, answers); both take --train/--valid/--test")
     data.add_argument("--max-tokens", type=int, default=126,
-                      help="conll and squad: sub-words per example besides <s> and </s> "
-                      "(default: 126, for the 128 positions of all-MiniLM-L6-v2); longer "
-                      "sentences are cut at word boundaries, longer contexts into overlapping "
-                      "windows (a QA example also holds the </s> after its question)")
+                      help="sub-words per example besides <s> and </s> (default: 126, for the "
+                      "128 positions of all-MiniLM-L6-v2); a pair's two texts get 2 fewer (the "
+                      "</s> after the first text and a --separator-token), a QA example 1 fewer "
+                      "(the </s> after its question); see --long-texts")
+    data.add_argument("--long-texts", choices=LONG_TEXTS, default="truncate",
+                      help="an example over --max-tokens: truncate (the default) cuts it, and "
+                      "one warning counts them and names the first (texts and pairs are cut at "
+                      "the end, the second text first; CoNLL sentences into pieces at word "
+                      "boundaries; SQuAD contexts into overlapping windows); refuse stops at "
+                      "the first, naming its file and line")
+    data.add_argument("--encoding", type=encoding_option, default=DEFAULT_ENCODING,
+                      help="the encoding of every data file (default: utf-8; e.g. latin-1, "
+                      "cp1252); a byte it cannot decode stops the run at its file:line:column")
     data.add_argument("--doc-stride", type=int, default=64,
                       help="squad: sub-words between the starts of a context's windows")
     data.add_argument("--max-question-tokens", type=int, default=64,
@@ -63,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--regression", action="store_true",
                       help="labels are real-valued targets (fine-tune with --regression-target "
                       "--num-classes 1)")
+    data.add_argument("--unseen-label", default=None, metavar="LABEL",
+                      help="a valid or test label that the training split never shows stops "
+                      "the run (naming its file and line); with this option it becomes LABEL, "
+                      "a training label (e.g. other), with one warning counting them")
     tok = p.add_argument_group("tokenizer (default: all-MiniLM-L6-v2's uncased WordPiece)")
     how = tok.add_mutually_exclusive_group()
     how.add_argument("--tokenizer", type=Path, default=None,
@@ -94,19 +112,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def encoding_option(name: str) -> str:
+    """--encoding's value, if Python knows the encoding."""
+    try:
+        encoding_name(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def read_splits(args, p: argparse.ArgumentParser) -> dict:
+    """The user's examples per split: --input split for them, or --train/--valid/--test."""
     columns = Columns(args.text_column, args.pair_column, args.label_column)
     given = [s for s in SPLITS if getattr(args, s)]
     if args.input and given:
         p.error("give either --input (split for you) or --train/--valid/--test, not both")
+    if args.unseen_label and args.regression:
+        p.error("--unseen-label maps class labels: it does not go with --regression")
+
+    def read(path: Path) -> list:
+        return read_examples(path, columns, args.regression, args.format, args.encoding)
+
     if args.input:
-        return split_deterministically(read_examples(args.input, columns, args.regression,
-                                                     args.format))
+        return split_deterministically(read(args.input))
     if len(given) != len(SPLITS):
         p.error(f"--train, --valid and --test go together (missing: "
                 f"{', '.join('--' + s for s in SPLITS if s not in given)})")
-    return {s: read_examples(getattr(args, s), columns, args.regression, args.format)
-            for s in SPLITS}
+    return {s: read(getattr(args, s)) for s in SPLITS}
 
 
 def tokenizer_for(args, splits: Optional[dict]) -> SubwordTokenizer:
@@ -121,20 +153,43 @@ def tokenizer_for(args, splits: Optional[dict]) -> SubwordTokenizer:
 
 
 def prepare_bundled(out_dir: Path, corpus: str, srcdict: Optional[Path] = None, workers: int = 1,
-                    max_tokens: int = 126) -> dict[str, int]:
+                    max_tokens: int = 126, long_texts: str = "truncate") -> dict[str, int]:
     """Prepare one bundled set (BUNDLED) with the pretrained encoder's WordPiece tokenizer;
     returns the number of examples per split."""
+    limits = {"max_tokens": max_tokens, "long_texts": long_texts}
     if corpus in PAIR_SETS:
         return prepare_examples(out_dir, PAIR_SETS[corpus](), wordpiece_tokenizer(), srcdict,
-                                workers=workers)
+                                workers=workers, **limits)
     if corpus == "conll2003":
         return prepare_tagging(out_dir, {s: Path(f"conll2003/{s}.txt") for s in SPLITS},
                                wordpiece_tokenizer(), srcdict, workers, max_tokens,
-                               texts=conll2003_texts())
+                               texts=conll2003_texts(), long_texts=long_texts)
     if corpus == "disflqa":
         return prepare_span_qa(out_dir, {}, wordpiece_tokenizer(), srcdict, workers,
-                               max_tokens - 1, questions=disflqa_questions())
-    return prepare_corpus(out_dir, workers, srcdict, corpus)
+                               max_tokens - 1, questions=disflqa_questions(),
+                               long_texts=long_texts)
+    return prepare_corpus(out_dir, workers, srcdict, corpus, **limits)
+
+
+def prepare_task_format(args, p: argparse.ArgumentParser) -> dict[str, int]:
+    """--format conll or squad: the user's three files into a token-tagging or QA directory."""
+    if (args.corpus or args.input or args.pair_column or args.regression or args.train_spm
+            or args.unseen_label):
+        p.error(f"--format {args.format} takes --train/--valid/--test (no --input, --corpus, "
+                "--pair-column, --regression or --unseen-label) and a tokenizer file or the "
+                "default one (for sentencepiece, train a model on your text with spm_train and "
+                "pass it as --tokenizer)")
+    given = [s for s in SPLITS if getattr(args, s)]
+    if len(given) != len(SPLITS):
+        p.error(f"--format {args.format} needs --train, --valid and --test")
+    files = {s: getattr(args, s) for s in SPLITS}
+    common = {"long_texts": args.long_texts, "encoding": args.encoding}
+    if args.format == "conll":
+        return prepare_tagging(args.out_dir, files, tokenizer_for(args, None), args.srcdict,
+                               args.workers, args.max_tokens, **common)
+    return prepare_span_qa(args.out_dir, files, tokenizer_for(args, None), args.srcdict,
+                           args.workers, args.max_tokens - 1, args.doc_stride,
+                           args.max_question_tokens, **common)
 
 
 def cli_main(argv: Optional[list[str]] = None) -> None:
@@ -143,38 +198,24 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     user_data = args.input or any(getattr(args, s) for s in SPLITS)
     if not user_data:
-        if args.tokenizer or args.gpt2_bpe or args.train_spm or args.regression:
-            p.error("--tokenizer, --gpt2-bpe, --train-spm and --regression apply to your own files "
-                    "(--input or --train/--valid/--test)")
+        if args.tokenizer or args.gpt2_bpe or args.train_spm or args.regression or \
+                args.unseen_label:
+            p.error("--tokenizer, --gpt2-bpe, --train-spm, --regression and --unseen-label "
+                    "apply to your own files (--input or --train/--valid/--test)")
         sizes = prepare_bundled(args.out_dir, args.corpus or "movie_reviews", args.srcdict,
-                                args.workers, args.max_tokens)
-    elif args.format in TASK_FORMATS:
-        if args.corpus or args.input or args.pair_column or args.regression or args.train_spm:
-            p.error(f"--format {args.format} takes --train/--valid/--test (no --input, --corpus, "
-                    "--pair-column or --regression) and a tokenizer file or the default one "
-                    "(for sentencepiece, train a model on your text with spm_train and pass it "
-                    "as --tokenizer)")
-        given = [s for s in SPLITS if getattr(args, s)]
-        if len(given) != len(SPLITS):
-            p.error(f"--format {args.format} needs --train, --valid and --test")
-        files = {s: getattr(args, s) for s in SPLITS}
-        try:
-            if args.format == "conll":
-                sizes = prepare_tagging(args.out_dir, files, tokenizer_for(args, None),
-                                        args.srcdict, args.workers, args.max_tokens)
-            else:
-                sizes = prepare_span_qa(args.out_dir, files, tokenizer_for(args, None),
-                                        args.srcdict, args.workers, args.max_tokens - 1,
-                                        args.doc_stride, args.max_question_tokens)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
-            raise SystemExit(f"omoe-prepare-data: {e}") from None
+                                args.workers, args.max_tokens, args.long_texts)
     else:
-        if args.corpus:
+        if args.corpus and args.format not in TASK_FORMATS:
             p.error("--corpus prepares a bundled set: give it or your own files, not both")
         try:
-            splits = read_splits(args, p)
-            sizes = prepare_examples(args.out_dir, splits, tokenizer_for(args, splits),
-                                     args.srcdict, args.regression, args.workers)
+            if args.format in TASK_FORMATS:
+                sizes = prepare_task_format(args, p)
+            else:
+                splits = read_splits(args, p)
+                sizes = prepare_examples(
+                    args.out_dir, splits, tokenizer_for(args, splits), args.srcdict,
+                    args.regression, args.workers, max_tokens=args.max_tokens,
+                    long_texts=args.long_texts, unseen_label=args.unseen_label)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise SystemExit(f"omoe-prepare-data: {e}") from None
     logger.info(f"wrote {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))

@@ -7,23 +7,27 @@ between documents. Tags are `O` or `B-`/`I-`/`E-`/`S-` + a type (IOB1, IOB2 or I
 Each word is tokenised on its own; its tag goes to its first sub-word and the rest are
 labelled `<pad>`, which the loss and the metrics ignore (BERT's recipe). A sentence longer
 than `max_tokens` sub-words is cut at word boundaries into consecutive pieces, each its own
-example (an entity that crosses a cut is split in two: reported as a count).
+example (an entity that crosses a cut is split in two), reported once with the number of such
+sentences and the first one; `--long-texts refuse` stops at it instead.
 
 Layout (`prepare`'s, one example per line):
   DIR/input0/  binarised sub-word tokens + dict.txt
   DIR/label/   binarised sub-word tags (`<pad>` = ignored) + dict.txt, the training tag set
   DIR/raw/     {split}.input0 / .label as text, and {split}.words / .tags, the words and tags
+  DIR/omoe-data.json  the tags and positions (`record`)
 """
 
-import logging
 import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .prepare import SPLITS, binarize_with, building
+from .checks import LongTexts, unseen_message
+from .output import building
+from .prepare import SPLITS, binarize_with
+from .record import write_record
 from .subword import SubwordTokenizer
+from .textfile import DEFAULT_ENCODING, read_text
 
-logger = logging.getLogger(__name__)
 TAG = re.compile(r"^(O|[BIES]-\S+)$")
 IGNORED = "<pad>"  # the label of a word's second and later sub-words
 
@@ -34,14 +38,16 @@ class TaggedSentence(NamedTuple):
     where: str  # "file:line" of its first word, for messages
 
 
-def read_conll(path: Path, text: Optional[str] = None) -> list[TaggedSentence]:
-    """The sentences of a CoNLL file (text: its content, if already read). Every word line
-    must have as many columns as the file's first one (at least two): a line that does not,
-    or whose tag is not a BIO/BIOES tag, is an error naming the file and line."""
+def read_conll(path: Path, text: Optional[str] = None,
+               encoding: str = DEFAULT_ENCODING) -> list[TaggedSentence]:
+    """The sentences of a CoNLL file (text: its content, if already read; else decoded with
+    encoding). Every word line must have as many columns as the file's first one (at least
+    two): a line that does not, or whose tag is not a BIO/BIOES tag, is an error naming the
+    file and line."""
     if text is None:
         if not path.is_file():
             raise FileNotFoundError(f"CoNLL file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, encoding)
     sentences, words, tags, start, columns = [], [], [], "", None
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
@@ -77,11 +83,8 @@ def check_tag_sets(splits: dict[str, list[TaggedSentence]]) -> list[str]:
         for sentence in splits[split]:
             unseen = set(sentence.tags) - set(known)
             if unseen:
-                raise ValueError(
-                    f"{sentence.where}: tag {sorted(unseen)[0]!r} of the {split} split is not in "
-                    f"the training split's tag set ({', '.join(known)}): the tag sets of the "
-                    "splits must agree"
-                )
+                raise ValueError(unseen_message(sentence.where, "tag", sorted(unseen)[0], split,
+                                                known) + "; the tag sets of the splits must agree")
     return known
 
 
@@ -111,21 +114,30 @@ def align(sentence: TaggedSentence, tokenizer: SubwordTokenizer,
 
 def prepare_tagging(out_dir: Path, files: dict[str, Path], tokenizer: SubwordTokenizer,
                     srcdict: Optional[Path] = None, workers: int = 1, max_tokens: int = 126,
-                    texts: Optional[dict[str, str]] = None) -> dict[str, int]:
+                    texts: Optional[dict[str, str]] = None, long_texts: str = "truncate",
+                    encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
     """Read, align, binarise and save the tokenizer into out_dir, replacing it only once the
     whole directory is written; returns the number of examples (pieces) per split.
 
     files: the CoNLL file of each split; texts: their contents where already read (a
-    bundled set); max_tokens: sub-words per example (the model's positions less <s>, </s>)."""
-    splits = {s: read_conll(files[s], (texts or {}).get(s)) for s in SPLITS}
+    bundled set); max_tokens: sub-words per example (the model's positions less <s>, </s>);
+    long_texts: a longer sentence is cut into pieces ("truncate") or stops the run
+    ("refuse"); encoding: the files' (--encoding)."""
+    splits = {s: read_conll(files[s], (texts or {}).get(s), encoding) for s in SPLITS}
     tag_set = check_tag_sets(splits)
-    sizes, cut = {}, 0
+    sizes, pieces_of_long = {}, 0
+    limit = LongTexts(long_texts, max_tokens, "sentence", "cut into pieces at word boundaries")
     with building(out_dir) as work:
         raw = work / "raw"
         raw.mkdir()
         for split in SPLITS:
-            pieces = [p for s in splits[split] for p in align(s, tokenizer, max_tokens)]
-            cut += len(pieces) - len(splits[split])
+            pieces = []
+            for sentence in splits[split]:
+                parts = align(sentence, tokenizer, max_tokens)
+                if len(parts) > 1:
+                    limit.over(sentence.where, sum(len(p[0]) for p in parts))
+                    pieces_of_long += len(parts)
+                pieces += parts
             for i, suffix in enumerate(("input0", "label", "words", "tags")):
                 (raw / f"{split}.{suffix}").write_text(
                     "".join(" ".join(p[i]) + "\n" for p in pieces), encoding="utf-8")
@@ -134,6 +146,8 @@ def prepare_tagging(out_dir: Path, files: dict[str, Path], tokenizer: SubwordTok
         tags.write_text("".join(f"{t} 1\n" for t in tag_set), encoding="utf-8")
         binarize_with(work, tokenizer, srcdict, workers, label_dict=tags)
         tags.unlink()
-    if cut:
-        logger.info(f"{cut} sentences longer than {max_tokens} sub-words were cut into pieces")
+        write_record(work, task="omoe_token_classification", num_classes=len(tag_set),
+                     labels=tag_set, max_tokens=max_tokens, max_positions=max_tokens + 2,
+                     sizes=sizes)
+    limit.report(f", {pieces_of_long} pieces in all")
     return sizes

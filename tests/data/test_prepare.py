@@ -1,9 +1,13 @@
 """omoe-prepare-data on a user's own files: TSV/CSV/JSON lines, single texts and pairs, class
 labels and regression targets, WordPiece and sentencepiece, clear errors and no partial
-output. The texts are real movie-review sentences of the bundled corpus."""
+output; the record of the classes, raw files one example a line, texts cut to --max-tokens.
+The texts are real movie-review sentences of the bundled corpus."""
 
 import csv
 import json
+import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 from fairseq.data import Dictionary, data_utils
@@ -193,3 +197,73 @@ def test_gpt2_bpe_tokenises_as_fairseqs_own_encoder(gpt2_files, tmp_path):
     assert from_file(out / "gpt2_bpe.json").tokenize(texts) == expected  # omoe-export --tokenizer
     test = split_deterministically(read_examples(rows, Columns()))["test"]
     assert decoded(out, "test", "input0") == ours.tokenize([e.text for e in test])
+
+
+LEVELS = ("awful", "poor", "mixed", "good", "great")  # five classes of the rating
+
+
+@contextmanager
+def warnings_logged() -> Iterator[list[str]]:
+    """The warnings the data package logs inside the block (a list, filled as they come)."""
+    messages, handler = [], logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("omoe_plugin.data")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory):
+    """Every 35th real review in five classes of its rating, as CSV splits (id % 10: 0 test,
+    1 valid) whose first training text spans two lines, prepared with --max-tokens 24:
+    (directory, {split: [(text, label)]}, the warnings logged)."""
+    tmp = tmp_path_factory.mktemp("five_classes")
+    reviews = [r for r in parse(rated_lines())[::35] if r.rating != 0]
+    rows = {"train": [("A fine\nfilm .", "good")], "valid": [], "test": []}
+    for i, r in enumerate(reviews):
+        label = LEVELS[sum(r.rating > t for t in (-2, -0.7, 0.7, 2))]
+        rows[{0: "test", 1: "valid"}.get(i % 10, "train")].append((r.text, label))
+    argv = [str(tmp / "bin"), "--max-tokens", "24"]
+    for split, split_rows in rows.items():
+        with open(tmp / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("text", "label"), *split_rows])
+        argv += [f"--{split}", str(tmp / f"{split}.csv")]
+    with warnings_logged() as warnings:
+        cli_main(argv)
+    return tmp / "bin", rows, warnings
+
+
+def test_the_record_holds_the_classes_in_class_index_order(five_classes):
+    out, _, _ = five_classes
+    record = json.loads((out / "omoe-data.json").read_text())
+    labels = Dictionary.load(str(out / "label" / "dict.txt")).symbols[4:4 + len(LEVELS)]
+    assert record["num_classes"] == 5 and record["labels"] == labels
+    assert sorted(labels) == sorted(LEVELS)
+    assert (record["max_tokens"], record["max_positions"], record["pairs"]) == (24, 26, False)
+
+
+def test_raw_texts_and_labels_stay_aligned_when_a_field_spans_lines(five_classes):
+    out, rows, _ = five_classes
+    for split, split_rows in rows.items():
+        texts = (out / "raw" / f"{split}.text").read_text().splitlines()
+        labels = (out / "raw" / f"{split}.label").read_text().splitlines()
+        assert list(zip(texts, labels)) == [(t.replace("\n", " "), lab) for t, lab in split_rows]
+    assert decoded(out, "train", "input0")[0] == ["a", "fine", "film", "."]
+
+
+def test_texts_over_max_tokens_are_truncated_and_reported_once(five_classes):
+    out, rows, warnings = five_classes
+    tokenizer = saved_in(out)
+    lengths = {s: [len(t) for t in tokenizer.tokenize([r[0] for r in rs])]
+               for s, rs in rows.items()}
+    over = sum(n > 24 for ns in lengths.values() for n in ns)
+    first = next(i for i, n in enumerate(lengths["train"]) if n > 24)  # row 0 has two lines
+    assert over > 1 and warnings == [
+        f"{over} texts longer than 24 sub-words were truncated (the first: "
+        f"{out.parent / 'train.csv'}:{first + 3}); pass --long-texts refuse to stop at such an "
+        "example instead"]
+    for split in rows:
+        assert max(len(t) for t in decoded(out, split, "input0")) == 24

@@ -1,5 +1,6 @@
 """Extractive-QA data: SQuAD JSON and JSON lines, answers checked against their contexts,
-sub-word character spans, overlapping windows, the bundled Disfl-QA, and the written layout."""
+sub-word character spans, overlapping windows, the bundled Disfl-QA, and the written layout; a
+broken JSON file named at the line and column where it breaks."""
 
 import json
 import re
@@ -135,3 +136,28 @@ def test_the_directory_holds_windows_with_their_gold_spans(tmp_path):
     with pytest.raises(ValueError, match="not inside its context"):
         prepare_span_qa(out, files, wordpiece_tokenizer(), max_tokens=30, stride=8)
     assert (out / "label" / "train.label").read_text().splitlines() == labels  # kept whole
+
+
+def test_a_truncated_squad_file_is_named_where_its_json_breaks(tmp_path):
+    squad = json.dumps({"version": "v1.1", "data": [{"title": "Normans", "paragraphs": [
+        {"context": CONTEXT, "qas": [{"id": "1", **qa("Who led them?", "Rollo")}]}]}]},
+        indent=2)
+    path = tmp_path / "train.json"
+    path.write_text(squad[:len(squad) // 2])  # a copy cut off half way
+    lines = path.read_text().split("\n")
+    with pytest.raises(ValueError, match=rf"train.json:{len(lines)}:{len(lines[-1]) + 1}: not "
+                                         r"valid JSON \("):
+        read_squad(path)
+
+
+def test_long_texts_refuse_stops_at_a_context_that_needs_windows(tmp_path):
+    files = {}
+    for split in ("train", "valid", "test"):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text(json.dumps(qa("Who led them?", "Rollo")) + "\n")
+    with pytest.raises(ValueError, match=rf"train.jsonl:1: the QA example is \d+ sub-words, more "
+                                         r"than the 30 that fit \(--max-tokens 31 less the </s> "
+                                         r"after the question\)"):
+        prepare_span_qa(tmp_path / "data", files, wordpiece_tokenizer(), max_tokens=30,
+                        stride=8, long_texts="refuse")
+    assert not (tmp_path / "data").exists()

@@ -1,6 +1,9 @@
 """The alternating schedule, the routed-input capture per update and the optimizer lookup of the
-omoe_sentence_prediction task."""
+omoe_sentence_prediction task, and its check of --num-classes against the data's record."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
@@ -8,14 +11,17 @@ from omoe_plugin.criterions.omoe_sentence_prediction import (
     OMoESentencePredictionCriterion,
     OMoESentencePredictionCriterionConfig,
 )
+from omoe_plugin.data.record import write_record
 from omoe_plugin.moe import MoEArgs, MoELayer
 from omoe_plugin.optim.fairseq_omoe import FairseqOMoE, OMoEConfig
 from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
     OMoESentencePredictionTask,
+    check_against_record,
 )
 from omoe_plugin.optim.settings import OMoESettings
 from omoe_plugin.tasks.schedule import find_omoe
+from tests.cli import USER_DIR, setup_error
 from tests.conftest import dictionaries, tiny_model
 from tests.criterions.test_omoe_sentence_prediction import sample
 
@@ -89,3 +95,26 @@ def test_validation_and_test_splits_score_every_example(movie_reviews):
         seen = sum(len(b) for b in batches)
         size = movie_reviews[1][split]
         assert seen == (size - size % 8 if split == "train" else size), split
+
+
+def test_num_classes_and_regression_target_are_checked_against_the_data(movie_reviews, tmp_path):
+    """The directory's record (omoe-prepare-data's omoe-data.json) stops a mismatch at set-up,
+    in one line, instead of fairseq's `IndexError: Target 4 is out of bounds` in training."""
+    data = movie_reviews[0]
+    args = ["--user-dir", USER_DIR, "--task", "omoe_sentence_prediction", "--init-token", "0",
+            "--max-positions", "128", "--arch", "omoe_roberta_tiny", "--cpu",
+            "--criterion", "sentence_prediction"]
+    where = f"{data} (recorded in its omoe-data.json by omoe-prepare-data)"
+    assert setup_error(data, [*args, "--num-classes", "5"]) == (
+        f"--num-classes 5 does not match the data: {where} holds 2 classes (neg, pos): pass "
+        "--num-classes 2")
+    assert setup_error(data, [*args, "--num-classes", "2", "--regression-target"]) == (
+        f"--num-classes 2 does not match the data: {where} holds one regression target per "
+        "example: pass --num-classes 1")
+    cfg = lambda **fields: SimpleNamespace(data=str(tmp_path), **fields)  # noqa: E731
+    check_against_record(cfg(num_classes=3, regression_target=False))  # no record
+    write_record(tmp_path, task="sentence_prediction", regression=True, targets=True,
+                 num_classes=1, labels=None)
+    with pytest.raises(ValueError, match="holds regression targets .*: pass --regression-target"):
+        check_against_record(cfg(num_classes=2, regression_target=False))
+    check_against_record(cfg(num_classes=1, regression_target=True))
