@@ -1,139 +1,121 @@
-"""Compare fine-tuning with AdamW and with OMoE on rated-sentence sentiment data, BoolQ,
-CoNLL-2003 NER or Disfl-QA extractive QA: for every configuration and seed, run fairseq-train,
-read the best validation score (accuracy; entity F1 for NER; F1 for QA) and the last
-validation expert similarity back from the TensorBoard event files, score
-checkpoint_best.pt on the test split with fairseq-validate, measure how much lower the
-experts' output cosine could be with the same displacements pointed apart ("room for
-directions", omoe-analyze --start), and write a markdown table (mean and standard deviation
-over seeds).
+"""Compare fine-tuning configurations (dense, MoE + AdamW, MoE + OMoE) trained to convergence,
+each at its own best learning rate, and keep every finished run as evidence.
 
-    python scripts/compare_optimizers.py --setting pretrained [--corpus movie_reviews]
-        [--seeds 1 2 3] [--out DIR] [--configs NAME ...] [--report]
-        [fairseq-train options added to every run]
+    python scripts/compare_optimizers.py --corpus C --select [--lr-grid 3e-5 1e-4 3e-4]
+    python scripts/compare_optimizers.py --corpus C [--final] [--seeds 1 2 3] [--lr-grid ...]
+    python scripts/compare_optimizers.py --report
+  each also takes [--configs NAME ...] [--setting pretrained|scratch] [--out DIR]
+  [fairseq-train options added to every run]
 
-Settings:
-  pretrained: all-MiniLM-L6-v2 (omoe-import-bert) fine-tuned dense, and upcycled to 4
-    experts with `copy` (data-bin/minilm/moe4.pt), `drop` (moe4_drop.pt, Drop-Upcycling)
-    and `split` (moe4_split.pt, experts of 576 neurons), fine-tuned with AdamW and with
-    OMoE in each of its readings (--omoe-space, --omoe-mode); needs `make compare`'s
-    checkpoints. --corpus picks the data: movie_reviews, tweets, amazon,
-    movie_review_pairs (pairs of movie reviews: same or different sentiment), boolq,
-    conll2003 (NER, --task omoe_token_classification, scored by seqeval's entity F1) or
-    disflqa (extractive QA, --task omoe_span_qa, scored by F1 per question); binarised with
-    the encoder's vocabulary into data-bin/CORPUS_minilm on first use.
-  scratch: a small 4-layer MoE trained from scratch on the movie reviews with AdamW, OMoE
-    joint and OMoE average.
+Protocol (TASKS, fixed per corpus before comparing): train until validation has not improved
+for P validations (--patience), at most N epochs (--max-epoch), validating and saving a
+checkpoint every ceil(updates per epoch / 4) updates and at the end of epoch N; learning rate
+polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 
---configs picks configurations by their run-directory name (e.g. moe_split_omoe); options
-the script does not know go to fairseq-train, so a sweep is one --out per setting:
+--select trains each configuration at seed 1 over the learning-rate grid and scores
+validation only. The final mode trains each configuration at the grid rate its selection
+runs scored best on validation, for every seed, and scores its checkpoint_best.pt once on
+the test split (seed 1 reuses its selection run); it refuses a configuration whose selection
+is incomplete. Every finished run appends one record to results/convergence.jsonl: a run
+with a record is not run again. --report trains nothing and writes
+docs/results/convergence.md from the records.
 
-    python scripts/compare_optimizers.py --configs moe_split_omoe --seeds 1 \
-        --out runs/sweep/alpha0.001 --omoe-alpha 0.001
+A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
+then ignores --finetune-from-model; early stopping's count is restored too:
+omoe_plugin.analysis.patience), its training wall time summed over the segments
+(RUN/run.json), and ends as the uninterrupted run would have. Runs take a lock: the same
+command started twice works through the runs two at a time. Each run trains in
+OUT/CONFIG/lr{LR}_seed{SEED}_{OPTIONS DIGEST} (OUT: runs/convergence/SETTING/CORPUS), with
+OMP_NUM_THREADS=1 unless set; only checkpoint_best.pt is kept once it is recorded.
 
-Each run writes OUT/CONFIG/seedN/{train.log,checkpoints,tensorboard,result.json} (OUT:
-runs/compare/SETTING/CORPUS by default); a finished run (its result.json exists) is read
-back, not run again.
-Defaults (phase lengths, alpha) are tuned on the validation column only; test is reported.
+Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled to 4 experts top-1 with `copy`:
+`make data-bin/minilm/moe4.pt`; data binarised with its vocabulary into
+data-bin/CORPUS_minilm on first use); scratch (a small 4-layer model from scratch on
+data-bin/CORPUS, with its own vocabulary).
 """
 
 import argparse
+import fcntl
+import hashlib
 import json
-import re
-import statistics
-import subprocess
+import math
+import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is single-threaded
 
-from omoe_plugin.analysis.analyze import expert_similarity
-from omoe_plugin.data.cli import BUNDLED, prepare_bundled
+from omoe_plugin.analysis import runs  # noqa: E402
+from omoe_plugin.analysis.results import (  # noqa: E402
+    Protocol, SelectionIncomplete, append_record, chosen_lr, find, load_records, record_key,
+    report, slug, task_section)
+from omoe_plugin.analysis.runs import option  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PRE = ROOT / "data-bin" / "minilm"
-TASK = ["--user-dir", str(ROOT / "user_dir"), "--max-positions", "128", "--cpu",
-        "--num-workers", "0"]
+RECORDS = ROOT / "results" / "convergence.jsonl"
+REPORT = ROOT / "docs" / "results" / "convergence.md"
+
+# Patience P (validations without improvement) and cap N (epochs) per corpus, fixed once
+# before comparing; a new corpus is one more line. N: one MiniLM run of the cap takes at most
+# about 1.5 h on this 2-core CPU (AMD EPYC), single-threaded, two runs at a time. Measured on
+# 2026-12-05 while other work loaded the machine, hence in CPU seconds (a core per run), two
+# runs side by side: fairseq-train of 10 and of 50 updates without validation (the difference
+# / 40: an update) and of 10 updates with one validation and its checkpoints saved (the extra
+# over the 10-update run: a validation). Dense is the slowest configuration here (MoE top-1
+# runs one expert the dense FFN's size per token, yet measured faster):
+#   movie_reviews, s an update: dense 1.62-1.65, MoE + AdamW 1.46, MoE + OMoE 1.39-1.40; a
+#     validation 14-17 s + 2-8 s writing checkpoints. Dense: 265 updates x 1.65 s + 4 x 19 s
+#     = 513 s an epoch, N = 10: 86 min (MoE: 77-78 min);
+#   conll2003: dense 1.60-1.72, MoE + AdamW 1.36, MoE + OMoE 1.22-1.26; a validation (3,253
+#     sentences) 36-55 s + 1-4 s. Dense: 439 x 1.65 s + 4 x 56 s = 948 s an epoch, N = 5:
+#     79 min (6 would be 95; MoE: 59-65 min).
+# P = 8 (two epochs without improvement): one validation's score moves by a few tenths from
+# the next, so fewer would stop on noise; the decaying rate makes late gains small.
+TASKS = {
+    "movie_reviews": Protocol(patience=8, max_epoch=10),
+    "conll2003": Protocol(patience=8, max_epoch=5),
+    # "privacy_qa": Protocol(patience=8, max_epoch=N),  # the pair corpus, once measured
+}
+TASK = ["--user-dir", "user_dir", "--max-positions", "128", "--cpu", "--num-workers", "0"]
 SENTENCES = ["--task", "omoe_sentence_prediction", "--criterion", "omoe_sentence_prediction",
-             "--num-classes", "2", "--init-token", "0",
-             # a few product-review sentences exceed the 128 positions: cut them, as serving does
-             "--shorten-method", "truncate"]
+             "--num-classes", "2", "--init-token", "0", "--shorten-method", "truncate"]
 TAGS = ["--task", "omoe_token_classification", "--criterion", "omoe_token_classification"]
 SPANS = ["--task", "omoe_span_qa", "--criterion", "omoe_span_qa"]
+# expert similarity is measured once, on checkpoint_best.pt: not at every validation
 COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--batch-size", "32",
-          "--maximize-best-checkpoint-metric",
-          "--no-epoch-checkpoints", "--no-last-checkpoints", "--log-format", "simple",
-          "--log-interval", "100", "--moe-aux-weight", "0.01"]
+          "--maximize-best-checkpoint-metric", "--no-epoch-checkpoints", "--log-format",
+          "simple", "--log-interval", "100", "--moe-aux-weight", "0.01",
+          "--omoe-similarity-tokens", "0"]
 ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
 OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
-KEEP = ["--omoe-moment", "keep"]  # the readings as first measured: AdamW's moment unprojected
-COPY = ["--finetune-from-model", str(PRE / "moe4.pt")]
-DROP = ["--finetune-from-model", str(PRE / "moe4_drop.pt")]
-SPLIT = ["--finetune-from-model", str(PRE / "moe4_split.pt"), "--moe-expert-ffn-dim", "576"]
+LR_GRID = [3e-5, 1e-4, 3e-4]
+CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): one line each
+    "dense fine-tune": ("dense", ADAM),
+    "MoE + AdamW": ("moe", ADAM),
+    "MoE + OMoE": ("moe", OMOE),  # the defaults
+}
 SETTINGS = {
     "pretrained": {
-        "data": lambda corpus: ROOT / "data-bin" / f"{corpus}_minilm",
+        "data": "data-bin/{}_minilm", "srcdict": ROOT / "data-bin" / "minilm" / "dict.txt",
         "args": ["--arch", "omoe_roberta_minilm", "--layer-norm-eps", "1e-12", "--moe-experts",
-                 "4", "--moe-top-k", "1", "--lr", "1e-4", "--warmup-updates", "20",
-                 "--total-num-update", "200", "--max-update", "200"],
-        "configs": {
-            "dense fine-tune": ["--finetune-from-model", str(PRE / "model.pt"), "--moe-freq", "0",
-                                *ADAM],
-            "MoE + AdamW": [*COPY, *ADAM],
-            "MoE (drop) + AdamW": [*DROP, *ADAM],
-            "MoE + OMoE deltas": [*COPY, *OMOE],  # the defaults
-            "MoE + OMoE deltas, moment kept": [*COPY, *OMOE, *KEEP],
-            "MoE + OMoE inputs joint": [*COPY, *OMOE, *KEEP, "--omoe-space", "inputs"],
-            "MoE + OMoE inputs average": [*COPY, *OMOE, *KEEP, "--omoe-space", "inputs",
-                                          "--omoe-mode", "average"],
-            "MoE + OMoE centred": [*COPY, *OMOE, *KEEP, "--omoe-space", "centred",
-                                   "--omoe-stat", "pca"],
-            "MoE + OMoE outputs": [*COPY, *OMOE, *KEEP, "--omoe-space", "outputs"],
-            "MoE (split) + AdamW": [*SPLIT, *ADAM],
-            "MoE (split) + OMoE": [*SPLIT, *OMOE],
-        },
+                 "4", "--moe-top-k", "1"],
+        "dense": ["--finetune-from-model", "data-bin/minilm/model.pt", "--moe-freq", "0"],
+        "moe": ["--finetune-from-model", "data-bin/minilm/moe4.pt"],
     },
     "scratch": {
-        "data": lambda corpus: ROOT / "data-bin" / "movie_reviews",
+        "data": "data-bin/{}", "srcdict": None,
         "args": ["--arch", "omoe_roberta_tiny", "--encoder-layers", "4", "--encoder-embed-dim",
                  "128", "--encoder-ffn-embed-dim", "256", "--moe-experts", "4", "--moe-top-k",
-                 "1", "--lr", "5e-4", "--warmup-updates", "60", "--total-num-update", "800",
-                 "--max-update", "800", "--max-epoch", "3"],
-        "configs": {
-            "MoE + AdamW": ADAM,
-            "MoE + OMoE (joint)": [*OMOE, *KEEP, "--omoe-space", "inputs", "--omoe-mode", "joint"],
-            "MoE + OMoE (average)": [*OMOE, *KEEP, "--omoe-space", "inputs", "--omoe-mode",
-                                     "average"],
-        },
+                 "1"],
+        "dense": ["--moe-freq", "0"],
+        "moe": [],
     },
 }
 
 
-def last_scalars(tb_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(tb_dir))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def slug(name: str) -> str:
-    """A configuration's run-directory name, also its name for --configs."""
-    return re.sub(r"\W+", "_", name).strip("_").lower()
-
-
-def direction_room(run_dir: Path, data: Path, args: list[str]) -> float | None:
-    """How much lower the experts' output cosine on the validation split would be with their
-    displacements from the start pointed apart, lengths kept (omoe-analyze --start): the
-    most any change of update directions could have bought at this run's step lengths.
-    None for a dense model."""
-    if "--moe-freq" in args and args[args.index("--moe-freq") + 1] == "0":
-        return None
-    start = Path(args[args.index("--finetune-from-model") + 1])
-    layers = expert_similarity(run_dir / "checkpoints" / "checkpoint_best.pt", data, start=start)
-    return sum(r["mean_cos"] - r["mean_apart"] for r in layers) / len(layers)
-
-
 def task_of(corpus: str) -> tuple[list[str], str]:
-    """fairseq-train's task options for a corpus, and its validation metric (also the
+    """fairseq's task options for a corpus, and its validation metric (also the
     checkpoint-selection metric and the one scored on the test split)."""
     if corpus == "conll2003":
         return TASK + TAGS, "entity_f1"
@@ -142,99 +124,174 @@ def task_of(corpus: str) -> tuple[list[str], str]:
     return TASK + SENTENCES, "accuracy"
 
 
-def run_one(data: Path, out: Path, name: str, args: list[str], seed: int,
-            corpus: str) -> dict[str, float]:
-    """Train and score one configuration and seed (or read back its finished result)."""
-    task, metric = task_of(corpus)
-    run_dir = out / slug(name) / f"seed{seed}"
-    done = run_dir / "result.json"
-    if done.exists():
-        result = json.loads(done.read_text())
-        if "room" not in result and "--finetune-from-model" in args:  # an older run
-            result["room"] = direction_room(run_dir, data, args)
-            done.write_text(json.dumps(result))
-        return result
-    train = [str(BIN / "fairseq-train"), str(data), *task, *COMMON, *args,
-             "--best-checkpoint-metric", metric,
-             "--seed", str(seed), "--save-dir", str(run_dir / "checkpoints"),
-             "--tensorboard-logdir", str(run_dir / "tensorboard")]
+def protocol_args(protocol: Protocol, data: Path, batch_size: int,
+                  metric: str) -> tuple[list[str], int]:
+    """fairseq-train's options of the protocol for this training split and batch size, and
+    the updates of an epoch."""
+    per_epoch = math.ceil(runs.train_size(data) / batch_size)
+    every, total = math.ceil(per_epoch / 4), protocol.max_epoch * per_epoch
+    return ["--patience", str(protocol.patience), "--max-epoch", str(protocol.max_epoch),
+            "--validate-interval-updates", str(every), "--save-interval-updates", str(every),
+            "--keep-interval-updates", "1", "--validate-interval", str(protocol.max_epoch),
+            "--total-num-update", str(total), "--warmup-updates", str(round(0.06 * total)),
+            "--best-checkpoint-metric", metric], per_epoch
+
+
+def relative(options: list[str]) -> list[str]:
+    """Paths under the repository made relative to it (fairseq runs in the repository)."""
+    return [o.replace(f"{ROOT}/", "") for o in options]
+
+
+def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: int,
+        stage: str) -> None:
+    """Train, measure and record one run, unless it has its record (or another process holds
+    it); resumes a killed one."""
+    record = {"task": c.corpus, "setting": c.setting, "config": name, "options": options,
+              "extra": c.extra, "stage": stage, "seed": seed, "lr": lr}
+    key = record_key(record)
+    recorded = lambda: any(record_key(r) == key for r in load_records(c.records))  # noqa: E731
+    if recorded():
+        return
+    digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:8]
+    run_dir = c.out / slug(name) / f"lr{lr:g}_seed{seed}_{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "w") as log:
-        subprocess.run(train, check=True, stdout=log, stderr=subprocess.STDOUT)
-    valid = last_scalars(run_dir / "tensorboard" / "valid")
-    test = subprocess.run(
-        [str(BIN / "fairseq-validate"), str(data), *task,
-         "--path", str(run_dir / "checkpoints" / "checkpoint_best.pt"), "--valid-subset", "test",
-         "--omoe-similarity-tokens", "0",
-         "--batch-size", "64"], capture_output=True, text=True)
-    if test.returncode != 0:
-        sys.exit(f"scoring {run_dir} on the test split failed:\n{test.stderr[-3000:]}")
-    test_score = float(re.findall(rf"\| {metric} ([\d.]+)", test.stderr + test.stdout)[-1])
-    last = lambda tag: valid[tag][-1] if tag in valid else None  # None: a dense model
-    result = {"valid": max(valid[metric]), "test": test_score, "cka": last("omoe_sim_cka"),
-              "cos": last("omoe_sim_cos"), "delta": last("omoe_sim_delta")}
-    if "--finetune-from-model" in args:
-        result["room"] = direction_room(run_dir, data, args)
-    done.write_text(json.dumps(result))
-    return result
+    with open(run_dir / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{run_dir}: another process is running it", flush=True)
+            return
+        if recorded():  # finished by another process meanwhile
+            return
+        print(f"{stage} {name} lr {lr:g} seed {seed}: {run_dir}", flush=True)
+        state = runs.load_state(run_dir, options)
+        if not state["trained"]:
+            runs.train(c.data, [*options, "--lr", str(lr), "--seed", str(seed)], run_dir, state)
+        if state["summary"] is None:
+            state["summary"] = runs.summary(run_dir, c.data, options)
+            runs.save_state(run_dir, state)
+            runs.drop_resume_checkpoints(run_dir)
+        done = state["summary"]
+        test = runs.test_score(run_dir, c.data, c.task, c.metric) if stage == "final" else None
+        record.update(
+            metric=c.metric, data=relative([str(c.data)])[0],
+            commit=" + ".join(dict.fromkeys(state["commits"])), **done,
+            epochs=round(done["updates"] / c.per_epoch, 2), test=test,
+            wall_s=round(sum(state["seconds"]), 1), protocol=c.protocol,
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=runs.cpu_model())
+        append_record(c.records, record)
+        print(f"  valid {done['valid']} at update {done['best_updates']} of {done['updates']}"
+              + ("" if test is None else f", test {test}"), flush=True)
 
 
-def fmt(values: list, digits: int) -> str:
-    if None in values:
-        return "—"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[str]]:
+    """Every chosen configuration's fairseq-train options (all but --lr and --seed, and the
+    paths of the run); sets c.data (binarised on first use), c.task, c.metric, c.per_epoch
+    and c.protocol (what the records say of it)."""
+    setting = SETTINGS[c.setting]
+    c.out = c.out or ROOT / "runs" / "convergence" / c.setting / c.corpus
+    if c.data is None:
+        c.data = ROOT / setting["data"].format(c.corpus)
+        if not (c.data / "input0" / "dict.txt").exists():
+            from omoe_plugin.data.cli import prepare_bundled
+
+            prepare_bundled(c.data, c.corpus, setting["srcdict"], workers=2)
+    c.task, c.metric = task_of(c.corpus)
+    base = [*c.task, *COMMON, *setting["args"]]
+    protocol, c.per_epoch = protocol_args(TASKS[c.corpus] if c.trial is None else
+                                          Protocol(*c.trial), c.data,
+                                          int(option([*base, *c.extra], "--batch-size")),
+                                          c.metric)
+    configs = {name: [*base, *setting[CONFIGS[name][0]], *CONFIGS[name][1], *protocol,
+                      *c.extra] for name in names}
+    for name, options in configs.items():
+        start = option(options, "--finetune-from-model")
+        if start is not None and not (ROOT / start).exists():
+            sys.exit(f"{name} starts from {start}, which is missing: run `make {start}`")
+    some = next(iter(configs.values()))
+    given = lambda name: int(option(some, name))  # noqa: E731 (extra options may override)
+    c.protocol = {"patience": given("--patience"), "max_epoch": given("--max-epoch"),
+                  "validate_interval": given("--validate-interval-updates"),
+                  "updates_per_epoch": c.per_epoch}
+    return configs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    # no abbreviations: fairseq's --lr and --seed would be taken for --lr-grid and --seeds
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     epilog="Other options go to every fairseq-train run.")
+    parser.add_argument("--corpus", choices=list(TASKS), default="movie_reviews")
     parser.add_argument("--setting", choices=list(SETTINGS), default="pretrained")
-    parser.add_argument("--corpus", choices=BUNDLED, default="movie_reviews",
-                        help="the data set (pretrained setting)")
-    parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/SETTING")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--select", action="store_true",
+                      help="the selection runs: seed 1 at every rate of --lr-grid, validation "
+                      "only")
+    mode.add_argument("--final", action="store_true",
+                      help="the final runs (the default): --seeds at each configuration's "
+                      "selected rate, test scored once")
+    mode.add_argument("--report", action="store_true",
+                      help="train nothing: write --report-file from the records")
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="the final runs' seeds")
     parser.add_argument("--configs", nargs="+", default=None,
-                        help="run only these configurations (run-directory names; default: all)")
-    parser.add_argument("--report", action="store_true",
-                        help="train nothing: tabulate the runs of --seeds that have finished")
-    args, extra = parser.parse_known_args()
-    setting = SETTINGS[args.setting]
-    configs = {slug(name): (name, config) for name, config in setting["configs"].items()}
-    unknown = set(args.configs or ()) - set(configs)
+                        help="only these configurations (run-directory names; default: all)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: runs/convergence/SETTING/CORPUS")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the binarised corpus (default: the setting's, made on first use)")
+    parser.add_argument("--records", type=Path, default=RECORDS)
+    parser.add_argument("--report-file", type=Path, default=REPORT)
+    parser.add_argument("--protocol", dest="trial", type=int, nargs=2, metavar=("P", "N"),
+                        default=None,
+                        help="patience and epoch cap instead of the corpus's (TASKS), for "
+                        "trials and tests; recorded with the runs")
+    c, extra = parser.parse_known_args(argv)
+    for path in ("out", "data", "records", "report_file"):  # given from here, used from ROOT
+        if getattr(c, path) is not None:
+            setattr(c, path, getattr(c, path).resolve())
+    os.chdir(ROOT)
+    c.extra = relative(extra)
+    owned = {"--lr", "--seed", "--save-dir", "--tensorboard-logdir"} & set(c.extra)
+    if owned:
+        parser.error(f"{sorted(owned)} are set per run (rates: --lr-grid, seeds: --seeds)")
+    if c.report:
+        command = "python scripts/compare_optimizers.py --report" + (
+            f" --records {relative([str(c.records)])[0]}" if c.records != RECORDS else "")
+        text = report(load_records(c.records), command, order=list(TASKS))
+        c.report_file.parent.mkdir(parents=True, exist_ok=True)
+        c.report_file.write_text(text)
+        print(text + f"\nwrote {c.report_file}")
+        return
+    names = {slug(name): name for name in CONFIGS}
+    unknown = set(c.configs or ()) - set(names)
     if unknown:
-        parser.error(f"unknown --configs {sorted(unknown)}; {args.setting} has {sorted(configs)}")
-    if args.setting == "scratch" and args.corpus != "movie_reviews":
-        parser.error("the scratch setting trains on the movie reviews only")
-    out = args.out or ROOT / "runs" / "compare" / args.setting / args.corpus
-    data = setting["data"](args.corpus)
-    if not (data / "input0" / "dict.txt").exists():
-        srcdict = PRE / "dict.txt" if args.setting == "pretrained" else None
-        prepare_bundled(data, args.corpus, srcdict, workers=2)
-    score = task_of(args.corpus)[1].replace("accuracy", "acc")
-    rows = [f"| configuration | seeds | valid {score} | test {score} | expert CKA | expert "
-            "cosine | displacement cosine | room for directions |",
-            "|---|---|---|---|---|---|---|---|"]
-    for key, (name, config) in configs.items():
-        if args.configs is not None and key not in args.configs:
-            continue
-        run_args = setting["args"] + config + extra
-        seeds = [s for s in args.seeds if not args.report
-                 or (out / key / f"seed{s}" / "result.json").exists()]
-        if not seeds:
-            continue
-        results = [run_one(data, out, name, run_args, s, args.corpus) for s in seeds]
-        cols = {k: [r.get(k) for r in results]
-                for k in ("valid", "test", "cka", "cos", "delta", "room")}
-        rows.append(f"| {name} | {len(seeds)} | {fmt(cols['valid'], 1)} | {fmt(cols['test'], 1)} | "
-                    f"{fmt(cols['cka'], 3)} | {fmt(cols['cos'], 3)} | {fmt(cols['delta'], 3)} | "
-                    f"{fmt(cols['room'], 3)} |")
-        print(rows[-1], flush=True)
-    table = "\n".join(rows) + (f"\n\n{args.setting}, {args.corpus}, seeds {args.seeds}, "
-                                f"extra args: {extra}\n")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table)
-    print(table)
+        parser.error(f"unknown --configs {sorted(unknown)}: choose from {sorted(names)}")
+    configs = configurations(c, [names[k] for k in names if c.configs is None or k in c.configs])
+    print(f"{c.corpus} ({c.setting}): {c.protocol}", flush=True)
+    if c.select:
+        for name, options in configs.items():
+            for lr in c.lr_grid:
+                run(c, name, options, lr, 1, "select")
+    else:
+        records, rates, refused = load_records(c.records), {}, []
+        for name, options in configs.items():
+            try:
+                rates[name] = chosen_lr(records, c.corpus, name, options, c.lr_grid)
+            except SelectionIncomplete as e:
+                refused.append(str(e))
+        if refused:
+            sys.exit("refusing the final runs:\n  " + "\n  ".join(refused))
+        for name, options in configs.items():
+            for seed in c.seeds:
+                run(c, name, options, rates[name], seed, "final")
+    done = find(load_records(c.records), task=c.corpus)
+    if done:
+        print(task_section(c.corpus, done))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except runs.RunFailed as e:
+        sys.exit(str(e))

@@ -1,0 +1,170 @@
+"""The converged comparison's evidence: records of finished runs (one JSON line each), the
+learning rate each configuration's selection runs chose, and the markdown report made from
+the records alone (scripts/compare_optimizers.py writes and reads them)."""
+
+import fcntl
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long a run trains: until validation has not improved for `patience` validations,
+    at most `max_epoch` epochs (fixed per corpus before comparing)."""
+
+    patience: int
+    max_epoch: int
+
+
+class SelectionIncomplete(ValueError):
+    """A configuration's selection runs do not cover the learning-rate grid yet."""
+
+
+def slug(name: str) -> str:
+    """A configuration's run-directory name, also its name for --configs."""
+    return re.sub(r"\W+", "_", name).strip("_").lower()
+
+
+def fmt(values: list, digits: int) -> str:
+    """Mean ± standard deviation (0 for one value); "—" where a value is missing."""
+    if not values or None in values:
+        return "—"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def record_key(record: dict) -> tuple:
+    """What identifies a run: the same key means the same run, trained once."""
+    return (record["task"], record["config"], record["stage"], record["seed"], record["lr"],
+            tuple(record["options"]))
+
+
+def load_records(path: Path) -> list[dict]:
+    """Every record of the file, in the order written (none for a missing file)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Add one record as one line, under an exclusive lock: two comparisons may finish runs
+    at the same time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(record) + "\n")
+
+
+def find(records: Iterable[dict], **fields) -> list[dict]:
+    """The records whose fields equal these (options compared as lists)."""
+    return [r for r in records if all(r.get(k) == v for k, v in fields.items())]
+
+
+def chosen_lr(records: list[dict], task: str, config: str, options: list[str],
+              grid: list[float]) -> float:
+    """The grid's learning rate with the best validation score among the configuration's
+    selection runs (seed 1), the smaller one on a tie. Raises SelectionIncomplete, naming
+    what is missing, while any rate of the grid has no selection record."""
+    found = {r["lr"]: r["valid"] for r in find(records, task=task, config=config,
+                                                stage="select", seed=1, options=options)}
+    missing = [lr for lr in grid if lr not in found]
+    if missing:
+        raise SelectionIncomplete(
+            f"{config!r} on {task}: no selection run yet at lr {', '.join(map(str, missing))} "
+            f"(of the grid {', '.join(map(str, grid))}); run the same command with --select "
+            "first, or leave the configuration out (--configs)")
+    return max(sorted(grid), key=lambda lr: found[lr])
+
+
+def _label(record: dict) -> str:
+    """A report row's name: the configuration, its setting unless pretrained, and the extra
+    fairseq options it was run with."""
+    label = record["config"]
+    if record.get("setting", "pretrained") != "pretrained":
+        label += f" ({record['setting']})"
+    if record.get("extra"):
+        label += f", `{' '.join(record['extra'])}`"
+    return label
+
+
+def _groups(records: list[dict]) -> dict[str, list[dict]]:
+    """Records by report row (configuration and options), in the order first written; rows
+    whose options differ in what the label does not show (the protocol, say) are numbered."""
+    rows: dict[tuple, list[dict]] = {}
+    for r in records:
+        rows.setdefault((r["config"], tuple(r["options"])), []).append(r)
+    labelled: dict[str, list[dict]] = {}
+    for rs in rows.values():
+        label, base, n = _label(rs[0]), _label(rs[0]), 1
+        while label in labelled:
+            n += 1
+            label = f"{base} [{n}]"
+        labelled[label] = rs
+    return labelled
+
+
+def _protocol_line(records: list[dict]) -> str:
+    lines = {f"patience {p['patience']} validations, at most {p['max_epoch']} epochs of "
+             f"{p['updates_per_epoch']} updates, validation every {p['validate_interval']} "
+             "updates" for p in (r["protocol"] for r in records)}
+    return "Protocol: " + "; ".join(sorted(lines)) + "."
+
+
+def _mean(values: list, digits: int, scale: float = 1.0) -> str:
+    """The mean (divided by scale), or "—" where a value is missing."""
+    if not values or None in values:
+        return "—"
+    return f"{statistics.mean(values) / scale:.{digits}f}"
+
+
+def task_section(task: str, records: list[dict]) -> str:
+    """One task's markdown: its protocol, the final runs (test scored once per seed) and the
+    learning-rate selection they rest on (seed 1, validation only)."""
+    metric = records[0]["metric"].replace("accuracy", "acc").replace("_", " ")
+    settings = sorted({r.get("setting", "pretrained") for r in records})
+    flag = "" if settings == ["pretrained"] else f" --setting {'|'.join(settings)}"
+    ran = (f"Run by `python scripts/compare_optimizers.py --corpus {task}{flag} --select`, then "
+           "the same without `--select` (with the fairseq options a row names), on "
+           f"{', '.join(sorted({r['cpu'] for r in records}))}, code at "
+           f"{', '.join(sorted({r['commit'] for r in records}))}.")
+    out = [f"## {task}", "", _protocol_line(records), ran, "",
+           f"| configuration | seeds | lr | updates to best | valid {metric} | test {metric} | "
+           "expert CKA | expert cosine | displacement cosine | wall time (min) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, rs in _groups(find(records, stage="final")).items():
+        col = lambda key: [r.get(key) for r in rs]  # noqa: E731
+        lrs = ", ".join(f"{lr:g}" for lr in sorted(set(col("lr"))))
+        out.append(f"| {label} | {', '.join(str(s) for s in sorted(col('seed')))} | {lrs} | "
+                   f"{_mean(col('best_updates'), 0)} | {fmt(col('valid'), 1)} | "
+                   f"{fmt(col('test'), 1)} | {fmt(col('cka'), 3)} | {fmt(col('cos'), 3)} | "
+                   f"{fmt(col('delta'), 3)} | {_mean(col('wall_s'), 0, 60.0)} |")
+    selection = _groups(find(records, stage="select"))
+    if selection:
+        grid = sorted({r["lr"] for rs in selection.values() for r in rs})
+        out += ["", f"Learning-rate selection (seed 1, valid {metric}; the best in bold):", "",
+                "| configuration | " + " | ".join(f"lr {lr:g}" for lr in grid) + " |",
+                "|---|" + "---|" * len(grid)]
+        for label, rs in selection.items():
+            valid = {r["lr"]: r["valid"] for r in rs}
+            best = max(sorted(valid), key=valid.get)
+            cells = ["—" if lr not in valid else f"**{valid[lr]:.1f}**" if lr == best
+                     else f"{valid[lr]:.1f}" for lr in grid]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def report(records: list[dict], command: str, order: Optional[list[str]] = None) -> str:
+    """The whole markdown report: a header naming the command that generates it, then one
+    section per task (those of `order` first, in that order)."""
+    tasks = list(dict.fromkeys([*(t for t in order or () if find(records, task=t)),
+                                *(r["task"] for r in records)]))
+    head = (f"<!-- Generated by `{command}` from its run records: do not edit by hand. -->"
+            "\n\n# Converged comparison\n\n"
+            "Mean ± standard deviation over seeds; updates to best, wall time: means. "
+            "Expert similarity of checkpoint_best.pt on the validation split.\n")
+    sections = [task_section(t, find(records, task=t)) for t in tasks]
+    return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"
