@@ -11,8 +11,8 @@ import torch
 
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.sources import conll2003_texts
-from tests.cli import (assert_same_model, output, run, scalar_tags, straight_and_resumed,
-                       token_task_args)
+from tests.cli import (assert_same_model, checkpoint, output, run, scalar_tags,
+                       straight_and_resumed, token_task_args)
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,8 @@ def test_training_validates_entity_f1_and_logs_omoe(runs):
     straight, _, logs = runs
     out = output(logs["straight"])
     f1 = [float(v) for v in re.findall(r"\| entity_f1 ([\d.]+)", out)]
-    assert len(f1) >= 2 and all(0 <= v <= 100 for v in f1)  # every 6 updates
+    best = checkpoint(straight, "checkpoint_best.pt")["extra_state"]["best"]
+    assert len(f1) >= 2 and best == max(f1)  # validated every 6 updates, the best one kept
     assert re.search(r"omoe_phase=0\.[1-9]", out)  # orthogonal updates ran
     tags = scalar_tags(straight)
     for tag in ("valid/entity_f1", "valid/entity_precision", "valid/omoe_sim_cos",
@@ -60,11 +61,24 @@ def test_resume_continues_exactly(runs):
     assert any("token_tags" in k for k in assert_same_model(straight, split))
 
 
-def test_validate_scores_the_test_split(conll, runs):
+def test_validate_scores_the_test_split_as_serving_does(conll, runs, exported):
+    """fairseq-validate's test entity F1 is seqeval's F1 of the served tagger's tags for the
+    test file's words against its gold tags."""
+    from seqeval.metrics import f1_score
+
+    from omoe_plugin.export import OMoETagger
+
     result = run("fairseq-validate", str(conll / "data"), *TASK, "--valid-subset", "test",
                  "--batch-size", "32",
                  "--path", str(runs[0] / "checkpoints" / "checkpoint_best.pt"))
-    assert re.search(r"\| entity_f1 [\d.]+", output(result))
+    printed = float(re.findall(r"\| entity_f1 ([\d.]+)", output(result))[-1])
+    sentences = [[line.split() for line in block.splitlines()]
+                 for block in (conll / "test.txt").read_text().strip().split("\n\n")
+                 if not block.startswith("-DOCSTART-")]
+    tagged = OMoETagger(exported).predict([[w[0] for w in s] for s in sentences])
+    served = [[tag for _, tag in t.words] for t in tagged]
+    gold = [[w[-1] for w in s] for s in sentences]
+    assert printed == pytest.approx(100 * f1_score(gold, served), abs=0.01)
 
 
 def test_a_malformed_line_stops_preparation_with_file_and_line(conll, tmp_path):
@@ -114,22 +128,13 @@ def test_served_word_tags_are_the_checkpoints(runs, exported):
 
 def test_omoe_infer_prints_entities(exported, tmp_path):
     lines = tmp_path / "in.txt"
-    lines.write_text("Peter Blackburn flew to Brussels.\n\n")
+    from omoe_plugin.export import OMoETagger
+
+    text = "Peter Blackburn flew to Brussels."
+    lines.write_text(f"{text}\n\n")
     result = run("omoe-infer", str(exported), str(lines), check=False)
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert "entities" in records[0] and records[1]["error"] == "empty line"
+    [tagged] = OMoETagger(exported).predict([text])
+    assert records[0] == {"line": 1, **tagged.to_json()}
+    assert records[1] == {"line": 2, "error": "empty line"}
     assert result.returncode == 1  # a line failed, as line-oriented tools say
-
-
-def test_entities_are_seqeval_spans_with_character_offsets():
-    from omoe_plugin.export.tagger import WORD, OMoETagger
-
-    text = "Peter Blackburn visited the U.S. today"
-    words = [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
-    assert [w for w, _, _ in words] == ["Peter", "Blackburn", "visited", "the", "U.S", ".",
-                                        "today"]
-    tags = [("B-PER", 0.9), ("I-PER", 0.7), ("O", 1.0), ("O", 1.0), ("B-LOC", 0.6),
-            ("O", 1.0), ("O", 1.0)]
-    entities = OMoETagger._tagged(text, words, tags).entities
-    assert [(e.text, e.type, e.start, e.end, e.score) for e in entities] == [
-        ("Peter Blackburn", "PER", 0, 15, 0.8), ("U.S", "LOC", 28, 31, 0.6)]

@@ -13,8 +13,8 @@ from fairseq.data import Dictionary, data_utils
 
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.spans import best_span
-from tests.cli import (assert_same_model, output, run, scalar_tags, straight_and_resumed,
-                       token_task_args)
+from tests.cli import (assert_same_model, checkpoint, output, run, scalar_tags,
+                       straight_and_resumed, token_task_args)
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,9 @@ def test_training_validates_exact_match_and_f1_and_logs_omoe(runs):
     out = output(logs["straight"])
     f1 = [float(v) for v in re.findall(r"\| f1 ([\d.]+)", out)]
     em = [float(v) for v in re.findall(r"\| exact_match ([\d.]+)", out)]
-    assert len(f1) == len(em) >= 2 and all(0 <= e <= f <= 100 for e, f in zip(em, f1))
+    best = checkpoint(straight, "checkpoint_best.pt")["extra_state"]["best"]
+    assert len(f1) == len(em) >= 2 and best == max(f1)  # checkpoints selected by F1
+    assert all(e <= f for e, f in zip(em, f1))  # an exact match is an F1 of 100
     assert "loaded valid: 190 windows of 80 questions" in out
     assert re.search(r"omoe_phase=0\.[1-9]", out)  # orthogonal updates ran
     tags = scalar_tags(straight)

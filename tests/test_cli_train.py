@@ -2,7 +2,10 @@
 the plugin trains, validates, logs to TensorBoard, saves, and resumes exactly; fairseq-validate
 scores the checkpoint; bad MoE options stop with a message naming the option."""
 
+import re
+
 import pytest
+import torch
 
 from tests.cli import (
     USER_DIR,
@@ -56,12 +59,33 @@ def test_tensorboard_records_moe_scalars(runs):
 
 
 def test_fairseq_validate_scores_the_checkpoint(runs):
+    """Its test accuracy is the checkpoint's, example by example, computed here apart (every
+    example scored: fairseq's sentence_prediction, the checkpoint's task, drops a last batch
+    that is not a multiple of --required-batch-size-multiple)."""
+    from fairseq.data import Dictionary, data_utils
+
+    from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
+
     data, straight, _, _ = runs
+    checkpoint = straight / "checkpoints" / "checkpoint_best.pt"
     result = run("fairseq-validate", str(data), *TASK, "--criterion", "omoe_sentence_prediction",
-                 "--path", str(straight / "checkpoints" / "checkpoint_best.pt"),
-                 "--valid-subset", "test", "--batch-size", "64")
+                 "--path", str(checkpoint), "--valid-subset", "test", "--batch-size", "64",
+                 "--required-batch-size-multiple", "1")
     out = output(result)
-    assert "valid on 'test' subset" in out and "accuracy" in out and "moe_lb" in out
+    assert "valid on 'test' subset" in out and "moe_lb" in out
+    printed = float(re.findall(r"\| accuracy ([\d.]+)", out)[-1])
+    model, info = load_classifier(checkpoint)
+    net = ExportedClassifier(model)
+    words = Dictionary.load(str(data / "input0" / "dict.txt"))
+    labels = Dictionary.load(str(data / "label" / "dict.txt"))
+    texts = data_utils.load_indexed_dataset(str(data / "input0" / "test"), words)
+    golds = data_utils.load_indexed_dataset(str(data / "label" / "test"), labels)
+    right = 0
+    with torch.no_grad():
+        for i in range(len(texts)):
+            logits = net(torch.cat([torch.tensor([words.bos()]), texts[i]])[None])[0][0]
+            right += labels[int(golds[i][0])] == info.labels[int(logits.argmax())]
+    assert printed == pytest.approx(100 * right / len(texts), abs=0.05)
 
 
 @pytest.mark.parametrize(
