@@ -47,6 +47,9 @@ $(PRE)/moe4.pt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1
 $(PRE)/moe4_drop.pt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 --method drop
+$(PRE)/moe4_drop01.pt: $(PRE)/model.pt
+	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 --method drop \
+	  --drop-ratio 0.1
 $(PRE)/moe4_split.pt: $(PRE)/model.pt $(PRE_DATA)/input0/dict.txt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 \
 	  --method split --importance-data $(PRE_DATA)
@@ -77,15 +80,15 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  "not the best movie of the year, but not bad" | $(VENV)/bin/omoe-infer $(RUN)/model.onnx
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt   ONNX: $(RUN)/model.onnx"
 
-# dense fine-tune, MoE + AdamW and MoE + OMoE from the pretrained encoder (4 experts, copy
-# upcycled), trained to convergence (scripts/compare_optimizers.py: patience and epoch cap per
+# dense fine-tune, MoE + AdamW, MoE + OMoE, its variants and the baselines from the pretrained
+# encoder (4 experts, copy or drop upcycled), trained to convergence (scripts/compare_optimizers.py: patience and epoch cap per
 # corpus) at each one's best learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4), then
 # 3 seeds scored on test; two runs at a time, each at most about 1.5 h on 2 cores (at most 11 h a
 # corpus). Appends to results/convergence.jsonl, writes docs/results/convergence.md; resumes
 # where it was stopped.
-CORPORA := movie_reviews conll2003
+CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
-compare: setup $(PRE)/moe4.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
+compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
 	for corpus in $(CORPORA); do for mode in --select --final; do \
 	  $(COMPARE) --corpus $$corpus $$mode & one=$$!; $(COMPARE) --corpus $$corpus $$mode; \
 	  two=$$?; wait $$one && [ $$two = 0 ] || exit 1; done; done
