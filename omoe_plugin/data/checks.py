@@ -13,13 +13,11 @@ binariser, fairseq-train) would otherwise trip over minutes later, each naming t
 """
 
 import logging
-from typing import TYPE_CHECKING, Optional, Sequence
-
-if TYPE_CHECKING:  # tables reads rows with check_label
-    from .tables import Example
+from typing import Optional, Sequence, TypeVar
 
 logger = logging.getLogger(__name__)
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq's own symbols in every dictionary
+Example = TypeVar("Example")  # tables.Example (which reads its rows with check_label)
 LONG_TEXTS = ("truncate", "refuse")  # --long-texts
 
 
@@ -49,8 +47,8 @@ def unseen_message(where: str, kind: str, value: str, split: str, known: Sequenc
             f"{kind} set ({known_list(known)}): a model cannot learn it")
 
 
-def map_unseen_labels(splits: dict[str, list["Example"]],
-                      unseen_label: Optional[str] = None) -> dict[str, list["Example"]]:
+def map_unseen_labels(splits: dict[str, list[Example]],
+                      unseen_label: Optional[str] = None) -> dict[str, list[Example]]:
     """The splits, each valid or test label that training never shows either refused (an
     error naming the first such example) or, with unseen_label (--unseen-label, a training
     label), replaced by unseen_label, with one warning counting them."""
