@@ -1,5 +1,5 @@
-"""Compare fine-tuning configurations (dense, MoE + AdamW, MoE + OMoE) trained to convergence,
-each at its own best learning rate, and keep every finished run as evidence.
+"""Compare fine-tuning configurations (CONFIGS: dense, MoE + AdamW, MoE + OMoE, its variants,
+baselines) trained to convergence, each at its own best learning rate; keep every finished run.
 
     python scripts/compare_optimizers.py --corpus C --select [--lr-grid 3e-5 1e-4 3e-4]
     python scripts/compare_optimizers.py --corpus C [--final] [--seeds 1 2 3] [--lr-grid ...]
@@ -28,10 +28,9 @@ command started twice works through the runs two at a time. Each run trains in
 OUT/CONFIG/lr{LR}_seed{SEED}_{OPTIONS DIGEST} (OUT: runs/convergence/SETTING/CORPUS), with
 OMP_NUM_THREADS=1 unless set; only checkpoint_best.pt is kept once it is recorded.
 
-Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled to 4 experts top-1 with `copy`:
-`make data-bin/minilm/moe4.pt`; data binarised with its vocabulary into
-data-bin/CORPUS_minilm on first use); scratch (a small 4-layer model from scratch on
-data-bin/CORPUS, with its own vocabulary).
+Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled to 4 experts top-1: `make
+data-bin/minilm/moe4.pt`; data binarised with its vocabulary into data-bin/CORPUS_minilm on
+first use); scratch (a small 4-layer model from scratch on data-bin/CORPUS).
 """
 
 import argparse
@@ -57,13 +56,11 @@ RECORDS = ROOT / "results" / "convergence.jsonl"
 REPORT = ROOT / "docs" / "results" / "convergence.md"
 
 # Patience P (validations without improvement) and cap N (epochs) per corpus, fixed once
-# before comparing; a new corpus is one more line. N: one MiniLM run of the cap takes at most
-# about 1.5 h on this 2-core CPU (AMD EPYC), single-threaded, two runs at a time. Measured on
-# 2026-12-05 while other work loaded the machine, hence in CPU seconds (a core per run), two
-# runs side by side: fairseq-train of 10 and of 50 updates without validation (the difference
-# / 40: an update) and of 10 updates with one validation and its checkpoints saved (the extra
-# over the 10-update run: a validation). Dense is the slowest configuration here (MoE top-1
-# runs one expert the dense FFN's size per token, yet measured faster):
+# before comparing; a new corpus is one more line. N: a MiniLM run of the cap takes at most
+# about 1.5 h on a 2-core AMD EPYC, single-threaded, two runs at a time. Measured in CPU
+# seconds, two runs side by side: fairseq-train of 10 and 50 updates without validation (the
+# difference / 40: an update), and of 10 with one validation and its checkpoints (the extra:
+# a validation). Dense is the slowest configuration here:
 #   movie_reviews, s an update: dense 1.62-1.65, MoE + AdamW 1.46, MoE + OMoE 1.39-1.40; a
 #     validation 14-17 s + 2-8 s writing checkpoints. Dense: 265 updates x 1.65 s + 4 x 19 s
 #     = 513 s an epoch, N = 10: 86 min (MoE: 77-78 min);
@@ -75,9 +72,8 @@ REPORT = ROOT / "docs" / "results" / "convergence.md"
 TASKS = {
     "movie_reviews": Protocol(patience=8, max_epoch=10),
     "conll2003": Protocol(patience=8, max_epoch=5),
-    # PrivacyQA (8,426 training pairs: 264 updates an epoch) has pairs about twice as long as
-    # a movie-review sentence (median 39 sub-words): estimated from movie_reviews at twice the
-    # cost an update, 264 x 3.3 s + 4 x 30 s = 990 s an epoch, N = 6: about 100 min
+    # PrivacyQA: 264 updates an epoch of pairs twice a movie-review sentence's length (median
+    # 39 sub-words); estimated at twice its cost: 264 x 3.3 s + 4 x 30 s an epoch, N 6: 100 min
     "privacy_qa": Protocol(patience=8, max_epoch=6),
 }
 TASK = ["--user-dir", "user_dir", "--max-positions", "128", "--cpu", "--num-workers", "0"]
@@ -235,27 +231,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", choices=list(TASKS), default="movie_reviews")
     parser.add_argument("--setting", choices=list(SETTINGS), default="pretrained")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--select", action="store_true",
-                      help="the selection runs: seed 1 at every rate of --lr-grid, validation "
-                      "only")
+    mode.add_argument("--select", action="store_true", help="the selection runs: seed 1 at "
+                      "every rate of --lr-grid, validation only")
     mode.add_argument("--final", action="store_true",
                       help="the final runs (the default): --seeds at each configuration's "
                       "selected rate, test scored once")
     mode.add_argument("--report", action="store_true",
                       help="train nothing: write --report-file from the records")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                        help="the final runs' seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="final runs")
     parser.add_argument("--configs", nargs="+", default=None,
                         help="only these configurations (run-directory names; default: all)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: runs/convergence/SETTING/CORPUS")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the binarised corpus (default: the setting's, made on first use)")
+    parser.add_argument("--out", type=Path, help="default: runs/convergence/SETTING/CORPUS")
+    parser.add_argument("--data", type=Path, help="the binarised corpus (default: the setting's, made on first use)")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--report-file", type=Path, default=REPORT)
     parser.add_argument("--protocol", dest="trial", type=int, nargs=2, metavar=("P", "N"),
-                        default=None,
                         help="patience and epoch cap instead of the corpus's (TASKS), for "
                         "trials and tests; recorded with the runs")
     c, extra = parser.parse_known_args(argv)
