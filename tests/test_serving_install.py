@@ -14,7 +14,7 @@ from tests.export.test_onnx_export import export
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.install
 def test_a_fresh_virtualenv_serves_without_torch_or_fairseq(task, tmp_path):
     export(task, tmp_path / "tiny.onnx")
     env = tmp_path / "serve-env"
