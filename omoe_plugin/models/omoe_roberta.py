@@ -19,6 +19,7 @@ from fairseq.utils import get_available_activation_fns, safe_getattr
 from omegaconf import II
 
 from .encoder import OMoEEncoder, expert_ffn_dim
+from .mismatch import CheckpointMismatch, mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -121,21 +122,26 @@ class OMoERobertaModel(FairseqEncoderModel):
             x = self.classification_heads[classification_head_name](x)
         return x, extra
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's, but a checkpoint that does not fit stops fairseq-train (and
+        fairseq-validate), which pass model_cfg, with one line naming the tensor, its shapes and
+        the option that fixes it: their trainer would replace a CheckpointMismatch, like any
+        Exception, with "please ensure that the architectures match"."""
+        try:
+            return super().load_state_dict(state_dict, strict, model_cfg, args)
+        except RuntimeError as e:  # torch's: missing or unexpected tensors, other shapes
+            problem = mismatch(self.state_dict(), state_dict)  # state_dict as upgraded
+            if problem is None:
+                raise
+            if model_cfg is None:
+                raise CheckpointMismatch(problem) from e
+            raise SystemExit(f"cannot load the checkpoint: {problem}") from None
+
     def upgrade_state_dict_named(self, state_dict: dict, name: str) -> None:
         """A checkpoint without the current classification heads (an imported or upcycled
-        encoder, read by --finetune-from-model) keeps the freshly initialised heads; one whose
-        experts are narrower or wider than this model's stops with the option to pass."""
+        encoder, read by --finetune-from-model) keeps the freshly initialised heads."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = f"{name}." if name else ""
-        for key, param in self.named_parameters():
-            theirs = state_dict.get(f"{prefix}{key}")
-            if key.endswith("experts.fc1_weight") and theirs is not None and (
-                theirs.shape[1] != param.shape[1]
-            ):
-                raise ValueError(
-                    f"the checkpoint's experts have hidden size {theirs.shape[1]}, this model's "
-                    f"{param.shape[1]}: pass --moe-expert-ffn-dim {theirs.shape[1]}"
-                )
         for key, value in self.classification_heads.state_dict().items():
             if state_dict.setdefault(f"{prefix}classification_heads.{key}", value) is value:
                 logger.info(f"initialising classification_heads.{key} (not in the checkpoint)")
