@@ -77,18 +77,35 @@ def parse_line(raw: bytes, fields: int, max_chars: int) -> tuple[Any, Optional[s
     """One input line as the model's item (a text, or a pair of texts with `fields` 2), or
     the ValueError that makes it unusable, and a note when a text was cut to `max_chars`."""
     try:
-        text = raw.rstrip(b"\r\n").decode("utf-8")
-    except UnicodeDecodeError as e:
-        return ValueError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})"), None
+        text = decode_utf8(raw.rstrip(b"\r\n"))
+    except ValueError as e:
+        return e, None
     if not text.strip():
         return ValueError("empty line"), None
     parts = text.split("\t")
     if len(parts) != fields:
         what = "one text" if fields == 1 else "two texts separated by a tab"
         return ValueError(f"expected {what}, found {len(parts)} tab-separated fields"), None
+    return cut_texts(parts, max_chars)
+
+
+def decode_utf8(raw: bytes) -> str:
+    """raw as text; a ValueError naming the first byte that is not UTF-8 (omoe-infer's and
+    omoe-serve's message)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})") \
+            from None
+
+
+def cut_texts(parts: list[str], max_chars: int) -> tuple[Any, Optional[str]]:
+    """The model's item of one input's texts (one text, or a pair as a tuple), each cut to its
+    first `max_chars` characters, and a note when one was cut (omoe-infer's lines and
+    omoe-serve's requests alike)."""
     cut = [p[:max_chars] for p in parts]
     note = f"cut to its first {max_chars} characters" if cut != parts else None
-    return (cut[0] if fields == 1 else tuple(cut)), note
+    return (cut[0] if len(cut) == 1 else tuple(cut)), note
 
 
 def classify_stream(model: ServedModel, stream: BinaryIO, out: TextIO, batch_size: int,
