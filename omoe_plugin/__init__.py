@@ -20,3 +20,20 @@ def register() -> None:
 
     install_safe_loading()
     install_expert_tag_copy()
+    quiet_dependency_warnings()
+
+
+def quiet_dependency_warnings() -> None:
+    """Hide the warnings fairseq's own use of its dependencies prints at every start (about
+    20 lines): hydra's deprecations of the API fairseq configures with, torch's of the
+    `torch.cuda.amp.autocast` fairseq calls, and the DataLoader's pin_memory notice on a
+    CPU. None is about the user's run; every other warning still shows."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"hydra\.")
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message=r"\s*'config' is validated against ConfigStore schema")
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated")
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message=r"'pin_memory' argument is set as true but no accelerator")

@@ -141,7 +141,8 @@ def bad_file(kind: str, path):
 @pytest.mark.parametrize("kind,message", (
     ("truncated", "not a readable torch checkpoint (truncated"),
     ("foreign", "is not a fairseq checkpoint: it has no 'model' state dict"),
-    ("text", "not a readable torch checkpoint"),
+    ("text", "is not a torch checkpoint: neither a zip archive nor a pickle (it starts with "
+             "b'hello\\n': a text file?)"),
 ))
 def test_a_truncated_or_foreign_checkpoint_last_stops_with_a_message(movie_reviews, tmp_path,
                                                                      kind, message):

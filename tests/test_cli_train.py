@@ -10,6 +10,7 @@ import torch
 from tests.cli import (
     USER_DIR,
     assert_same_model,
+    checkpoint,
     failed_train,
     output,
     run,
@@ -41,6 +42,13 @@ def test_training_logs_task_and_moe_metrics(runs):
     out = output(runs[3]["straight"])
     for key in ("accuracy=", "moe_lb=", "moe_z=", "moe_share_e3=", "moe_max_load="):
         assert key in out
+    # no dependency noise, and the experts counted as experts
+    assert "tensorboardX" not in out and "Warning" not in out
+    weights = checkpoint(runs[1])["model"]
+    experts = sum(v.numel() for k, v in weights.items() if ".moe.experts." in k)
+    shared = sum(v.numel() for k, v in weights.items() if ".moe.experts." not in k)
+    assert f"num. expert model params: {experts:,} (num. trained: {experts:,})" in out
+    assert f"num. shared model params: {shared:,} " in out
     assert "valid on 'valid' subset" in out and "num_updates 20" in out
 
 
@@ -86,6 +94,13 @@ def test_fairseq_validate_scores_the_checkpoint(runs):
             logits = net(torch.cat([torch.tensor([words.bos()]), texts[i]])[None])[0][0]
             right += labels[int(golds[i][0])] == info.labels[int(logits.argmax())]
     assert printed == pytest.approx(100 * right / len(texts), abs=0.05)
+
+
+def test_omoe_analyze_says_how_to_write_its_pictures(runs):
+    data, straight, _, _ = runs
+    result = run("omoe-analyze", str(straight / "checkpoints" / "checkpoint_best.pt"),
+                 "--data", str(data), "--tokens", "64")
+    assert "| mean |" in result.stdout and "written with --out DIR" in result.stdout
 
 
 @pytest.mark.parametrize(

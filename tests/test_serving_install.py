@@ -1,6 +1,6 @@
 """The serving-only install: `pip install omoe-plugin` in a fresh virtualenv brings ONNX Runtime,
-the tokenizers and numpy, no torch and no fairseq, and serves an exported model with
-`omoe-infer` and `load_model`."""
+the tokenizers, numpy and omoe-serve's HTTP stack, no torch and no fairseq, and serves an
+exported model with `omoe-infer`, `load_model` and omoe-serve's app."""
 
 import json
 import subprocess
@@ -36,8 +36,10 @@ def test_a_fresh_virtualenv_serves_without_torch_or_fairseq(task, tmp_path):
                                                           for r in records)
     api = subprocess.run([str(python), "-c", (
         "import sys; from omoe_plugin.export import load_model; "
+        "from omoe_plugin.serve.app import create_app; "
         f"m = load_model({str(tmp_path / 'tiny.onnx')!r}); print(m.predict(['w1'])[0].label); "
+        "create_app({'tiny': m}); "
         "print('torch' in sys.modules, 'fairseq' in sys.modules)")],
         capture_output=True, text=True)
     assert api.returncode == 0, api.stderr[-2000:]
-    assert api.stdout.split()[1:] == ["False", "False"]
+    assert api.stdout.split()[1:] == ["False", "False"]  # omoe-serve's app built, no torch

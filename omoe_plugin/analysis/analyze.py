@@ -149,6 +149,9 @@ def cli_main(argv=None) -> None:
         fig.savefig(args.out / "similarity.png", dpi=100)
         (args.out / "similarity.json").write_text(json.dumps(results, indent=1))
         print(f"wrote {args.out / 'similarity.png'} and {args.out / 'similarity.json'}")
+    elif args.tensorboard_logdir is None:
+        print("(the heat maps and the per-pair matrices are written with --out DIR or "
+              "--tensorboard-logdir DIR)")
     if args.tensorboard_logdir is not None:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -27,6 +27,12 @@ def read_checkpoint(path: Path, allowed: tuple[type, ...] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith((b"PK", b"\x80")):  # torch's zip archive, or a legacy pickle
+        what = "it is empty" if not head else f"it starts with {head!r}: a text file?"
+        raise ValueError(f"{path} is not a torch checkpoint: neither a zip archive nor a "
+                         f"pickle ({what})")
     try:
         with torch.serialization.safe_globals(list(allowed)):
             state = torch.load(path, map_location="cpu", weights_only=True)

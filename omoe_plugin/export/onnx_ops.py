@@ -3,6 +3,8 @@
 projection, scaled dot-product, softmax and the weighted sum in one kernel; its int8 form,
 QAttention, is what dynamic quantisation turns it into)."""
 
+import logging
+
 import onnxscript
 import torch
 from onnx import TensorProto
@@ -11,6 +13,9 @@ from onnxscript import opset18 as op
 
 from ..models import attention  # noqa: F401 - registers omoe::self_attention
 
+# onnxscript logs every step of compiling the function below at DEBUG, and importing fairseq
+# (its text_to_speech task) sets the root logger to DEBUG: keep onnxscript to warnings
+logging.getLogger("onnxscript").setLevel(logging.WARNING)
 MICROSOFT = onnxscript.values.Opset("com.microsoft", 1)
 INT32 = TensorProto.INT32
 

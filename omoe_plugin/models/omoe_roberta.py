@@ -2,6 +2,7 @@
 per-token tagging head (BERT's token classification: dropout and one linear layer)."""
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,6 +19,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import get_available_activation_fns, safe_getattr
 from omegaconf import II
 
+from ..moe import StackedExperts
 from .encoder import OMoEEncoder, expert_ffn_dim
 from .mismatch import CheckpointMismatch, mismatch
 
@@ -87,6 +89,38 @@ class TokenClassificationHead(nn.Module):
         return self.out_proj(self.dropout(features))
 
 
+class ExpertParamCount(logging.Filter):
+    """fairseq-train logs "num. expert model params" counting the tensors tagged with fairseq's
+    own `expert`, a tag that also takes them out of gradient clipping and the data-parallel
+    all-reduce (fairseq's expert parallelism). Our experts are shared by every worker and
+    clipped with the rest, so they carry this package's tags instead, and this filter on
+    fairseq-train's logger writes the expert and the other ("shared") counts into its lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: Optional[weakref.ref] = None  # the model built last: the one being trained
+        logging.getLogger("fairseq_cli.train").addFilter(self)
+
+    def track(self, model: nn.Module) -> None:
+        self.model = weakref.ref(model)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        model = self.model() if self.model else None
+        kind = next((k for k in ("shared", "expert") if isinstance(record.msg, str)
+                     and record.msg.startswith(f"num. {k} model params")), None)
+        if model is not None and kind is not None:  # counted now: the task's heads included
+            experts = {id(p) for m in model.modules() if isinstance(m, StackedExperts)
+                       for p in m.parameters()}
+            params = [p for p in model.parameters() if (id(p) in experts) == (kind == "expert")]
+            record.msg, record.args = (
+                f"num. {kind} model params: {sum(p.numel() for p in params):,} (num. trained: "
+                f"{sum(p.numel() for p in params if p.requires_grad):,})"), ()
+        return True
+
+
+EXPERT_COUNT = ExpertParamCount()
+
+
 @register_model("omoe_roberta", dataclass=OMoERobertaConfig)
 class OMoERobertaModel(FairseqEncoderModel):
     """Sentence classifier on an :class:`OMoEEncoder`, head-compatible with fairseq's RoBERTa.
@@ -104,7 +138,9 @@ class OMoERobertaModel(FairseqEncoderModel):
     @classmethod
     def build_model(cls, cfg: OMoERobertaConfig, task) -> "OMoERobertaModel":
         validate_config(cfg)
-        return cls(cfg, OMoEEncoder(cfg, task.source_dictionary))
+        model = cls(cfg, OMoEEncoder(cfg, task.source_dictionary))
+        EXPERT_COUNT.track(model)
+        return model
 
     def forward(
         self,

@@ -12,8 +12,9 @@ from omoe_plugin.convert.safe_read import read_checkpoint
 
 
 @pytest.mark.parametrize("content,message", (
-    (b"", "not a readable torch checkpoint"),
-    (b"hello\n", "not a readable torch checkpoint"),
+    (b"", r"not a torch checkpoint: neither a zip archive nor a pickle \(it is empty\)"),
+    (b"hello\n", r"not a torch checkpoint: .* \(it starts with b'hello\\n': a text file\?\)"),
+    (b"PK\x03\x04 cut short", "not a readable torch checkpoint"),
     (None, "holds a Tensor, not a checkpoint dict"),
 ))
 def test_read_checkpoint_names_the_problem(tmp_path, content, message):
