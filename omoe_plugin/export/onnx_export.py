@@ -16,6 +16,7 @@ sees every expert matrix.
 import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,11 @@ from .parity import ATOL, RTOL, check_parity, report, sample_tokens
 from .serving_info import ServingInfo
 
 logger = logging.getLogger(__name__)
+# torch's exporter says at every export that torchvision (not needed) is missing, and warns
+# about its own deprecated tree-spec check: neither concerns the model being exported
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", category=FutureWarning,
+                        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 DEFAULT_OPSET = 20  # torch 2.13's default; torchlib builds at >= 18
 
