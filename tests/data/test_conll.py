@@ -4,10 +4,12 @@ and unseen tags named by file and line; the binarised directory is what the toke
 task reads."""
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
+from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.conll import IGNORED, align, check_tag_sets, prepare_tagging, read_conll
 from omoe_plugin.data.movie_reviews import wordpiece_tokenizer
 from omoe_plugin.data.sources import conll2003_texts
@@ -107,3 +109,15 @@ def test_one_long_sentence_is_reported_as_one_with_its_line(tmp_path, caplog):
                                          r"than the 126 that fit \(--max-tokens 126"):
         prepare_tagging(tmp_path / "refused", files, wordpiece_tokenizer(), long_texts="refuse")
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_malformed_line_stops_preparation_with_file_and_line(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    bad = tmp_path / "train.txt"
+    bad.write_text("EU NNP B-NP B-ORG\nrejects O\n")
+    args = [str(tmp_path / "out"), "--format", "conll", "--train", str(bad),
+            "--valid", str(good), "--test", str(good)]
+    with pytest.raises(SystemExit, match=rf"{re.escape(str(bad))}:2: expected 4 columns"):
+        prepare_main(args)
+    assert not (tmp_path / "out").exists()

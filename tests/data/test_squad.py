@@ -9,6 +9,7 @@ import pytest
 from fairseq.data import Dictionary
 
 from omoe_plugin.data.binarised import leading_sentences
+from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.movie_reviews import wordpiece_tokenizer
 from omoe_plugin.data.squad import (
     Question,
@@ -161,3 +162,17 @@ def test_long_texts_refuse_stops_at_a_context_that_needs_windows(tmp_path):
         prepare_span_qa(tmp_path / "data", files, wordpiece_tokenizer(), max_tokens=30,
                         stride=8, long_texts="refuse")
     assert not (tmp_path / "data").exists()
+
+
+def test_an_answer_outside_its_context_stops_preparation_with_file_and_line(tmp_path):
+    good = {"question": "Where?", "context": "In France.",
+            "answers": [{"text": "France", "answer_start": 3}]}
+    bad = {**good, "answers": [{"text": "France", "answer_start": 0}]}
+    files = []
+    for split, rows in (("train", [good, bad]), ("valid", [good]), ("test", [good])):
+        files += [f"--{split}", str(tmp_path / f"{split}.jsonl")]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / 'train.jsonl'}:2: the answer "
+                                                   "'France' is not inside its context")):
+        prepare_main([str(tmp_path / "out"), "--format", "squad", *files])
+    assert not (tmp_path / "out").exists()
