@@ -54,6 +54,8 @@ $(PRE)/moe4_drop.pt: $(PRE)/model.pt
 $(PRE)/moe4_drop01.pt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 --method drop \
 	  --drop-ratio 0.1
+$(PRE)/moe8_top2.pt: $(PRE)/model.pt
+	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 8 --moe-top-k 2
 $(PRE)/moe4_split.pt: $(PRE)/model.pt $(PRE_DATA)/input0/dict.txt
 	$(VENV)/bin/omoe-upcycle $(PRE)/model.pt --out $@ --moe-experts 4 --moe-top-k 1 \
 	  --method split --importance-data $(PRE_DATA)
@@ -92,7 +94,7 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 # where it was stopped.
 CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
-compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
+compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
 	for corpus in $(CORPORA); do for mode in --select --final; do \
 	  $(COMPARE) --corpus $$corpus $$mode & one=$$!; $(COMPARE) --corpus $$corpus $$mode; \
 	  two=$$?; wait $$one && [ $$two = 0 ] || exit 1; done; done

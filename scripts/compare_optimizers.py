@@ -1,5 +1,5 @@
-"""Compare fine-tuning configurations (CONFIGS: dense, MoE + AdamW, MoE + OMoE, its variants,
-baselines) trained to convergence, each at its own best learning rate; keep every finished run.
+"""Compare fine-tuning configurations (CONFIGS) trained to convergence, each at its own best
+learning rate; keep every finished run.
 
     python scripts/compare_optimizers.py --corpus C --select [--lr-grid 3e-5 1e-4 3e-4]
     python scripts/compare_optimizers.py --corpus C [--final] [--seeds 1 2 3] [--lr-grid ...]
@@ -16,9 +16,8 @@ polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 validation only. The final mode trains each configuration at the grid rate its selection
 runs scored best on validation, for every seed, and scores its checkpoint_best.pt once on
 the test split (seed 1 reuses its selection run); it refuses a configuration whose selection
-is incomplete. Every finished run appends one record to results/convergence.jsonl: a run
-with a record is not run again. --report trains nothing and writes
-docs/results/convergence.md from the records.
+is incomplete. Every finished run appends one record to results/convergence.jsonl (a run with
+a record is not run again). --report writes docs/results/convergence.md from the records.
 
 A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
 then ignores --finetune-from-model; early stopping's count is restored too:
@@ -28,9 +27,8 @@ command started twice works through the runs two at a time. Each run trains in
 OUT/CONFIG/lr{LR}_seed{SEED}_{OPTIONS DIGEST} (OUT: runs/convergence/SETTING/CORPUS), with
 OMP_NUM_THREADS=1 unless set; only checkpoint_best.pt is kept once it is recorded.
 
-Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled to 4 experts top-1: `make
-data-bin/minilm/moe4.pt`; data binarised with its vocabulary into data-bin/CORPUS_minilm on
-first use); scratch (a small 4-layer model from scratch on data-bin/CORPUS).
+Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled: `make data-bin/minilm/moe4.pt`...;
+data binarised into data-bin/CORPUS_minilm on first use); scratch (a small 4-layer model).
 """
 
 import argparse
@@ -89,18 +87,20 @@ COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--bat
 ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
 OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
 LR_GRID = [3e-5, 1e-4, 3e-4]
+TOP2 = ["--moe-experts", "8", "--moe-top-k", "2"]
 CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): one line each
     "dense fine-tune": ("dense", ADAM),
     "MoE + AdamW": ("moe", ADAM),
     "MoE + OMoE": ("moe", OMOE),  # the defaults
-    # variants aimed at keeping the diversity without the early cost: plain AdamW through
-    # (about) the warm-up, or a projection whose strength rises over the first 1,000 updates
+    # variants for OMoE's diversity without its early cost: AdamW through about the warm-up,
+    # or a projection whose strength rises over the first 1,000 updates; then the baselines
     "MoE + OMoE, delayed start": ("moe", [*OMOE, "--omoe-start", "200"]),
     "MoE + OMoE, strength ramp": ("moe", [*OMOE, "--omoe-strength-ramp", "1000"]),
-    # the baselines a user would pick instead: Drop-Upcycling at r = 0.1, and the
-    # expert-output orthogonality loss (Guo et al. 2025) with AdamW
     "MoE (drop 0.1) + AdamW": ("drop01", ADAM),
     "MoE + AdamW + orthogonality loss": ("moe", [*ADAM, "--moe-orthogonality-weight", "0.1"]),
+    # the scale point: 8 experts, top-2 (these override the setting's 4 experts, top-1)
+    "MoE 8x top-2 + AdamW": ("moe8", [*ADAM, *TOP2]),
+    "MoE 8x top-2 + OMoE": ("moe8", [*OMOE, *TOP2]),
 }
 SETTINGS = {
     "pretrained": {
@@ -110,6 +110,7 @@ SETTINGS = {
         "dense": ["--finetune-from-model", "data-bin/minilm/model.pt", "--moe-freq", "0"],
         "moe": ["--finetune-from-model", "data-bin/minilm/moe4.pt"],
         "drop01": ["--finetune-from-model", "data-bin/minilm/moe4_drop01.pt"],
+        "moe8": ["--finetune-from-model", "data-bin/minilm/moe8_top2.pt"],
     },
     "scratch": {
         "data": "data-bin/{}", "srcdict": None,
@@ -123,8 +124,7 @@ SETTINGS = {
 
 
 def task_of(corpus: str) -> tuple[list[str], str]:
-    """fairseq's task options for a corpus, and its validation metric (also the
-    checkpoint-selection metric and the one scored on the test split)."""
+    """fairseq's task options for a corpus, and its metric (validation, selection, test)."""
     if corpus == "conll2003":
         return TASK + TAGS, "entity_f1"
     if corpus == "disflqa":
