@@ -3,14 +3,20 @@
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .parallel import ExpertParallel
 
 # Attribute names the OMoE optimizer reads off expert weight tensors. Biases are not tagged:
 # they have no input space, so they take the plain base-optimizer update.
 EXPERT_AXIS_ATTR = "moe_expert_axis"  # which tensor dimension indexes the experts
 EXPERT_INPUT_ATTR = "moe_input"  # "fc1" (input = token x) or "fc2" (input = expert hidden)
 EXPERT_LAYER_ATTR = "moe_layer"  # index of the MoE layer the tensor belongs to
+# on every expert weight and bias: the ExpertParallel the experts are split by (None: all here)
+EXPERT_PARALLEL_ATTR = "moe_expert_parallel"
 
 
 def expert_weight_key(layer_index: int, role: str) -> str:
@@ -30,6 +36,16 @@ class StackedExperts(nn.Module):
     one scatter. The loop over experts is static, with no Python branch on routed counts,
     so an expert that gets no token costs a few empty kernels and the ONNX graph keeps every
     expert whatever the export example routed.
+
+    With `parallel`, this rank holds only its E / N experts (parameters [E / N, ...], global
+    ids first_expert ...) of an expert-parallel group of N ranks. Each rank routes its own
+    tokens; the routed token vectors travel to their experts' ranks and the outputs back with
+    two all-to-alls over the group (after one of the per-expert counts), differentiable, so
+    the backward pass sends the gradients the same way. Dropless, as in one process: no
+    capacity limit, no token dropped, and padding is never sent. Every rank of the group must
+    run every forward and backward of the layer, as with data parallelism. The expert
+    parameters are tagged with `expert` (fairseq's legacy_ddp leaves them out of its
+    all-reduce: their gradients belong to `parallel.replicas`).
     """
 
     def __init__(
@@ -40,29 +56,47 @@ class StackedExperts(nn.Module):
         activation_fn: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
         activation_dropout: float = 0.0,
         layer_index: int = 0,
+        parallel: Optional[ExpertParallel] = None,
     ) -> None:
         super().__init__()
-        self.num_experts = num_experts
+        self.num_experts = num_experts  # global: the router's E
+        self.parallel = parallel
+        local = range(num_experts) if parallel is None else parallel.local_experts(num_experts)
+        self.first_expert, self.num_local_experts = local.start, len(local)
         self.layer_index = layer_index
         # set by the alternating task while it accumulates statistics (see moe/capture.py);
         # a static attribute, not a data-dependent branch, and None whenever exporting
         self.capture: Optional[Callable[..., None]] = None
         self.activation_fn = activation_fn
         self.activation_dropout = nn.Dropout(activation_dropout)
-        self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn_dim, embed_dim))
-        self.fc1_bias = nn.Parameter(torch.empty(num_experts, ffn_dim))
-        self.fc2_weight = nn.Parameter(torch.empty(num_experts, embed_dim, ffn_dim))
-        self.fc2_bias = nn.Parameter(torch.empty(num_experts, embed_dim))
+        E = self.num_local_experts
+        self.fc1_weight = nn.Parameter(torch.empty(E, ffn_dim, embed_dim))
+        self.fc1_bias = nn.Parameter(torch.empty(E, ffn_dim))
+        self.fc2_weight = nn.Parameter(torch.empty(E, embed_dim, ffn_dim))
+        self.fc2_bias = nn.Parameter(torch.empty(E, embed_dim))
         for name, weight in (("fc1", self.fc1_weight), ("fc2", self.fc2_weight)):
             setattr(weight, EXPERT_AXIS_ATTR, 0)
             setattr(weight, EXPERT_INPUT_ATTR, name)
             setattr(weight, EXPERT_LAYER_ATTR, layer_index)
+        for param in self.parameters():
+            setattr(param, EXPERT_PARALLEL_ATTR, parallel)
+            if parallel is not None:
+                param.expert = True
         self.reset_parameters()
 
+    @property
+    def local(self) -> slice:
+        """The rows of this rank's experts in an [E, ...] tensor over all experts."""
+        return slice(self.first_expert, self.first_expert + self.num_local_experts)
+
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """BERT initialisation (normal, std 0.02; zero biases), as fairseq's init_bert_params."""
+        """BERT initialisation (normal, std 0.02; zero biases), as fairseq's init_bert_params.
+        Drawn for all E experts and sliced, so every rank's experts under expert parallelism
+        are those of one process built from the same random state."""
         for weight in (self.fc1_weight, self.fc2_weight):
-            nn.init.normal_(weight, mean=0.0, std=0.02)
+            every = weight.new_empty(self.num_experts, *weight.shape[1:])
+            weight.copy_(nn.init.normal_(every, mean=0.0, std=0.02)[self.local])
         for bias in (self.fc1_bias, self.fc2_bias):
             nn.init.zeros_(bias)
 
@@ -73,10 +107,12 @@ class StackedExperts(nn.Module):
         """Build every expert out of one dense FFN's hidden neurons.
 
         neurons: [E, h_e] the dense hidden units expert e keeps, in order (None: all of them,
-        every expert a copy of the FFN: sparse upcycling). Every expert keeps the output bias.
+        every expert a copy of the FFN: sparse upcycling), of which this rank's experts take
+        their rows. Every expert keeps the output bias.
         """
         if neurons is None:
             neurons = torch.arange(fc1.out_features).expand(self.num_experts, -1)
+        neurons = neurons[self.local]
         self.fc1_weight.copy_(fc1.weight[neurons])  # [E, h_e, d]
         self.fc1_bias.copy_(fc1.bias[neurons])  # [E, h_e]
         self.fc2_weight.copy_(fc2.weight[:, neurons].transpose(0, 1))  # [d, E, h_e] -> [E, d, h_e]
@@ -102,24 +138,55 @@ class StackedExperts(nn.Module):
         sizes = (assignment.unsqueeze(1) == ids).sum(0).tolist()  # E + 1 ints
         torch._check(sum(sizes) == assignment.numel())  # what torch.export cannot know
         routed = torch.cat(order.split(sizes)[:E])  # [n_1 + ... + n_E] padding's dropped
+        # the token of each routed (token, slot); assignments are non-negative, so truncating
+        # division is floor division, and one ONNX Div where `//` is seven operators
+        tokens = torch.div(routed, k, rounding_mode="trunc")
+        if self.parallel is None:
+            y = self._ffn(x[tokens], sizes[:E])
+        else:
+            y = self._exchange(x[tokens], sizes[:E])
+        y = y * weights.reshape(-1)[routed].unsqueeze(-1).to(x.dtype)
+        # each output to its (token, slot) place, then the k slots summed in a fixed order: no
+        # index repeats in the scatter, whose additions would run in any order in ONNX Runtime
+        placed = x.new_zeros(assignment.numel(), x.size(1)).index_copy_(0, routed, y)
+        return placed.view(-1, k, x.size(1)).sum(1)  # [N, d]
+
+    def _ffn(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """Each local expert's FFN on its block of x ([n, d], sizes[e] rows for expert e, in
+        order): [n, d]."""
         # unbind once: its backward stacks the E slice gradients in one tensor, where
         # indexing the parameter per expert would allocate a full-size gradient per expert.
         fc1_w, fc1_b = self.fc1_weight.unbind(0), self.fc1_bias.unbind(0)
         fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
         ys = []
-        # the token of each routed (token, slot); assignments are non-negative, so truncating
-        # division is floor division, and one ONNX Div where `//` is seven operators
-        tokens = torch.div(routed, k, rounding_mode="trunc")
-        for e, x_e in enumerate(x[tokens].split(sizes[:E])):  # x_e [n_e, d]: e's tokens
+        for e, x_e in enumerate(x.split(sizes)):  # x_e [n_e, d]: e's tokens
             z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
             h = self.activation_fn(z)
             y = F.linear(self.activation_dropout(h), fc2_w[e], fc2_b[e])  # [n_e, d]
             if self.capture is not None:  # each weight's input and output on expert e's tokens
-                self.capture(self.layer_index, E, e, fc1=x_e, fc2=h,
+                self.capture(self.layer_index, self.num_local_experts, e, fc1=x_e, fc2=h,
                              outputs={"fc1": z, "fc2": y})
             ys.append(y)
-        y = torch.cat(ys) * weights.reshape(-1)[routed].unsqueeze(-1).to(x.dtype)
-        # each output to its (token, slot) place, then the k slots summed in a fixed order: no
-        # index repeats in the scatter, whose additions would run in any order in ONNX Runtime
-        placed = x.new_zeros(assignment.numel(), x.size(1)).index_copy_(0, routed, y)
-        return placed.view(-1, k, x.size(1)).sum(1)  # [N, d]
+        return torch.cat(ys)
+
+    def _exchange(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """The experts' outputs on this rank's routed tokens x ([n, d], grouped by global
+        expert, sizes[e] rows for expert e), computed on the ranks that hold the experts."""
+        group, ranks, E = self.parallel.group, self.parallel.size, self.num_local_experts
+        # rows for rank r, local expert j at r * E + j; received: from rank r, expert j there
+        send_counts = torch.tensor(sizes, device=x.device)
+        counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(counts, send_counts, group=group)
+        received_sizes = counts.tolist()
+        send_splits = [sum(sizes[r * E:(r + 1) * E]) for r in range(ranks)]
+        recv_splits = [sum(received_sizes[r * E:(r + 1) * E]) for r in range(ranks)]
+        received = dist_fn.all_to_all_single(
+            x.new_empty(sum(recv_splits), x.size(1)), x, recv_splits, send_splits, group=group)
+        # received by source rank, then expert: regroup by expert, the sources in rank order
+        expert = torch.arange(E, device=x.device).repeat(ranks)
+        expert = expert.repeat_interleave(counts, output_size=received.size(0))
+        grouping = torch.argsort(expert, stable=True)
+        y = self._ffn(received[grouping], [sum(received_sizes[j::E]) for j in range(E)])
+        y = torch.empty_like(y).index_copy(0, grouping, y)  # back to the received order
+        return dist_fn.all_to_all_single(x.new_empty(x.shape), y, send_splits, recv_splits,
+                                         group=group)

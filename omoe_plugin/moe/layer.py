@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from .experts import StackedExperts
 from .losses import expert_counts, load_balancing_loss, router_z_loss
+from .parallel import ExpertParallel
 from .router import TopKRouter
 
 
@@ -22,6 +23,7 @@ class MoEArgs:
     activation_fn: str = "gelu"
     activation_dropout: float = 0.0
     layer_index: int = 0
+    parallel: Optional[ExpertParallel] = None  # split the experts over ranks (see parallel.py)
 
 
 class MoEAux(NamedTuple):
@@ -38,6 +40,10 @@ class MoELayer(nn.Module):
 
     No token is dropped (no capacity limit) at training or inference, and padding tokens
     are routed to no expert, so they cost nothing and do not count in the statistics.
+
+    With args.parallel, the experts are split over the expert-parallel group's ranks (see
+    StackedExperts); the router is replicated, each rank routes its own tokens among all E
+    experts, and the router statistics and losses are this rank's, over all E experts.
     """
 
     def __init__(self, args: MoEArgs) -> None:
@@ -55,6 +61,7 @@ class MoELayer(nn.Module):
             activation_fn=utils.get_activation_fn(args.activation_fn),
             activation_dropout=args.activation_dropout,
             layer_index=args.layer_index,
+            parallel=args.parallel,
         )
 
     def forward(

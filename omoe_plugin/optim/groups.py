@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..moe import EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, expert_weight_key
+from ..moe import (EXPERT_AXIS_ATTR, EXPERT_INPUT_ATTR, EXPERT_LAYER_ATTR, EXPERT_PARALLEL_ATTR,
+                   expert_weight_key)
 
 EXPERT_GROUP = "omoe_experts"  # param-group key: True for a group of stacked expert weights
 
@@ -89,3 +90,15 @@ def expert_weights(groups: list[dict], experts=None) -> dict[str, torch.Tensor]:
             raise ValueError("OMoE expects expert weights stacked as [E, out, in], the experts "
                              f"along the first dimension; got a tensor of shape {tuple(p.shape)}")
     return found
+
+
+def expert_parallel_group(weights) -> Optional["torch.distributed.ProcessGroup"]:
+    """The expert-parallel process group the MoE layer tagged its stacked expert weights with
+    (each weight then holds a worker's share of the experts); None when they are whole."""
+    parallel = {id(getattr(p, EXPERT_PARALLEL_ATTR, None)): getattr(p, EXPERT_PARALLEL_ATTR, None)
+                for p in weights}
+    if len(parallel) > 1:
+        raise ValueError("OMoE's expert weights come from MoE layers sharded over different "
+                         "expert-parallel groups; build every layer with the same one")
+    found = next(iter(parallel.values()), None)
+    return found.group if found is not None and found.size > 1 else None

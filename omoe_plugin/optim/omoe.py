@@ -6,12 +6,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .groups import (EXPERT_GROUP, expert_weights, fused_kernel, param_groups, regroup_saved,
-                     split_expert_groups)
+from .groups import (EXPERT_GROUP, expert_parallel_group, expert_weights, fused_kernel,
+                     param_groups, regroup_saved, split_expert_groups)
 from .projection import DirectionProjection, Projection, as_rows, stat_dtype
 from .projector import expert_factors, fold_columns, mean_trace
 from .resume import check_loaded_state, report_changed_settings
 from .settings import OMoESettings, option
+from .sharded import ExpertShards, ShardedDirectionProjection
 
 # this update's routed-input summaries, given the optimizer's statistics (key -> [E, dim, r],
 # for their keys, sizes and device): key -> [E, dim, w] (see capture.RoutedInputCapture)
@@ -35,11 +36,17 @@ class OMoE(torch.optim.AdamW):
     After every step, `report` holds what it did (phase, skipped and empty statistics, last
     projector measurements), for logging. With only accumulating phases the parameters follow
     torch.optim.AdamW (its fused kernel) exactly.
+
+    Under expert parallelism each worker holds a consecutive share [E/N, out, in] of every
+    stacked expert weight: pass the expert-parallel process group as `expert_group` (the MoE
+    layer built with one tags its weights, and fairseq needs nothing more). The projections
+    then equal the single-process ones, with what travels described in `sharded`, and
+    `report["sent_bytes"]` counts what this worker sent in the step.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, experts=None,
-                 **settings: Any) -> None:
+                 expert_group=None, **settings: Any) -> None:
         """settings: the fields of OMoESettings (alpha, accumulate_steps, space, ...)."""
         self.settings = s = OMoESettings(**settings)
         groups = param_groups(params)
@@ -53,6 +60,8 @@ class OMoE(torch.optim.AdamW):
                 "gradients are one tensor with no expert weights in it. A copy.deepcopy of the "
                 "model also loses the expert tags (moe_expert_axis, moe_input, moe_layer)."
             )
+        group = expert_group or expert_parallel_group(self.experts.values())
+        self.shards = ExpertShards(group) if group is not None else None
         groups, self._origin = split_expert_groups(groups, self.experts)
         super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          fused=fused_kernel(groups))
@@ -126,6 +135,8 @@ class OMoE(torch.optim.AdamW):
         traces = []
         for key, stats in self.stats.items():
             mean_stats = stats / self.stat_steps[key].clamp(min=1.0).sqrt().view(-1, 1, 1)
+            if self.shards is not None:  # every expert's factor, on every worker
+                mean_stats = self.shards.all_gather(mean_stats)
             factors, ok = expert_factors(mean_stats, self.settings.alpha, self.settings.mode)
             if not ok.all():
                 previous = self.factors.get(key, torch.zeros_like(factors))
@@ -151,17 +162,30 @@ class OMoE(torch.optim.AdamW):
             projections = {}
             for key, p in active.items():
                 moment = self.state[p].get("exp_avg")
-                if moment is None or p.size(0) == 1:  # no AdamW step yet, or no other expert
-                    continue
-                projection = DirectionProjection(moment.to(stat_dtype(p)).reshape(p.size(0), -1),
-                                                  s.alpha, s.mode)
+                if moment is None or (p.size(0) == 1 and self.shards is None):  # no AdamW
+                    continue  # step yet, or no other expert
+                moment = moment.to(stat_dtype(p)).reshape(p.size(0), -1)
+                projection = (DirectionProjection(moment, s.alpha, s.mode) if self.shards is None
+                              else ShardedDirectionProjection(moment, s.alpha, s.mode,
+                                                              self.shards))
                 if projection.finite:
                     projections[key] = projection
                 else:
                     self.counters["skipped_projectors"] += p.size(0)
             return projections
-        return {k: Projection(self.factors[k].to(p.device), s.mode, s.space)
+        return {k: Projection(self.factors[k].to(p.device), s.mode, s.space, self._local(p))
                 for k, p in active.items() if self.factors[k].size(-1) > 0}
+
+    def _local(self, p: torch.Tensor) -> slice:
+        """The experts of stacked weight p among all of them (a share under expert
+        parallelism)."""
+        if self.shards is None:
+            return slice(0, p.size(0))
+        return slice(self.shards.rank * p.size(0), (self.shards.rank + 1) * p.size(0))
+
+    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+        """The Frobenius norm of t, stacked expert tensor (all workers' shares together)."""
+        return t.norm() if self.shards is None else self.shards.norm(t).to(t.dtype)
 
     # -- the update -----------------------------------------------------------------------
 
@@ -172,6 +196,7 @@ class OMoE(torch.optim.AdamW):
         first orthogonal step forms the projectors."""
         phase, s = self.next_phase, self.settings
         skipped, empty = self.skipped, self.counters["empty_stats"]
+        sent = self.shards.sent_bytes if self.shards is not None else 0
         if phase.position == 0:
             self.begin_cycle()
         if phase.accumulating and self.stats:
@@ -192,6 +217,8 @@ class OMoE(torch.optim.AdamW):
                        "skipped": float(self.skipped - skipped), **self.last_measured}
         if phase.accumulating:
             self.report["empty"] = float(self.counters["empty_stats"] - empty)
+        if self.shards is not None:
+            self.report["sent_bytes"] = float(self.shards.sent_bytes - sent)
         return loss
 
     def _orthogonal(self, closure):
@@ -245,11 +272,11 @@ class OMoE(torch.optim.AdamW):
                 cut = projection.removed(change, p.shape)
                 delta = p.to(cut.dtype) - old[key].to(cut.dtype)
                 if measure:
-                    removed.append(float(cut.norm() / delta.norm().clamp(min=1e-30)))
+                    removed.append(float(self._norm(cut) / self._norm(delta).clamp(min=1e-30)))
                 p.copy_((old[key].to(cut.dtype) + self._rescaled(delta - cut, delta)).to(p.dtype))
                 continue
             if measure:  # old becomes minus the update: no further weight-sized tensor
-                update_norm = old[key].sub_(p).norm().to(projection.dtype)
+                update_norm = self._norm(old[key].sub_(p)).to(projection.dtype)
                 removed.append(float(projection.removed_norm(change, p.shape)
                                      / update_norm.clamp(min=1e-30)))
             projection.subtract(change, p)
@@ -276,6 +303,9 @@ class OMoE(torch.optim.AdamW):
             "factors": dict(self.factors),
             "counters": dict(self.counters),
             "settings": self.settings.as_dict(),
+            # the position, in the parameters as given, of each saved parameter (they are
+            # saved as split into groups): what omoe-consolidate needs to join expert shards
+            "origin": list(self._origin),
         }
         return state
 

@@ -44,22 +44,26 @@ class Projection:
 
     strength = 1.0  # the share of the projected-away part that is removed (linear in it)
 
-    def __init__(self, factors: torch.Tensor, mode: str, space: str) -> None:
-        self.factors, self.mode, self.space = factors, mode, space
+    def __init__(self, factors: torch.Tensor, mode: str, space: str,
+                 local: slice = slice(None)) -> None:
+        """factors: every expert's; local: the experts of the weights projected (a worker's
+        share under expert parallelism; all of them otherwise)."""
+        self.factors, self.everyone, self.mode, self.space = factors[local], factors, mode, space
         self.dtype = factors.dtype
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The small products of W [E, out, in] with the factors (linear in W), scaled by
         the strength: everything removed is linear in them."""
         return self._scaled(update_products(as_rows(W.to(self.dtype), self.space),
-                                            self.factors, self.mode))
+                                            self.factors, self.mode, self.everyone))
 
     def _scaled(self, products: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return products if self.strength == 1.0 else tuple(self.strength * p for p in products)
 
     def removed(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
         """What the projection removes from the W (of this shape) whose `products` these are."""
-        return as_rows(removed_part(products, self.factors, self.mode), self.space)
+        return as_rows(removed_part(products, self.factors, self.mode, self.everyone),
+                       self.space)
 
     def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
         """The Frobenius norm of `removed(products, shape)`."""
@@ -83,7 +87,7 @@ class DirectionProjection(Projection):
     anywhere in the moments reaches."""
 
     def __init__(self, moments: torch.Tensor, alpha: float, mode: str) -> None:
-        gram = row_products(moments, moments)
+        gram = self._gram(moments)
         self.finite = bool(torch.isfinite(gram).all())
         if not self.finite:
             return
@@ -92,6 +96,9 @@ class DirectionProjection(Projection):
         self.dtype = moments.dtype
         self.unit_gram = gram * inv_norms[:, None] * inv_norms[None, :]
         self.mixing = direction_mixing(self.unit_gram, alpha, mode).to(self.dtype)
+
+    def _gram(self, moments: torch.Tensor) -> torch.Tensor:
+        return row_products(moments, moments)
 
     def products(self, W: torch.Tensor) -> tuple[torch.Tensor, ...]:
         W = W.to(self.dtype).reshape(W.size(0), -1)

@@ -148,27 +148,32 @@ def mean_trace(factors: torch.Tensor, mode: Mode) -> float:
     return float(1.0 - norms.mean() / dim)
 
 
-def update_products(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> tuple[torch.Tensor, ...]:
+def update_products(delta: torch.Tensor, factors: torch.Tensor, mode: Mode,
+                    everyone: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """The small part of projecting delta [E, out, in]: its products with the factors.
 
+    everyone: every expert's factors where delta and factors are one worker's share of the
+    experts (expert parallelism; mode "average" mixes them all); None: factors.
     Linear in delta, so products(new) - products(old) = products(new - old): the optimizer
     projects an update without ever holding the update itself."""
     if mode == "joint":
         return (delta @ factors,)  # [E, out, R]
-    Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)  # [in, E r]
+    everyone = factors if everyone is None else everyone
+    Q_all = everyone.permute(1, 0, 2).reshape(everyone.size(1), -1)  # [in, E r]
     return delta @ Q_all, delta @ factors  # [E, out, E r], [E, out, r]
 
 
-def removed_part(products: tuple[torch.Tensor, ...], factors: torch.Tensor, mode: Mode) -> torch.Tensor:
+def removed_part(products: tuple[torch.Tensor, ...], factors: torch.Tensor, mode: Mode,
+                 everyone: Optional[torch.Tensor] = None) -> torch.Tensor:
     """delta (I - P_{-e}) for every expert, from `update_products(delta)`: what the
     projection removes."""
     if mode == "joint":
         return products[0] @ factors.transpose(1, 2)
     # P_{-e} = (S - P_e) / (E - 1) = I - (sum_{j != e} Q_j Q_j^T) / (E - 1), S = sum_j P_j
-    E = factors.size(0)
-    Q_all = factors.permute(1, 0, 2).reshape(factors.size(1), -1)
+    everyone = factors if everyone is None else everyone
+    Q_all = everyone.permute(1, 0, 2).reshape(everyone.size(1), -1)
     seen_by_all, seen_by_self = products
-    return (seen_by_all @ Q_all.T - seen_by_self @ factors.transpose(1, 2)) / (E - 1)
+    return (seen_by_all @ Q_all.T - seen_by_self @ factors.transpose(1, 2)) / (everyone.size(0) - 1)
 
 
 def project(delta: torch.Tensor, factors: torch.Tensor, mode: Mode) -> torch.Tensor:

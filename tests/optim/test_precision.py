@@ -22,8 +22,8 @@ def test_bf16_parameters_get_fp32_projector_maths(monkeypatch, project):
         == {torch.float32}
     seen = []
     real = projection_module.update_products  # every projection, of an update or a gradient
-    monkeypatch.setattr(projection_module, "update_products", lambda delta, factors, mode: (
-        seen.append((delta.dtype, factors.dtype)), real(delta, factors, mode))[1])
+    monkeypatch.setattr(projection_module, "update_products", lambda delta, factors, *rest: (
+        seen.append((delta.dtype, factors.dtype)), real(delta, factors, *rest))[1])
     before = layer.experts.fc1_weight.detach().clone()
     orthogonal_step(opt, layer, batch(1).to(dtype))
     assert seen and set(seen) == {(torch.float32, torch.float32)}
