@@ -137,25 +137,35 @@ def spawn_ranks(worker, out: Path, world_size: int = 2) -> Path:
     return out
 
 
-def train_data_parallel(data: Path, run_dir: Path, args: list[str], max_update: int,
-                        world_size: int = 2) -> list[str]:
-    """fairseq-train as `world_size` data-parallel processes on this CPU, launched as the
-    README says (gloo, one explicit rank per process), with rank r training into
-    run_dir/rank{r} (every rank checkpoints: see fairseq_train_every_rank.py); their logs."""
+def launch_ranks(data: Path, run_dir: Path, args: list[str], max_update: int,
+                 world_size: int = 2, every_rank: bool = True) -> tuple[list, list[Path]]:
+    """Start fairseq-train as `world_size` processes on this CPU, launched as the README
+    says (gloo, one explicit rank per process); (their processes, their log files).
+    every_rank: rank r trains into run_dir/rank{r} and every rank checkpoints (see
+    fairseq_train_every_rank.py); otherwise all train into run_dir, as a user would, and
+    rank r logs to run_dir/log{r}.txt."""
     port = free_port()
     procs, logs = [], []
     for rank in range(world_size):
-        rank_dir = run_dir / f"rank{rank}"
-        (rank_dir / "checkpoints").mkdir(parents=True)
-        logs.append(rank_dir / "log.txt")
+        rank_dir = run_dir / f"rank{rank}" if every_rank else run_dir
+        (rank_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        logs.append(rank_dir / "log.txt" if every_rank else run_dir / f"log{rank}.txt")
         command = [
-            sys.executable, EVERY_RANK, *train_args(data, rank_dir, args, max_update),
+            *([sys.executable, EVERY_RANK] if every_rank else [str(BIN / "fairseq-train")]),
+            *train_args(data, rank_dir, args, max_update),
             "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo",
             "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
             "--distributed-world-size", str(world_size), "--distributed-rank", str(rank),
         ]
         with open(logs[-1], "w") as log:  # files, not pipes: no rank blocks on a full pipe
             procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    return procs, logs
+
+
+def train_data_parallel(data: Path, run_dir: Path, args: list[str], max_update: int,
+                        world_size: int = 2, every_rank: bool = True) -> list[str]:
+    """fairseq-train as `launch_ranks` starts it, to the end; the ranks' logs."""
+    procs, logs = launch_ranks(data, run_dir, args, max_update, world_size, every_rank)
     deadline = time.monotonic() + 900
     while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
         if any(proc.poll() for proc in procs):  # one failed: the others would wait on it

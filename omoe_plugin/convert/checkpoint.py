@@ -1,7 +1,7 @@
 """omoe_roberta encoder checkpoints in fairseq's format (what `fairseq-train
---finetune-from-model` reads), written by the importers and `omoe-upcycle` and read by the
-project's tools through `safe_read.read_checkpoint`. Only tensors and plain containers are
-written."""
+--finetune-from-model` reads), written by the importers, `omoe-upcycle` and `omoe-consolidate`
+and read by the project's tools through `read_model_checkpoint` (`safe_read.read_checkpoint`,
+expert-parallel shards joined). Only tensors and plain containers are written."""
 
 import dataclasses
 from pathlib import Path
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..models import OMoERobertaConfig
+from .consolidate import parse_shard, read_shards
 from .safe_read import read_checkpoint
 
 
@@ -25,17 +26,39 @@ def save_encoder_checkpoint(path: Path, cfg: OMoERobertaConfig, model: dict) -> 
         "last_optimizer_state": None,
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # never leave a half-written checkpoint under the final name
+    write_checkpoints({Path(path): state})
+
+
+def write_checkpoints(files: dict[Path, dict]) -> None:
+    """torch.save each state to its path, all or nothing: every file is written under a
+    temporary name first and renamed into place once all are, so a failure (a full disk, a
+    killed job) never leaves a half-written checkpoint under a final name."""
+    temporary = {path: path.with_name(path.name + ".tmp") for path in map(Path, files)}
+    try:
+        for path, state in files.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, temporary[Path(path)])
+        for path, tmp in temporary.items():
+            tmp.replace(path)
+    finally:
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
+
+
+def read_model_checkpoint(path: Path) -> dict:
+    """The checkpoint dict at path as the project's tools read it (omoe-export, omoe-analyze,
+    omoe-upcycle): through `read_checkpoint`; for one shard of an expert-parallel save
+    (`<name>-expert{r}of{N}.pt`), the whole model joined in memory from all N shards
+    (`consolidate.read_shards`), without the optimizer state these tools do not use."""
+    if parse_shard(path) is None:
+        return read_checkpoint(path)
+    return read_shards(path, optimizer=False)[0]
 
 
 def load_encoder_checkpoint(path: Path) -> tuple[OMoERobertaConfig, dict]:
-    """(model config, model state) of an omoe_roberta checkpoint (`read_checkpoint`'s
+    """(model config, model state) of an omoe_roberta checkpoint (`read_model_checkpoint`'s
     errors, plus a clear one for a checkpoint of another model)."""
-    state = read_checkpoint(path)
+    state = read_model_checkpoint(path)
     return encoder_config(state, path), state["model"]
 
 

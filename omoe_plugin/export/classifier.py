@@ -10,8 +10,7 @@ import torch.nn as nn
 from fairseq.data import Dictionary
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
-from ..convert.checkpoint import encoder_config
-from ..convert.safe_read import read_checkpoint
+from ..convert.checkpoint import encoder_config, read_model_checkpoint
 from ..data.movie_reviews import wordpiece_tokenizer
 from ..data.subword import SubwordTokenizer, from_file, saved_in
 from ..models import OMoERobertaConfig, OMoERobertaModel
@@ -50,12 +49,13 @@ def load_classifier(
 ) -> tuple[OMoERobertaModel, ServingInfo]:
     """The fine-tuned model of a fairseq-train checkpoint (eval mode) and what serving it needs.
 
+    checkpoint: a file, or any one shard of an expert-parallel save (`read_model_checkpoint`).
     head: the head to keep; default: the task's (TASK_HEADS, else HEAD).
     data: the binarised data directory it was trained on (input0/dict.txt, label/dict.txt);
     default: the one named in the checkpoint. tokenizer: a tokenizer file (`subword.from_file`);
     default: the one omoe-prepare-data saved in the data directory, else the pretrained
     encoder's WordPiece tokenizer (data prepared before tokenizers were saved used it)."""
-    state = read_checkpoint(checkpoint)
+    state = read_model_checkpoint(checkpoint)
     cfg = encoder_config(state, checkpoint)
     weights = state["model"]
     task = state["cfg"].get("task") or {}

@@ -15,6 +15,7 @@ from fairseq.models import FairseqEncoder
 from fairseq.modules import LayerNorm
 
 from ..moe import MoEArgs, MoEAux, MoELayer
+from ..moe.parallel import ExpertParallel
 from .attention import SelfAttention
 
 
@@ -66,7 +67,8 @@ class OMoEEncoder(FairseqEncoder):
     fairseq's MoE branch); moe_freq=0 gives the dense encoder.
     """
 
-    def __init__(self, cfg, dictionary) -> None:
+    def __init__(self, cfg, dictionary, parallel: Optional[ExpertParallel] = None) -> None:
+        """parallel: the experts' split over workers (expert parallelism; None: all here)."""
         super().__init__(dictionary)
         dim = cfg.encoder_embed_dim
         self.padding_idx = dictionary.pad()
@@ -80,7 +82,8 @@ class OMoEEncoder(FairseqEncoder):
         self.layernorm_embedding = LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(cfg, moe=moe_args(cfg, i) if is_moe_layer(i, cfg.moe_freq) else None)
+            EncoderLayer(cfg, moe=moe_args(cfg, i, parallel) if is_moe_layer(i, cfg.moe_freq)
+                         else None)
             for i in range(cfg.encoder_layers)
         )
 
@@ -148,7 +151,7 @@ def expert_ffn_dim(cfg) -> int:
     return utils.safe_getattr(cfg, "moe_expert_ffn_dim", 0) or cfg.encoder_ffn_embed_dim
 
 
-def moe_args(cfg, index: int) -> MoEArgs:
+def moe_args(cfg, index: int, parallel: Optional[ExpertParallel] = None) -> MoEArgs:
     """The arguments of the MoE layer at encoder layer `index` under model config cfg."""
     return MoEArgs(
         embed_dim=cfg.encoder_embed_dim,
@@ -158,4 +161,5 @@ def moe_args(cfg, index: int) -> MoEArgs:
         activation_fn=cfg.activation_fn,
         activation_dropout=cfg.activation_dropout,
         layer_index=index,
+        parallel=parallel,
     )

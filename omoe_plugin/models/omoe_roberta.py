@@ -21,6 +21,8 @@ from omegaconf import II
 
 from ..moe import StackedExperts
 from .encoder import OMoEEncoder, expert_ffn_dim
+from .expert_parallel import ATTR as EXPERT_PARALLEL
+from .expert_parallel import build_expert_parallel, ignore_in_data_parallel, shard_whole_experts
 from .mismatch import CheckpointMismatch, mismatch
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,15 @@ class OMoERobertaConfig(FairseqDataclass):
         metadata={
             "help": "every n-th encoder layer is an MoE layer (1 = all, 2 = every other "
             "one, 0 = none: the dense encoder)"
+        },
+    )
+    moe_expert_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "workers each MoE layer's experts are split over (expert parallelism: "
+            "each holds experts/N of them, tokens travel to their expert's worker and back); "
+            "the world size must be a multiple of it. Checkpoints are then one file per "
+            "expert-parallel rank (omoe-consolidate joins them)"
         },
     )
     max_positions: int = II("task.max_positions")
@@ -138,7 +149,18 @@ class OMoERobertaModel(FairseqEncoderModel):
     @classmethod
     def build_model(cls, cfg: OMoERobertaConfig, task) -> "OMoERobertaModel":
         validate_config(cfg)
-        model = cls(cfg, OMoEEncoder(cfg, task.source_dictionary))
+        if safe_getattr(cfg, "moe_expert_parallel_size", 1) > 1:
+            from ..tasks.schedule import OMoESchedule  # here: the tasks import this module
+
+            if not isinstance(task, OMoESchedule):
+                raise ValueError("--moe-expert-parallel-size needs one of this package's tasks "
+                                 "(--task omoe_sentence_prediction, omoe_token_classification, "
+                                 "omoe_span_qa): they reduce the sharded experts' gradients")
+        parallel = build_expert_parallel(cfg)
+        model = cls(cfg, OMoEEncoder(cfg, task.source_dictionary, parallel))
+        if parallel is not None:
+            setattr(model, EXPERT_PARALLEL, parallel)
+            ignore_in_data_parallel(model)
         EXPERT_COUNT.track(model)
         return model
 
@@ -178,6 +200,7 @@ class OMoERobertaModel(FairseqEncoderModel):
         encoder, read by --finetune-from-model) keeps the freshly initialised heads."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = f"{name}." if name else ""
+        shard_whole_experts(self, state_dict, prefix)
         for key, value in self.classification_heads.state_dict().items():
             if state_dict.setdefault(f"{prefix}classification_heads.{key}", value) is value:
                 logger.info(f"initialising classification_heads.{key} (not in the checkpoint)")

@@ -277,7 +277,7 @@ class OMoE(torch.optim.AdamW):
                 continue
             if measure:  # old becomes minus the update: no further weight-sized tensor
                 update_norm = self._norm(old[key].sub_(p)).to(projection.dtype)
-                removed.append(float(projection.removed_norm(change, p.shape)
+                removed.append(float(projection.removed_norm(change, p.shape, self._norm)
                                      / update_norm.clamp(min=1e-30)))
             projection.subtract(change, p)
         if removed:
@@ -314,7 +314,8 @@ class OMoE(torch.optim.AdamW):
         omoe = state_dict.pop("omoe", None)
         if omoe is not None:
             report_changed_settings(self.settings.as_dict(), omoe.get("settings"))
-        check_loaded_state(omoe, self.stats, self.stat_steps, self.settings.mode)
+        check_loaded_state(omoe, self.stats, self.stat_steps, self.settings.mode,
+                           self.shards.size if self.shards is not None else 1)
         state_dict["param_groups"] = regroup_saved(state_dict["param_groups"], self.param_groups,
                                                    self._origin)
         super().load_state_dict(state_dict)

@@ -6,6 +6,8 @@ An orthogonal step computes `products` of the weight before AdamW's step and aft
 products are linear in the weight and small, so their difference gives the products of the
 update without materialising it, and `subtract` removes the projected-away part in place."""
 
+from typing import Callable
+
 import torch
 
 from .projector import direction_mixing, removed_part, update_products
@@ -65,9 +67,11 @@ class Projection:
         return as_rows(removed_part(products, self.factors, self.mode, self.everyone),
                        self.space)
 
-    def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
-        """The Frobenius norm of `removed(products, shape)`."""
-        return self.removed(products, shape).norm()
+    def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size,
+                     norm: Callable[[torch.Tensor], torch.Tensor] = torch.norm) -> torch.Tensor:
+        """The Frobenius norm of `removed(products, shape)` (norm: of a shard's rows taken
+        with the other workers' under expert parallelism)."""
+        return norm(self.removed(products, shape))
 
     def apply(self, W: torch.Tensor) -> torch.Tensor:
         """W [E, out, in] projected."""
@@ -110,9 +114,10 @@ class DirectionProjection(Projection):
     def removed(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
         return (self._coefficients(products) @ self.directions).reshape(shape)
 
-    def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size) -> torch.Tensor:
+    def removed_norm(self, products: tuple[torch.Tensor, ...], shape: torch.Size,
+                     norm=None) -> torch.Tensor:
         # ||K U||_F^2 = trace(K (U U^T) K^T) with the unit directions' Gram matrix: no pass
-        # over the directions
+        # over the directions (K holds every expert's row, sharded or not)
         K = self._coefficients(products)
         return torch.einsum("ei,ij,ej->", K, self.unit_gram, K).clamp(min=0).sqrt()
 

@@ -29,10 +29,12 @@ def report_changed_settings(settings: dict, saved: Optional[dict]) -> None:
                            f"{value!r}): {on_resume(name)}")
 
 
-def check_loaded_state(omoe: Optional[dict], stats: dict, stat_steps: dict, mode: str) -> None:
+def check_loaded_state(omoe: Optional[dict], stats: dict, stat_steps: dict, mode: str,
+                       workers: int = 1) -> None:
     """Refuse checkpointed OMoE state (`OMoE.state_dict()["omoe"]`) that is missing, does not
-    fit this optimizer's statistics (`stats`, `stat_steps`: key -> tensor) and projector
-    `mode`, or is not finite."""
+    fit this optimizer's statistics (`stats`, `stat_steps`: key -> tensor, of this worker's
+    share of the experts when they are sharded over `workers`) and projector `mode`, or is
+    not finite."""
     fresh = "resume with --reset-optimizer to start the statistics afresh"
     if omoe is None:
         raise ValueError("this optimizer state has no OMoE statistics (was it saved by another "
@@ -47,6 +49,7 @@ def check_loaded_state(omoe: Optional[dict], stats: dict, stat_steps: dict, mode
                 fits = False
             elif part == "factors":  # what expert_factors returns for this mode and rank
                 E, dim, r = stats[key].shape
+                E *= workers  # every expert's factors
                 width = 0 if E == 1 else r if mode == "average" else (E - 1) * r
                 fits = value.shape == (E, dim, width)
             else:

@@ -30,7 +30,9 @@ from ..analysis.similarity import (
     layer_similarity,
     pair_mean,
 )
+from ..models.expert_parallel import reduce_expert_gradients
 from ..moe import MoELayer, StackedExperts
+from ..moe.parallel import ExpertParallel
 from ..optim.capture import RoutedInputCapture
 from ..optim.omoe import OMoE
 
@@ -96,6 +98,11 @@ class OMoESchedule:
             kwargs["required_batch_size_multiple"] = 1
         return super().get_batch_iterator(dataset, **kwargs)
 
+    def _similarity(self, model) -> bool:
+        """Whether to log the experts' similarity: asked for, and every expert here (under
+        expert parallelism, run omoe-analyze on the consolidated checkpoint instead)."""
+        return self.cfg.omoe_similarity_tokens > 0 and _expert_parallel(model) is None
+
     def _omoe(self, optimizer) -> Optional[OMoE]:
         omoe = find_omoe(optimizer)
         if omoe is None and not self._warned:
@@ -104,7 +111,7 @@ class OMoESchedule:
         return omoe
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if self._start is None and self.cfg.omoe_similarity_tokens > 0:
+        if self._start is None and self._similarity(model):
             self._start = {m.layer_index: (m.fc1_weight.detach().clone(),
                                            m.fc2_weight.detach().clone())
                            for m in model.modules() if isinstance(m, StackedExperts)}
@@ -122,13 +129,14 @@ class OMoESchedule:
             _set_capture(model, None)
 
     def optimizer_step(self, optimizer, model, update_num):
+        reduce_expert_gradients(model)
         omoe = self._omoe(optimizer)
         if omoe is None:
             return super().optimizer_step(optimizer, model, update_num)
         if omoe.stats:  # every worker reduces, also one that captured nothing (a dummy batch)
             s = omoe.settings
             capture = self.capture or RoutedInputCapture(s.stat, s.stat_rank, s.space)
-            omoe.routed_inputs = partial(capture.pop_summaries, _data_parallel_group())
+            omoe.routed_inputs = partial(capture.pop_summaries, _summary_group(model))
         self.capture = None
         super().optimizer_step(optimizer, model, update_num)
         for name, value in omoe.report.items():
@@ -148,7 +156,7 @@ class OMoESchedule:
     def valid_step(self, sample, model, criterion):
         sims = []
         hooks = []
-        if self.cfg.omoe_similarity_tokens > 0:
+        if self._similarity(model):
             for layer in model.modules():
                 if isinstance(layer, MoELayer):
                     hooks.append(layer.register_forward_hook(
@@ -189,5 +197,14 @@ def _set_capture(model, capture: Optional[RoutedInputCapture]) -> None:
             module.capture = capture
 
 
-def _data_parallel_group():
+def _expert_parallel(model) -> Optional[ExpertParallel]:
+    return next((m.parallel for m in model.modules() if isinstance(m, StackedExperts)), None)
+
+
+def _summary_group(model):
+    """The workers whose routed-input summaries add up: the data-parallel ones, or under
+    expert parallelism the replicas of this worker's experts."""
+    parallel = _expert_parallel(model)
+    if parallel is not None:
+        return parallel.replicas
     return distributed_utils.get_data_parallel_group() if dist.is_initialized() else None

@@ -43,9 +43,9 @@ def summaries(stats: dict[str, torch.Tensor], step: int, experts: slice) -> dict
     return {k: torch.randn(E, v.size(1), 2, generator=g)[experts] for k, v in stats.items()}
 
 
-def train(reading: dict, rank: int = 0, workers: int = 1) -> tuple[list[torch.Tensor], list]:
-    """STEPS updates of OMoE on this worker's share of the experts; its parameters and the
-    bytes it sent at each step."""
+def train(reading: dict, rank: int = 0, workers: int = 1) -> tuple[list[torch.Tensor], list, dict]:
+    """STEPS updates of OMoE on this worker's share of the experts; its parameters, the
+    bytes it sent at each step and its last measurements (trace, removed share)."""
     share = slice(rank * E // workers, (rank + 1) * E // workers)
     params = [torch.nn.Parameter(w[share] if w.dim() == 3 else w) for w in weights()]
     optimizer = OMoE(params, lr=0.05, experts=[params[:2]],
@@ -57,7 +57,7 @@ def train(reading: dict, rank: int = 0, workers: int = 1) -> tuple[list[torch.Te
         optimizer.routed_inputs = partial(summaries, step=step, experts=share)
         optimizer.step()
         sent.append(optimizer.report.get("sent_bytes", 0.0))
-    return [p.detach() for p in params], sent
+    return [p.detach() for p in params], sent, optimizer.last_measured
 
 
 def worker(rank: int, port: int, out_dir: str, workers: int) -> None:
@@ -82,9 +82,12 @@ def sharded(request, tmp_path_factory):
 @pytest.mark.parametrize("name", READINGS)
 def test_every_worker_ends_with_the_single_process_experts(sharded, name):
     workers, ranks = sharded
-    single, _ = train(READINGS[name])
+    single, _, measured = train(READINGS[name])
     for rank, results in enumerate(ranks):
-        params, _ = results[name]
+        params, _, measured_here = results[name]
+        assert measured_here.keys() == measured.keys()
+        for key, value in measured.items():  # every expert's, not this worker's
+            assert measured_here[key] == pytest.approx(value, rel=1e-5), key
         share = slice(rank * E // workers, (rank + 1) * E // workers)
         torch.testing.assert_close(params[0], single[0][share], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(params[1], single[1][share], atol=1e-6, rtol=1e-6)
@@ -101,14 +104,14 @@ def test_bytes_sent_per_orthogonal_update_follow_the_formula(sharded):
     spread = (workers - 1) / workers
     per_weight = 6 * spread * (E // workers) * D * H + 4 * 2 * spread * E * E
     for results in ranks:
-        _, sent = results["deltas"]
+        _, sent, _ = results["deltas"]
         assert sent[:2] == [0.0, 0.0] and sent[4:6] == [0.0, 0.0]  # accumulating: nothing
         assert sent[3] == pytest.approx(2 * 4 * per_weight)  # two weights, float32
         # a cycle's first orthogonal update also measures the removed share: one norm each
         assert sent[2] == pytest.approx(sent[3] + 2 * 4 * 2 * spread)
     # statistics readings: the statistics all-gathered once per cycle, when formed, and the
-    # measurement's two norms
-    _, sent = ranks[0]["outputs"]
+    # measurement's two norms per weight (the update's and what is removed from it)
+    _, sent, _ = ranks[0]["outputs"]
     stats = (E // workers) * (H + D) * 2  # [E/N, dim, max_rank] for each weight
-    assert sent[2] == pytest.approx(4 * (workers - 1) * stats + 2 * 4 * 2 * spread)
+    assert sent[2] == pytest.approx(4 * (workers - 1) * stats + 2 * 2 * 4 * 2 * spread)
     assert sent[3] == 0.0
