@@ -1,5 +1,6 @@
 """Stacked feed-forward experts with sparse dispatch: each expert runs only on its tokens."""
 
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -9,6 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .parallel import ExpertParallel
+
+# torch 2.13 deprecates its public differentiable all_to_all_single for one in a private
+# module (torch.distributed._functional_collectives); the public one is kept here, and its
+# notice, printed at every expert-parallel start, is not about the user's run
+warnings.filterwarnings("ignore", category=FutureWarning,
+                        message=r"torch\.distributed\.nn\.functional\.all_to_all_single is deprecated")
 
 # Attribute names the OMoE optimizer reads off expert weight tensors. Biases are not tagged:
 # they have no input space, so they take the plain base-optimizer update.
