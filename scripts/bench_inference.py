@@ -8,9 +8,14 @@ over several rounds, median of each round's median; plus the test accuracy of ev
                                       [--data DIR] [--threads 2]
 
 Defaults: the checkpoints of `make demo` and of `make bench-inference`'s dense fine-tune, and
-their data. The last line printed is one JSON object: latency (ms) and throughput
-(sentences/s) per engine and shape, the speed-ups over PyTorch, MoE / dense latency, and
-the accuracies.
+their data. The run starts with the CPU (model, logical cores, ISA flags) and its fp32 peak
+measured on the spot with the engines' threads; every shape reports the GFLOP of one forward
+of each model (omoe_plugin.analysis.hardware says how they are counted: attention included,
+the MoE's router and top-k experts) and each engine's rate as a share of that peak (the int8
+engines' too, though int8 dot products (VNNI) run several times the fp32 rate, so their
+share can pass 1). The last line printed is one JSON object: latency (ms), throughput
+(sentences/s), GFLOP/s and share of the peak per engine and shape, GFLOP per forward, the
+speed-ups over PyTorch, MoE / dense latency, the accuracies, the CPU and the peak.
 """
 
 import argparse
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omoe_plugin.analysis.hardware import cpu_description, encoder_flops, measured_fp32_peak
 from omoe_plugin.export.runtime import session
 from omoe_plugin.export.sentences import OMoEClassifier
 from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
@@ -73,6 +79,15 @@ def time_engine(runtime: str, checkpoint: Path, model_file: Path, batch: int, se
         step()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def forward_gflop(checkpoint: Path) -> dict[tuple[int, int], float]:
+    """GFLOP of one forward of the checkpoint's served model at each shape in SHAPES."""
+    model, info = load_classifier(checkpoint)
+    classes = next(iter(model.classification_heads.values())).out_proj.out_features
+    return {(batch, seq): encoder_flops(model.cfg, batch, seq, classes,
+                                        per_token=info.tagging or info.span_qa) / 1e9
+            for batch, seq in SHAPES}
 
 
 def test_split(data: Path) -> tuple[list[str], list[str]]:
@@ -126,11 +141,17 @@ def main() -> None:
                           repeats))
         return
 
+    cpu, cpu_line = cpu_description()
+    peak = measured_fp32_peak(args.threads)
+    print(cpu_line)
+    print(f"fp32 peak measured now: {peak:.1f} GFLOP/s ({args.threads} threads, large square "
+          "product)")
     checkpoints = {"moe": args.checkpoint, "dense": args.dense_checkpoint}
     for model, checkpoint in checkpoints.items():
         if not checkpoint.is_file():
             sys.exit(f"no {model} checkpoint at {checkpoint}: run `make demo` and `make "
                      "bench-inference` (which fine-tunes the dense model), or pass its path")
+    gflop = {model: forward_gflop(checkpoint) for model, checkpoint in checkpoints.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     # exported again when older than its checkpoint or than any of the package's code
     newest_code = max(path.stat().st_mtime for path in (ROOT / "omoe_plugin").rglob("*.py"))
@@ -153,10 +174,14 @@ def main() -> None:
                           "--threads", str(args.threads), "--repeats", str(args.repeats)]
                 rounds[model, runtime].append(float(subprocess.run(
                     worker, check=True, capture_output=True, text=True).stdout.split()[-1]))
+        for model in MODELS:
+            row[f"{model}_gflop"] = round(gflop[model][batch, seq], 3)
         for (model, runtime), times in rounds.items():
             name, ms = engine_name(model, runtime), statistics.median(times)
             row[f"{name}_ms"] = round(ms, 2)
             row[f"{name}_per_s"] = round(1000 * batch / ms, 1)
+            row[f"{name}_gflop_s"] = round(1000 * gflop[model][batch, seq] / ms, 1)
+            row[f"{name}_peak_share"] = round(row[f"{name}_gflop_s"] / peak, 3)
         for runtime in RUNTIMES[1:]:
             row[f"{runtime}_speedup"] = round(row["torch_ms"] / row[f"{runtime}_ms"], 2)
         for runtime in RUNTIMES:  # the price of the experts, served alike
@@ -180,7 +205,14 @@ def main() -> None:
                   f"({row['ort_fp32_speedup']}x) | {row['ort_int8_ms']} "
                   f"({row['ort_int8_speedup']}x) | "
                   + ", ".join(str(row[f"{r}_moe_over_dense"]) for r in RUNTIMES) + " |")
+    names = [engine_name(*engine) for engine in ENGINES]
+    for name, row in results.items():
+        if name != "accuracy":
+            print(f"{name}: GFLOP per forward: MoE {row['moe_gflop']}, dense {row['dense_gflop']}; "
+                  "GFLOP/s (share of fp32 peak): " + ", ".join(
+                      f"{e} {row[f'{e}_gflop_s']} ({row[f'{e}_peak_share']:.0%})" for e in names))
     print(f"test accuracy: {results['accuracy']}")
+    results.update(cpu=cpu, threads=args.threads, fp32_peak_gflop_s=round(peak, 1))
     print(json.dumps(results))
 
 
