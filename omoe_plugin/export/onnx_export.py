@@ -27,6 +27,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from ..models import OMoERobertaModel
 from ..models.omoe_roberta import SPAN_HEAD, TOKEN_HEAD
+from . import text_model
 from .classifier import HEAD, ExportedClassifier, load_classifier
 from .inference import at_least, quiet_logging, serving_parser
 from .onnx_ops import TRANSLATIONS
@@ -108,11 +109,20 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
                         help="ONNX opset (>= 18, torch's ONNX exporter)")
     parser.add_argument("--int8", action="store_true",
                         help="dynamically quantise weights to int8 (routers stay fp32)")
+    parser.add_argument("--raw-text", action="store_true",
+                        help="also write OUT's raw-text model beside it (model.onnx -> "
+                        "model.text.onnx): input one sentence as a string, the tokenizer in "
+                        "the graph (onnxruntime-extensions: pip install 'omoe-plugin[text]'); "
+                        "single-sentence classifiers")
     args = parser.parse_args(argv)
     quiet_logging()
     try:
+        if args.raw_text:
+            text_model.extensions_library()
         model, info = load_classifier(args.checkpoint, args.data, args.head, args.tokenizer)
-    except (ValueError, FileNotFoundError, OSError) as e:
+        if args.raw_text:
+            text_model.check_supported(info)
+    except (ImportError, ValueError, FileNotFoundError, OSError) as e:
         sys.exit(f"omoe-export: {e}")
     info.optimization_level = args.optimization_level
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +142,17 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
             model_path = Path(tmp) / "int8.onnx"
             logger.info(f"int8 agreement with PyTorch: "
                         f"{report(check_parity(model, info, model_path))}")
+        if args.raw_text:
+            text_path = text_model.text_model_path(args.out)
+            try:
+                text_model.build_text_model(model_path, Path(tmp) / "text.onnx")
+            except ValueError as e:
+                sys.exit(f"omoe-export: {e}")
+            (Path(tmp) / "text.onnx").replace(text_path)
         model_path.replace(args.out)
     size = args.out.stat().st_size / 2**20
     logger.info(f"wrote {args.out} ({size:.1f} MB, opset {args.opset}, "
                 f"{'int8' if args.int8 else 'fp32'}, labels {info.labels or 'regression'})")
+    if args.raw_text:
+        logger.info(f"wrote {text_path}: raw text in, the tokenizer in the graph (the same ids "
+                    f"as the Python tokenizer on {len(text_model.PROBES) + 1} probe texts)")
