@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 import onnxruntime
 import psutil
 
+from omoe_plugin.analysis.hardware import cpu_description
 from omoe_plugin.export.inference import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +38,6 @@ BIN = Path(sys.executable).parent
 DEMO = ROOT / "runs" / "demo" / "model.onnx"
 TEST_SPLIT = ROOT / "data-bin" / "movie_reviews_minilm" / "raw" / "test.input0"
 LISTENING = re.compile(r"serving .* on http://127\.0\.0\.1:(\d+)")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def sentences(path: Path | None, limit: int) -> list[str]:
@@ -127,9 +120,11 @@ def load(port: int, requests: list[bytes], count: int, clients: int) -> tuple[li
     return results, time.perf_counter() - started
 
 
-def start_server(model: Path, name: str, threads: int) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, name: str, threads: int,
+                 spinning: str) -> tuple[subprocess.Popen, int]:
     server = subprocess.Popen([str(BIN / "omoe-serve"), f"{name}={model}", "--port", "0",
-                               "--threads", str(threads)], stderr=subprocess.PIPE, text=True)
+                               "--threads", str(threads), "--spinning", spinning],
+                              stderr=subprocess.PIPE, text=True)
     for line in server.stderr:
         if found := LISTENING.search(line):
             return server, int(found.group(1))
@@ -142,6 +137,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--requests", type=int, default=10_000, help="requests of part (c)")
+    parser.add_argument("--spinning", choices=("off", "on"), default="on",
+                        help="omoe-serve's --spinning")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 200 sentences, 1,000 requests in part (c)")
     args = parser.parse_args()
@@ -149,13 +146,13 @@ def main() -> None:
         sys.exit(f"no model at {args.model}: run `make demo` (it writes {DEMO}) or pass --model")
     texts = sentences(args.sentences, 200 if args.quick else 100_000)
     total = 1000 if args.quick else args.requests
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, {args.threads} threads; ONNX Runtime "
+    print(f"{cpu_description()[1]}; {args.threads} threads; ONNX Runtime "
           f"{onnxruntime.__version__}; load average {os.getloadavg()[0]:.2f} "
           "(take timings on an idle machine)", flush=True)
     direct = offline(args.model, texts, args.threads)
     print(f"direct: {direct['throughput']:.1f} sentences/s batched (32), one sentence "
           f"p50 {direct['p50_ms']:.2f} ms, p99 {direct['p99_ms']:.2f} ms", flush=True)
-    server, port = start_server(args.model, "demo", args.threads)
+    server, port = start_server(args.model, "demo", args.threads, args.spinning)
     try:
         requests = [request_bytes("demo", text) for text in texts]
         load(port, requests, 64, 8)  # warm-up
@@ -175,7 +172,8 @@ def main() -> None:
     statuses = [status for status, _ in single + concurrent + first + rest]
     soak = [status for status, _ in first + rest]
     report = {
-        "cpu": cpu_model(), "threads": args.threads, "sentences": len(texts),
+        "cpu": cpu_description()[0], "threads": args.threads, "spinning": args.spinning,
+        "sentences": len(texts),
         "direct": direct,
         "throughput_32_clients": throughput, "throughput_ratio": throughput / direct["throughput"],
         "latency_1_client": latency,

@@ -26,17 +26,17 @@ from .serving_info import ServingInfo
 logger = logging.getLogger(__name__)
 
 
-def load_model(model: Path, threads: int = 0,
-               optimization_level: Optional[str] = None) -> ServedModel:
+def load_model(model: Path, threads: int = 0, optimization_level: Optional[str] = None,
+               spinning: bool = True) -> ServedModel:
     """The served model of an omoe-export file, of the class its metadata names, on one ONNX
-    Runtime session."""
+    Runtime session (spinning: see runtime.session)."""
     info = ServingInfo.read(model)
     if info.kind == "tagging":  # imported on first use: seqeval (and scikit-learn) load slowly
         from .tagger import OMoETagger
 
-        return OMoETagger(model, threads, optimization_level, info)
+        return OMoETagger(model, threads, optimization_level, info, spinning)
     served = OMoEReader if info.kind == "span_qa" else OMoEClassifier
-    return served(model, threads, optimization_level, info)
+    return served(model, threads, optimization_level, info, spinning)
 
 
 def batches(lines: Iterator, size: int, delay: float) -> Iterator[list]:

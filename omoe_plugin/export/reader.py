@@ -39,13 +39,14 @@ class OMoEReader(ServedModel):
     kind = "span_qa"
 
     def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None,
-                 info=None, *, stride: int = 64, max_question_tokens: int = 64) -> None:
+                 info=None, spinning: bool = True, *, stride: int = 64,
+                 max_question_tokens: int = 64) -> None:
         """stride: context sub-words between window starts; max_question_tokens: a
         question's sub-words kept (as omoe-prepare-data's --doc-stride and
         --max-question-tokens)."""
         if min(stride, max_question_tokens) < 1:
             raise ValueError("stride and question sub-words must be >= 1")
-        super().__init__(model, threads, optimization_level, info)
+        super().__init__(model, threads, optimization_level, info, spinning)
         self.stride, self.max_question_tokens = stride, max_question_tokens
 
     def problem(self, pair) -> Optional[str]:

@@ -30,15 +30,19 @@ SERVERS = {"sentences": ("OMoEClassifier", "sentence-classification"),
            "tagging": ("OMoETagger", "token-tagging"), "span_qa": ("OMoEReader", "extractive-QA")}
 
 
-def session(path: Path, threads: int = 0, level: str = "all") -> ort.InferenceSession:
+def session(path: Path, threads: int = 0, level: str = "all",
+            spinning: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime CPU session; threads 0 lets ONNX Runtime choose; a clear error for a
-    file that is missing or not an ONNX model."""
+    file that is missing or not an ONNX model. spinning: the intra-op threads spin between
+    runs (ONNX Runtime's default: a run starts sooner) rather than sleep (the cores stay free
+    for the other threads of the process, such as a server's event loop)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=DISABLED_FUSIONS)
@@ -84,14 +88,16 @@ class ServedModel(ABC):
     kind = ""
 
     def __init__(self, model: Path, threads: int = 0, optimization_level: Optional[str] = None,
-                 info: Optional[ServingInfo] = None) -> None:
-        """info: the file's ServingInfo when the caller has read it already."""
+                 info: Optional[ServingInfo] = None, spinning: bool = True) -> None:
+        """info: the file's ServingInfo when the caller has read it already; spinning: see
+        `session`."""
         self.info = info or ServingInfo.read(model)
         if self.info.kind != self.kind:
             raise ValueError(f"{model} is not a {SERVERS[self.kind][1]} model: serve it with "
                              f"omoe_plugin.export.{SERVERS[self.info.kind][0]} (or load_model, "
                              "which picks the class from the file)")
-        self.session = session(model, threads, optimization_level or self.info.optimization_level)
+        self.session = session(model, threads, optimization_level or self.info.optimization_level,
+                               spinning)
         self.tokenizer = SubwordTokenizer.from_text(self.info.tokenizer_kind, self.info.tokenizer)
         self.index = {symbol: i for i, symbol in enumerate(self.info.symbols)}
 

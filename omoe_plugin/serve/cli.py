@@ -83,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=at_least(0), default=0,
                    help="ONNX Runtime intra-op threads per model (0: the cores this process "
                    "may use)")
+    p.add_argument("--spinning", choices=("off", "on"), default="on",
+                   help="ONNX Runtime's intra-op threads spin between runs (on: ONNX Runtime's "
+                   "default, the faster on cores the server has to itself) or sleep (off: for "
+                   "a server sharing its cores with other busy processes)")
     p.add_argument("--max-batch-size", type=at_least(1), default=32,
                    help="most items in one ONNX Runtime run")
     p.add_argument("--max-batch-delay-ms", type=seconds, default=5.0,
@@ -102,12 +106,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load(paths: dict[str, Path], threads: int, level: Optional[str],
-         max_chars: int) -> dict[str, ServedModel]:
+def load(paths: dict[str, Path], threads: int, level: Optional[str], max_chars: int,
+         spinning: bool) -> dict[str, ServedModel]:
     """Every model, on its session, warmed up with one item."""
     models = {}
     for name, path in paths.items():
-        model = load_model(path, threads, level)
+        model = load_model(path, threads, level, spinning)
         model.predict([ModelSpec(name, model, max_chars).example()])
         models[name] = model
     return models
@@ -121,7 +125,8 @@ def cli_main(argv: Optional[list[str]] = None) -> None:
         sys.exit("omoe-serve: --max-items must not exceed --max-queue")
     threads = args.threads or len(os.sched_getaffinity(0))
     try:
-        models = load(model_paths(args.models), threads, args.optimization_level, args.max_chars)
+        models = load(model_paths(args.models), threads, args.optimization_level, args.max_chars,
+                      args.spinning == "on")
         sock = open_socket(args.host, args.port, args.reuse_port)
     except (ValueError, OSError) as e:
         sys.exit(f"omoe-serve: {e}")

@@ -147,6 +147,17 @@ def test_metadata_is_read_without_a_session_and_the_model_opens_one(exported, mo
         classifier.predict(["w1 w2"])[0].probabilities)
 
 
+def test_spinning_is_a_session_setting_and_changes_no_answer(exported):
+    _, path, classifier = exported
+    spin = lambda model: model.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+    resting = load_model(path, threads=1, spinning=False)
+    assert (spin(classifier), spin(resting)) == ("1", "0")
+    texts = sentences(8)
+    assert [p.probabilities for p in resting.predict(texts)] == \
+        [p.probabilities for p in classifier.predict(texts)]
+
+
 def test_a_truncated_model_file_is_refused_with_its_path(exported, tmp_path):
     _, path, _ = exported
     (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[:1000])
