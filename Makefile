@@ -34,7 +34,11 @@ $(STAMP): requirements.txt pyproject.toml
 # one test process per core, at most 4 (each holds torch and fairseq: about 0.5 GB before a model)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not install"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not install and not expert_parallel"
+
+# fairseq-train with experts sharded over 2 and 4 gloo workers (3 minutes; CI runs it after make test)
+test-expert-parallel: setup
+	$(PY) -m pytest -q -m expert_parallel
 
 # the serving-only install in a fresh virtualenv, from the package index (CI runs it after make test)
 test-install: setup

@@ -15,7 +15,7 @@ from omoe_plugin.export.sentences import OMoEClassifier
 from tests.cli import checkpoint, launch_ranks, output, run, train, train_data_parallel
 from tests.test_cli_distributed import ARGS as DATA_PARALLEL_ARGS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.expert_parallel]  # make test-expert-parallel
 
 UPDATES = 12
 ARGS = [*DATA_PARALLEL_ARGS, "--omoe-space", "deltas"]  # the default reading, weight-sized
