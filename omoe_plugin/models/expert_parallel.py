@@ -28,9 +28,6 @@ from ..convert.consolidate import shard_suffix
 from ..moe import StackedExperts
 from ..moe.parallel import ExpertParallel, check_expert_split, expert_parallel_groups
 
-ATTR = "expert_parallel"  # the model attribute holding its ExpertParallel (absent: none)
-
-
 def build_expert_parallel(cfg) -> Optional[ExpertParallel]:
     """This worker's ExpertParallel for `--moe-expert-parallel-size` (None for 1), after
     checking what fairseq-train must be given for it."""
@@ -48,6 +45,11 @@ def build_expert_parallel(cfg) -> Optional[ExpertParallel]:
                          "(--distributed-world-size, or torchrun)")
     install_sharded_checkpoints()
     return expert_parallel_groups(size)
+
+
+def expert_parallel_of(model: nn.Module) -> Optional[ExpertParallel]:
+    """The ExpertParallel the model's MoE layers were built with (None: every expert here)."""
+    return next((m.parallel for m in model.modules() if isinstance(m, StackedExperts)), None)
 
 
 def ignore_in_data_parallel(model: nn.Module) -> None:
@@ -106,7 +108,7 @@ def install_sharded_checkpoints() -> None:
                                Trainer.checkpoint_suffix, Trainer.load_checkpoint)
 
     def parallel_of(trainer) -> Optional[ExpertParallel]:
-        return getattr(trainer._model, ATTR, None)
+        return expert_parallel_of(trainer._model)
 
     def should_save(trainer) -> bool:
         parallel = parallel_of(trainer)

@@ -21,7 +21,6 @@ from omegaconf import II
 
 from ..moe import StackedExperts
 from .encoder import OMoEEncoder, expert_ffn_dim
-from .expert_parallel import ATTR as EXPERT_PARALLEL
 from .expert_parallel import build_expert_parallel, ignore_in_data_parallel, shard_whole_experts
 from .mismatch import CheckpointMismatch, mismatch
 
@@ -159,7 +158,6 @@ class OMoERobertaModel(FairseqEncoderModel):
         parallel = build_expert_parallel(cfg)
         model = cls(cfg, OMoEEncoder(cfg, task.source_dictionary, parallel))
         if parallel is not None:
-            setattr(model, EXPERT_PARALLEL, parallel)
             ignore_in_data_parallel(model)
         EXPERT_COUNT.track(model)
         return model

@@ -30,9 +30,8 @@ from ..analysis.similarity import (
     layer_similarity,
     pair_mean,
 )
-from ..models.expert_parallel import reduce_expert_gradients
+from ..models.expert_parallel import expert_parallel_of, reduce_expert_gradients
 from ..moe import MoELayer, StackedExperts
-from ..moe.parallel import ExpertParallel
 from ..optim.capture import RoutedInputCapture
 from ..optim.omoe import OMoE
 
@@ -101,7 +100,7 @@ class OMoESchedule:
     def _similarity(self, model) -> bool:
         """Whether to log the experts' similarity: asked for, and every expert here (under
         expert parallelism, run omoe-analyze on the consolidated checkpoint instead)."""
-        return self.cfg.omoe_similarity_tokens > 0 and _expert_parallel(model) is None
+        return self.cfg.omoe_similarity_tokens > 0 and expert_parallel_of(model) is None
 
     def _omoe(self, optimizer) -> Optional[OMoE]:
         omoe = find_omoe(optimizer)
@@ -197,14 +196,10 @@ def _set_capture(model, capture: Optional[RoutedInputCapture]) -> None:
             module.capture = capture
 
 
-def _expert_parallel(model) -> Optional[ExpertParallel]:
-    return next((m.parallel for m in model.modules() if isinstance(m, StackedExperts)), None)
-
-
 def _summary_group(model):
     """The workers whose routed-input summaries add up: the data-parallel ones, or under
     expert parallelism the replicas of this worker's experts."""
-    parallel = _expert_parallel(model)
+    parallel = expert_parallel_of(model)
     if parallel is not None:
         return parallel.replicas
     return distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
