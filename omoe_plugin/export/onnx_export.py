@@ -52,11 +52,12 @@ def export_onnx(model: OMoERobertaModel, info: ServingInfo, out: Path,
     example = torch.from_numpy(sample_tokens(info, batch=2, length=8, padded=True))
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=info.max_positions)}
     outputs = ["logits", "experts"] if info.moe_layers else ["logits"]
-    program = torch.onnx.export(
-        wrapper, (example,), None, input_names=["src_tokens"], output_names=outputs,
-        dynamic_shapes=(dims,), opset_version=opset, optimize=False, verbose=False,
-        custom_translation_table=TRANSLATIONS,
-    )
+    with torch.no_grad():  # the inference graph (the experts' products: moe/experts.py)
+        program = torch.onnx.export(
+            wrapper, (example,), None, input_names=["src_tokens"], output_names=outputs,
+            dynamic_shapes=(dims,), opset_version=opset, optimize=False, verbose=False,
+            custom_translation_table=TRANSLATIONS,
+        )
     onnxscript.optimizer.optimize(program.model, input_size_limit=2**62, output_size_limit=2**62)
     program.model.metadata_props.update(info.to_metadata())
     program.save(str(out), external_data=False)

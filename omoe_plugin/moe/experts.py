@@ -1,6 +1,7 @@
 """Stacked feed-forward experts with sparse dispatch: each expert runs only on its tokens."""
 
 import warnings
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -16,6 +17,10 @@ from .parallel import ExpertParallel
 # notice, printed at every expert-parallel start, is not about the user's run
 warnings.filterwarnings("ignore", category=FutureWarning,
                         message=r"torch\.distributed\.nn\.functional\.all_to_all_single is deprecated")
+
+# id(weight) -> the memory its gradient is written into at every step (see _weight_gradient),
+# dropped with the weight
+_GRADIENT_MEMORY: dict[int, torch.Tensor] = {}
 
 # Attribute names the OMoE optimizer reads off expert weight tensors. Biases are not tagged:
 # they have no input space, so they take the plain base-optimizer update.
@@ -161,20 +166,15 @@ class StackedExperts(nn.Module):
     def _ffn(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """Each local expert's FFN on its block of x ([n, d], sizes[e] rows for expert e, in
         order): [n, d]."""
-        # unbind once: its backward stacks the E slice gradients in one tensor, where
-        # indexing the parameter per expert would allocate a full-size gradient per expert.
-        fc1_w, fc1_b = self.fc1_weight.unbind(0), self.fc1_bias.unbind(0)
-        fc2_w, fc2_b = self.fc2_weight.unbind(0), self.fc2_bias.unbind(0)
-        ys = []
-        for e, x_e in enumerate(x.split(sizes)):  # x_e [n_e, d]: e's tokens
-            z = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
-            h = self.activation_fn(z)
-            y = F.linear(self.activation_dropout(h), fc2_w[e], fc2_b[e])  # [n_e, d]
-            if self.capture is not None:  # each weight's input and output on expert e's tokens
-                self.capture(self.layer_index, self.num_local_experts, e, fc1=x_e, fc2=h,
-                             outputs={"fc1": z, "fc2": y})
-            ys.append(y)
-        return torch.cat(ys)
+        z = grouped_linear(x, sizes, self.fc1_weight, self.fc1_bias)  # [n, h]
+        h = self.activation_fn(z)  # one call for every expert's block
+        y = grouped_linear(self.activation_dropout(h), sizes, self.fc2_weight, self.fc2_bias)
+        if self.capture is not None:  # each weight's input and output on expert e's tokens
+            blocks = zip(x.split(sizes), h.split(sizes), z.split(sizes), y.split(sizes))
+            for e, (x_e, h_e, z_e, y_e) in enumerate(blocks):
+                self.capture(self.layer_index, self.num_local_experts, e, fc1=x_e, fc2=h_e,
+                             outputs={"fc1": z_e, "fc2": y_e})
+        return y
 
     def _exchange(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """The experts' outputs on this rank's routed tokens x ([n, d], grouped by global
@@ -197,3 +197,78 @@ class StackedExperts(nn.Module):
         y = torch.empty_like(y).index_copy(0, grouping, y)  # back to the received order
         return dist_fn.all_to_all_single(x.new_empty(x.shape), y, send_splits, recv_splits,
                                          group=group)
+
+
+def grouped_linear(x: torch.Tensor, sizes: list[int], weight: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+    """x's row blocks through their experts' linear maps: block e (sizes[e] rows of x [n, i])
+    times weight[e] ([E, o, i], nn.Linear's layout) plus bias[e] ([E, o]); [n, o].
+
+    With a gradient, the weight's gradient is written, expert by expert, straight into one
+    [E, o, i] tensor that autograd keeps as weight.grad, and that tensor's memory is kept from
+    one step to the next (see _weight_gradient). Slicing the stacked weight per expert instead
+    costs two passes over the expert weights at every step that a dense FFN of the same active
+    size does not pay: autograd stacks the E slice gradients into a new tensor, and that new
+    tensor, tens of MB, comes from the operating system afresh (the CPU allocator does not
+    cache blocks that large), page by page. Without a gradient (inference, export), one
+    F.linear per expert, which ONNX and torch.export take as they are.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or bias.requires_grad):
+        return _GroupedLinear.apply(x, sizes, weight, bias)
+    return torch.cat([F.linear(x_e, weight[e], bias[e]) for e, x_e in enumerate(x.split(sizes))])
+
+
+class _GroupedLinear(torch.autograd.Function):
+    """grouped_linear with a gradient: the same products as F.linear and its backward, in the
+    same order, so its results equal a loop of F.linear bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int], weight: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.sizes, ctx.weight = sizes, weight
+        out = x.new_empty(x.size(0), weight.size(1))
+        for e, (x_e, out_e) in enumerate(zip(x.split(sizes), out.split(sizes))):
+            torch.addmm(bias[e], x_e, weight[e].t(), out=out_e)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, _, need_weight, need_bias = ctx.needs_input_grad
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_weight = _weight_gradient(ctx.weight) if need_weight else None
+        grad_bias = grad.new_empty(weight.shape[:2]) if need_bias else None
+        blocks = zip(grad.split(ctx.sizes), x.split(ctx.sizes),
+                     grad_x.split(ctx.sizes) if need_x else [None] * len(ctx.sizes))
+        # an expert without tokens gets zero gradients: a product over an empty sum is 0
+        for e, (g_e, x_e, grad_x_e) in enumerate(blocks):
+            if need_x:
+                torch.mm(g_e, weight[e], out=grad_x_e)
+            if need_weight:
+                torch.mm(g_e.t(), x_e, out=grad_weight[e])
+            if need_bias:
+                torch.sum(g_e, 0, out=grad_bias[e])
+        return grad_x, None, grad_weight, grad_bias
+
+
+def _weight_gradient(weight: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor like weight to write its gradient into.
+
+    While weight.grad is None (an optimizer's zero_grad sets it so), it is a new tensor on
+    memory kept for weight from one step to the next, which autograd takes as weight.grad
+    without a copy: so the gradient's pages are touched once per run, not once per step. The
+    price: a gradient tensor held past the optimizer step is overwritten by the next backward.
+    When weight.grad exists, autograd adds the new gradient to it (gradient accumulation), so
+    it gets a tensor of its own.
+    """
+    if weight.grad is not None:
+        return torch.empty_like(weight)
+    kept = _GRADIENT_MEMORY.get(id(weight))
+    if kept is None:
+        weakref.finalize(weight, _GRADIENT_MEMORY.pop, id(weight), None)
+    if kept is None or (kept.shape, kept.dtype, kept.device) != (
+            weight.shape, weight.dtype, weight.device):
+        kept = _GRADIENT_MEMORY[id(weight)] = torch.empty_like(weight)
+    return kept.detach()  # a tensor of its own on that memory: autograd keeps it as is

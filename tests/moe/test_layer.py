@@ -99,6 +99,21 @@ def test_router_and_every_expert_receive_gradients():
         assert (per_expert > 0).all()
 
 
+@pytest.mark.parametrize("batch,seq,pad,num_experts,top_k", SHAPES)
+def test_gradients_equal_the_dense_combination(batch, seq, pad, num_experts, top_k):
+    layer = make_layer(num_experts, top_k)
+    x, mask = padded_batch(batch, seq, pad)
+    x.requires_grad_()
+    grads = []
+    for forward in (lambda: layer(x, mask)[0], lambda: reference(layer, x, mask)):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        forward().square().sum().backward()
+        grads.append([x.grad, *(p.grad for p in layer.experts.parameters())])
+    for ours, dense in zip(*grads):
+        torch.testing.assert_close(ours, dense, atol=1e-5, rtol=1e-4)
+
+
 def test_expert_weights_are_tagged_for_the_optimizer():
     layer = MoELayer(MoEArgs(embed_dim=8, ffn_dim=12, num_experts=2, layer_index=3))
     ex = layer.experts
