@@ -13,7 +13,8 @@ checkpoint every ceil(updates per epoch / 4) updates and at the end of epoch N; 
 polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 
 --select trains each configuration at seed 1 over the learning-rate grid and scores
-validation only. The final mode trains each configuration at the grid rate its selection
+validation only; the variants and baselines (RATE_FROM) train at the one rate their base
+configuration chose instead, once the base's selection is complete. The final mode trains each configuration at the grid rate its selection
 runs scored best on validation, for every seed, and scores its checkpoint_best.pt once on
 the test split (seed 1 reuses its selection run); it refuses a configuration whose selection
 is incomplete. Every finished run appends one record to results/convergence.jsonl (a run with
@@ -46,7 +47,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is s
 from omoe_plugin.analysis import runs  # noqa: E402
 from omoe_plugin.analysis.results import (  # noqa: E402
     Protocol, SelectionIncomplete, append_record, chosen_lr, find, load_records, record_key,
-    report, slug, task_section)
+    report, selection_grid, slug, task_section)
 from omoe_plugin.analysis.runs import option  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,18 @@ CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): 
     # the scale point: 8 experts, top-2 (these override the setting's 4 experts, top-1)
     "MoE 8x top-2 + AdamW": ("moe8", [*ADAM, *TOP2]),
     "MoE 8x top-2 + OMoE": ("moe8", [*OMOE, *TOP2]),
+}
+# The configurations that do not search the grid: each trains at the rate its base chose, so
+# its selection is one run (seed 1, at that rate) once the base's is complete. A search costs
+# three runs of about an hour here; it is spent on the rows the comparison is about (dense,
+# AdamW, OMoE), and the variants and baselines are compared with their base at equal rate.
+RATE_FROM = {
+    "MoE + OMoE, delayed start": "MoE + OMoE",
+    "MoE + OMoE, strength ramp": "MoE + OMoE",
+    "MoE (drop 0.1) + AdamW": "MoE + AdamW",
+    "MoE + AdamW + orthogonality loss": "MoE + AdamW",
+    "MoE 8x top-2 + AdamW": "MoE + AdamW",
+    "MoE 8x top-2 + OMoE": "MoE + OMoE",
 }
 SETTINGS = {
     "pretrained": {
@@ -194,8 +207,9 @@ def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: i
 
 def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[str]]:
     """Every chosen configuration's fairseq-train options (all but --lr and --seed, and the
-    paths of the run); sets c.data (binarised on first use), c.task, c.metric, c.per_epoch
-    and c.protocol (what the records say of it)."""
+    paths of the run); sets c.data (binarised on first use), c.task, c.metric, c.per_epoch,
+    c.protocol (what the records say of it) and c.options (every configuration's options,
+    for the bases of RATE_FROM)."""
     setting = SETTINGS[c.setting]
     c.out = c.out or ROOT / "runs" / "convergence" / c.setting / c.corpus
     if c.data is None:
@@ -210,8 +224,9 @@ def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[st
                                           Protocol(*c.trial), c.data,
                                           int(option([*base, *c.extra], "--batch-size")),
                                           c.metric)
-    configs = {name: [*base, *setting[CONFIGS[name][0]], *CONFIGS[name][1], *protocol,
-                      *c.extra] for name in names if CONFIGS[name][0] in setting}
+    c.options = {name: [*base, *setting[start], *options, *protocol, *c.extra]
+                 for name, (start, options) in CONFIGS.items() if start in setting}
+    configs = {name: c.options[name] for name in names if name in c.options}
     for name, options in configs.items():
         start = option(options, "--finetune-from-model")
         if start is not None and not (ROOT / start).exists():
@@ -222,6 +237,13 @@ def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[st
                   "validate_interval": given("--validate-interval-updates"),
                   "updates_per_epoch": c.per_epoch}
     return configs
+
+
+def rates_of(c: argparse.Namespace, records: list[dict], name: str) -> list[float]:
+    """The learning rates configuration `name` is selected over (see RATE_FROM)."""
+    base = RATE_FROM.get(name)
+    return selection_grid(records, c.corpus, c.lr_grid,
+                          None if base is None else (base, c.options[base]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,13 +296,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{c.corpus} ({c.setting}): {c.protocol}", flush=True)
     if c.select:
         for name, options in configs.items():
-            for lr in c.lr_grid:
+            try:
+                grid = rates_of(c, load_records(c.records), name)
+            except SelectionIncomplete as e:
+                print(f"select {name}: not yet, it takes its base's rate: {e}", flush=True)
+                continue
+            for lr in grid:
                 run(c, name, options, lr, 1, "select")
     else:
         records, rates, refused = load_records(c.records), {}, []
         for name, options in configs.items():
             try:
-                rates[name] = chosen_lr(records, c.corpus, name, options, c.lr_grid)
+                rates[name] = chosen_lr(records, c.corpus, name, options,
+                                        rates_of(c, records, name))
             except SelectionIncomplete as e:
                 refused.append(str(e))
         if refused:

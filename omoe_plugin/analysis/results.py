@@ -80,6 +80,14 @@ def chosen_lr(records: list[dict], task: str, config: str, options: list[str],
     return max(sorted(grid), key=lambda lr: found[lr])
 
 
+def selection_grid(records: list[dict], task: str, grid: list[float],
+                   base: Optional[tuple[str, list[str]]] = None) -> list[float]:
+    """The learning rates a configuration's selection runs cover: the grid, or, for one that
+    takes the rate its base configuration (name, options) chose, that one rate; raises
+    SelectionIncomplete, naming the base, while the base's selection is incomplete."""
+    return grid if base is None else [chosen_lr(records, task, *base, grid)]
+
+
 def _label(record: dict) -> str:
     """A report row's name: the configuration, its setting unless pretrained, and the extra
     fairseq options it was run with."""

@@ -7,7 +7,7 @@ import pytest
 
 from omoe_plugin.analysis.results import (
     SelectionIncomplete, append_record, chosen_lr, find, fmt, load_records, record_key, report,
-    slug)
+    selection_grid, slug)
 
 OPTIONS = ["--arch", "omoe_roberta_minilm", "--finetune-from-model", "data-bin/minilm/moe4.pt"]
 PROTOCOL = {"patience": 8, "max_epoch": 12, "validate_interval": 67, "updates_per_epoch": 265}
@@ -62,6 +62,23 @@ def test_the_final_runs_are_refused_while_the_selection_is_incomplete():
     message = str(refused.value)
     assert "'MoE + OMoE' on movie_reviews" in message
     assert "no selection run yet at lr 3e-05, 0.0003" in message and "--select" in message
+
+
+def test_a_variant_takes_the_rate_its_base_chose_once_the_base_has_chosen():
+    grid = [3e-5, 1e-4, 3e-4]
+    base = ("MoE + OMoE", OPTIONS)
+    assert selection_grid([], "movie_reviews", grid) == grid  # no base: the whole grid
+    chosen = [record(lr=lr, valid=v) for lr, v in ((3e-5, 80.0), (1e-4, 79.0), (3e-4, 82.0))]
+    assert selection_grid(chosen, "movie_reviews", grid, base) == [3e-4]
+    with pytest.raises(SelectionIncomplete, match="'MoE \\+ OMoE' on movie_reviews"):
+        selection_grid(chosen[:2], "movie_reviews", grid, base)
+    # the variant's own selection run at that rate is what its final runs need
+    variant = [*chosen, record(config="MoE + OMoE, delayed start", lr=3e-4)]
+    rates = selection_grid(variant, "movie_reviews", grid, base)
+    assert chosen_lr(variant, "movie_reviews", "MoE + OMoE, delayed start", OPTIONS,
+                     rates) == 3e-4
+    with pytest.raises(SelectionIncomplete, match="no selection run yet at lr 0.0003"):
+        chosen_lr(chosen, "movie_reviews", "MoE + OMoE, delayed start", OPTIONS, rates)
 
 
 def test_find_and_the_helpers():
