@@ -198,11 +198,19 @@ def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: i
             metric=c.metric, data=relative([str(c.data)])[0],
             commit=" + ".join(dict.fromkeys(state["commits"])), **done,
             epochs=round(done["updates"] / c.per_epoch, 2), test=test,
-            wall_s=round(sum(state["seconds"]), 1), protocol=c.protocol,
+            wall_s=round(sum(state["seconds"]), 1), protocol=c.protocol, majority=majority(c),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=runs.cpu_model())
         append_record(c.records, record)
         print(f"  valid {done['valid']} at update {done['best_updates']} of {done['updates']}"
               + ("" if test is None else f", test {test}"), flush=True)
+
+
+def majority(c: argparse.Namespace) -> dict[str, float] | None:
+    """The majority class's share of the validation and test splits, for accuracy tasks:
+    the floor a classifier must beat."""
+    if c.metric != "accuracy":
+        return None
+    return {split: runs.majority_share(c.data, split) for split in ("valid", "test")}
 
 
 def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[str]]:

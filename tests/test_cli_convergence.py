@@ -155,6 +155,8 @@ def test_a_killed_run_resumes_to_one_record_equal_to_an_uninterrupted_one(runs, 
     assert b["updates"] < 6 * per_epoch and b["epochs"] == round(b["updates"] / per_epoch, 2)
     assert b["options"][b["options"].index("--total-num-update") + 1] == str(6 * per_epoch)
     assert "user_dir" in b["options"] and str(data) not in b["options"]
+    assert a["majority"] == b["majority"] and set(b["majority"]) == {"valid", "test"}
+    assert all(50 <= share < 100 for share in b["majority"].values())  # two classes
 
 
 def test_the_final_runs_are_refused_while_a_selection_is_incomplete(runs, data, start,

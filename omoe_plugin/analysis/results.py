@@ -139,6 +139,10 @@ def task_section(task: str, records: list[dict]) -> str:
            "the same without `--select` (with the fairseq options a row names), on "
            f"{', '.join(sorted({r['cpu'] for r in records}))}, code at "
            f"{', '.join(sorted({r['commit'] for r in records}))}.")
+    floor = next((r["majority"] for r in records if r.get("majority")), None)
+    if floor is not None:
+        ran += (f" Always answering the majority class scores {floor['valid']:.1f} on "
+                f"validation and {floor['test']:.1f} on test.")
     out = [f"## {task}", "", _protocol_line(records), ran, "",
            f"| configuration | seeds | lr | updates to best | valid {metric} | test {metric} | "
            "expert CKA | expert cosine | displacement cosine | wall time (min) |",

@@ -140,6 +140,20 @@ def summary(run_dir: Path, data: Path, options: list[str]) -> dict:
     return result
 
 
+def majority_share(data: Path, split: str) -> float:
+    """The share (%) of the split's most frequent class label: the accuracy a classifier
+    reaches by always answering it (binarised labels, data/label/SPLIT)."""
+    from collections import Counter
+
+    from fairseq.data import data_utils
+
+    labels = data_utils.load_indexed_dataset(str(data / "label" / split))
+    if labels is None:
+        raise RunFailed(f"{data} has no binarised {split} labels (label/{split})")
+    counts = Counter(int(label[0]) for label in labels)
+    return round(100 * max(counts.values()) / sum(counts.values()), 2)
+
+
 def drop_resume_checkpoints(run_dir: Path) -> None:
     """Delete every checkpoint but checkpoint_best.pt: only resuming needed them."""
     for stale in (run_dir / "checkpoints").glob("checkpoint_*.pt"):

@@ -226,8 +226,8 @@ class _GroupedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, sizes: list[int], weight: torch.Tensor,
                 bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.sizes, ctx.weight = sizes, weight
+        ctx.save_for_backward(x, weight)  # weight comes back as the parameter itself
+        ctx.sizes = sizes
         out = x.new_empty(x.size(0), weight.size(1))
         for e, (x_e, out_e) in enumerate(zip(x.split(sizes), out.split(sizes))):
             torch.addmm(bias[e], x_e, weight[e].t(), out=out_e)
@@ -238,7 +238,7 @@ class _GroupedLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, _, need_weight, need_bias = ctx.needs_input_grad
         grad_x = torch.empty_like(x) if need_x else None
-        grad_weight = _weight_gradient(ctx.weight) if need_weight else None
+        grad_weight = _weight_gradient(weight) if need_weight else None
         grad_bias = grad.new_empty(weight.shape[:2]) if need_bias else None
         blocks = zip(grad.split(ctx.sizes), x.split(ctx.sizes),
                      grad_x.split(ctx.sizes) if need_x else [None] * len(ctx.sizes))
