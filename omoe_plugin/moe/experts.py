@@ -165,13 +165,30 @@ class StackedExperts(nn.Module):
 
     def _ffn(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """Each local expert's FFN on its block of x ([n, d], sizes[e] rows for expert e, in
-        order): [n, d]."""
-        z = grouped_linear(x, sizes, self.fc1_weight, self.fc1_bias)  # [n, h]
-        h = self.activation_fn(z)  # one call for every expert's block
-        y = grouped_linear(self.activation_dropout(h), sizes, self.fc2_weight, self.fc2_bias)
+        order): [n, d].
+
+        With a gradient, each of the two products runs over all experts' blocks at once
+        (grouped_linear: one weight gradient per stacked weight) and the activation once over
+        all of them. Without (inference, export), each expert's FFN runs on its block and only
+        the [n, d] outputs are joined: joining and re-cutting the [n, h] hidden activations
+        would cost two copies of them per layer in the exported graph."""
+        weights = (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+            z = grouped_linear(x, sizes, self.fc1_weight, self.fc1_bias)  # [n, h]
+            h = self.activation_fn(z)
+            y = grouped_linear(self.activation_dropout(h), sizes, self.fc2_weight, self.fc2_bias)
+            blocks = zip(x.split(sizes), z.split(sizes), h.split(sizes), y.split(sizes))
+        else:
+            fc1_w, fc1_b, fc2_w, fc2_b = (w.unbind(0) for w in weights)
+            blocks = []
+            for e, x_e in enumerate(x.split(sizes)):  # x_e [n_e, d]: e's tokens
+                z_e = F.linear(x_e, fc1_w[e], fc1_b[e])  # [n_e, h]
+                h_e = self.activation_fn(z_e)
+                y_e = F.linear(self.activation_dropout(h_e), fc2_w[e], fc2_b[e])  # [n_e, d]
+                blocks.append((x_e, z_e, h_e, y_e))
+            y = torch.cat([y_e for *_, y_e in blocks])
         if self.capture is not None:  # each weight's input and output on expert e's tokens
-            blocks = zip(x.split(sizes), h.split(sizes), z.split(sizes), y.split(sizes))
-            for e, (x_e, h_e, z_e, y_e) in enumerate(blocks):
+            for e, (x_e, z_e, h_e, y_e) in enumerate(blocks):
                 self.capture(self.layer_index, self.num_local_experts, e, fc1=x_e, fc2=h_e,
                              outputs={"fc1": z_e, "fc2": y_e})
         return y
@@ -201,27 +218,23 @@ class StackedExperts(nn.Module):
 
 def grouped_linear(x: torch.Tensor, sizes: list[int], weight: torch.Tensor,
                    bias: torch.Tensor) -> torch.Tensor:
-    """x's row blocks through their experts' linear maps: block e (sizes[e] rows of x [n, i])
-    times weight[e] ([E, o, i], nn.Linear's layout) plus bias[e] ([E, o]); [n, o].
+    """x's row blocks through their experts' linear maps, differentiable: block e (sizes[e]
+    rows of x [n, i]) times weight[e] ([E, o, i], nn.Linear's layout) plus bias[e] ([E, o]);
+    [n, o]. The same products as a loop of F.linear over the blocks, bit for bit.
 
-    With a gradient, the weight's gradient is written, expert by expert, straight into one
-    [E, o, i] tensor that autograd keeps as weight.grad, and that tensor's memory is kept from
-    one step to the next (see _weight_gradient). Slicing the stacked weight per expert instead
-    costs two passes over the expert weights at every step that a dense FFN of the same active
-    size does not pay: autograd stacks the E slice gradients into a new tensor, and that new
-    tensor, tens of MB, comes from the operating system afresh (the CPU allocator does not
-    cache blocks that large), page by page. Without a gradient (inference, export), one
-    F.linear per expert, which ONNX and torch.export take as they are.
+    The weight's gradient is written, expert by expert, straight into one [E, o, i] tensor
+    that autograd keeps as weight.grad, and that tensor's memory is kept from one step to the
+    next (see _weight_gradient). A loop of F.linear over the stacked weight's slices costs two
+    passes over the expert weights at every step that a dense FFN of the same active size does
+    not pay: autograd stacks the E slice gradients into a new tensor, and that new tensor, tens
+    of MB, comes from the operating system afresh (the CPU allocator does not cache blocks that
+    large), page by page.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or bias.requires_grad):
-        return _GroupedLinear.apply(x, sizes, weight, bias)
-    return torch.cat([F.linear(x_e, weight[e], bias[e]) for e, x_e in enumerate(x.split(sizes))])
+    return _GroupedLinear.apply(x, sizes, weight, bias)
 
 
 class _GroupedLinear(torch.autograd.Function):
-    """grouped_linear with a gradient: the same products as F.linear and its backward, in the
-    same order, so its results equal a loop of F.linear bit for bit."""
+    """grouped_linear: the same products as F.linear and its backward, in the same order."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, sizes: list[int], weight: torch.Tensor,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omoe_plugin.moe import experts
+from omoe_plugin.moe import MoEArgs, MoELayer, experts
 from omoe_plugin.moe.experts import grouped_linear
 
 SIZES = [7, 0, 13, 1, 9]  # an expert without tokens among them
@@ -47,12 +47,15 @@ def test_equals_a_loop_of_linear_bit_for_bit(requires):
     assert (ours[1].grad is None) or (ours[1].grad[1] == 0).all(), "no tokens: zero gradient"
 
 
-def test_without_gradient_the_same_output():
-    x, weight, bias = tensors()
-    with torch.no_grad():
-        y = grouped_linear(x, SIZES, weight, bias)
-    assert not y.requires_grad
-    assert torch.equal(y, grouped_linear(x, SIZES, weight, bias))
+def test_the_layer_without_gradient_gives_the_same_output_bit_for_bit():
+    torch.manual_seed(0)
+    layer = MoELayer(MoEArgs(embed_dim=16, ffn_dim=24, num_experts=4, top_k=2)).eval()
+    x = torch.randn(3, 11, 16)
+    trained, _ = layer(x)  # the parameters want a gradient: grouped_linear
+    with torch.no_grad():  # inference and export: each expert's FFN on its block
+        served, _ = layer(x)
+    assert trained.requires_grad and not served.requires_grad
+    assert torch.equal(trained, served)
 
 
 def test_the_gradient_memory_is_kept_across_steps_and_each_step_is_right():
