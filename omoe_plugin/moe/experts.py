@@ -153,10 +153,13 @@ class StackedExperts(nn.Module):
         # the token of each routed (token, slot); assignments are non-negative, so truncating
         # division is floor division, and one ONNX Div where `//` is seven operators
         tokens = torch.div(routed, k, rounding_mode="trunc")
+        # index_select, not x[tokens]: the same gather, but its backward adds the rows with
+        # index_add_, where indexing's runs index_put_'s accumulating path, 4x slower on CPU
+        routed_x = x.index_select(0, tokens)
         if self.parallel is None:
-            y = self._ffn(x[tokens], sizes[:E])
+            y = self._ffn(routed_x, sizes[:E])
         else:
-            y = self._exchange(x[tokens], sizes[:E])
+            y = self._exchange(routed_x, sizes[:E])
         y = y * weights.reshape(-1)[routed].unsqueeze(-1).to(x.dtype)
         # each output to its (token, slot) place, then the k slots summed in a fixed order: no
         # index repeats in the scatter, whose additions would run in any order in ONNX Runtime
