@@ -14,11 +14,12 @@ polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 
 --select trains each configuration at seed 1 over the learning-rate grid and scores
 validation only; the variants and baselines (RATE_FROM) train at the one rate their base
-configuration chose instead, once the base's selection is complete. The final mode trains each configuration at the grid rate its selection
-runs scored best on validation, for every seed, and scores its checkpoint_best.pt once on
-the test split (seed 1 reuses its selection run); it refuses a configuration whose selection
-is incomplete. Every finished run appends one record to results/convergence.jsonl (a run with
-a record is not run again). --report writes docs/results/convergence.md from the records.
+configuration chose instead, once the base's selection is complete. The final mode trains
+each configuration at the rate its selection runs scored best on validation, for every seed,
+and scores its checkpoint_best.pt once on the test split (seed 1 reuses its selection run); it
+refuses a configuration whose selection is incomplete. Every finished run appends one record
+to results/convergence.jsonl (a run with a record is not run again). --report writes
+docs/results/convergence.md from the records.
 
 A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
 then ignores --finetune-from-model; early stopping's count is restored too:
