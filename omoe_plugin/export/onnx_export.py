@@ -52,7 +52,7 @@ def export_onnx(model: OMoERobertaModel, info: ServingInfo, out: Path,
     example = torch.from_numpy(sample_tokens(info, batch=2, length=8, padded=True))
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=info.max_positions)}
     outputs = ["logits", "experts"] if info.moe_layers else ["logits"]
-    with torch.no_grad():  # the inference graph (the experts' products: moe/experts.py)
+    with torch.no_grad():  # the layers take their inference path (StackedExperts._ffn)
         program = torch.onnx.export(
             wrapper, (example,), None, input_names=["src_tokens"], output_names=outputs,
             dynamic_shapes=(dims,), opset_version=opset, optimize=False, verbose=False,
