@@ -154,7 +154,8 @@ class StackedExperts(nn.Module):
         # division is floor division, and one ONNX Div where `//` is seven operators
         tokens = torch.div(routed, k, rounding_mode="trunc")
         # index_select, not x[tokens]: the same gather, but its backward adds the rows with
-        # index_add_, where indexing's runs index_put_'s accumulating path, 4x slower on CPU
+        # index_add_, where indexing's backward takes index_put_'s accumulating path, 4x
+        # slower on CPU
         routed_x = x.index_select(0, tokens)
         if self.parallel is None:
             y = self._ffn(routed_x, sizes[:E])
