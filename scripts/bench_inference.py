@@ -1,16 +1,20 @@
-"""Inference speed of a fine-tuned MoE classifier: PyTorch eager vs ONNX Runtime fp32 vs ONNX
-Runtime int8 (omoe-export --int8), and the MoE against the dense model it was upcycled from,
-fine-tuned, exported and served the same way. Each engine is timed in its own process (ONNX
-Runtime's spinning threads distort timings taken beside another engine), engines interleaved
-over several rounds, median of each round's median; plus the test accuracy of every engine.
+"""Inference speed of a fine-tuned MoE classifier: PyTorch eager (fp32, and with its products
+in bf16) vs ONNX Runtime fp32 vs ONNX Runtime int8 (omoe-export --int8), and the MoE against
+the dense model it was upcycled from, fine-tuned, exported and served the same way. Each
+engine is timed in its own process (ONNX Runtime's spinning threads distort timings taken
+beside another engine), engines interleaved over several rounds, median of each round's
+median; plus the test accuracy of every engine.
 
     python scripts/bench_inference.py [--checkpoint CKPT] [--dense-checkpoint CKPT]
                                       [--data DIR] [--threads 2]
 
 Defaults: the checkpoints of `make demo` and of `make bench-inference`'s dense fine-tune, and
-their data. The run starts with the CPU (model, logical cores, ISA flags) and its fp32 peak
-measured on the spot with the engines' threads; every shape reports the GFLOP of one forward
-of each model (omoe_plugin.analysis.hardware says how they are counted: attention included,
+their data. PyTorch bf16 (torch_bf16) is the fp32 model under torch.autocast("cpu",
+bfloat16): its matrix products in bf16, on the CPU's bf16 units where it has them
+(AVX512-BF16, AMX), LayerNorm and softmax in fp32; ONNX Runtime has no bf16 matrix kernels on
+x86 CPUs, so bf16 is measured in PyTorch. The run starts with the CPU (model, logical cores,
+ISA flags) and its fp32 peak measured on the spot with the engines' threads; every shape
+reports the GFLOP of one forward of each model (omoe_plugin.analysis.hardware says how they are counted: attention included,
 the MoE's router and top-k experts) and each engine's rate as a share of that peak (the int8
 engines' too, though int8 dot products (VNNI) run several times the fp32 rate, so their
 share can pass 1). The last line printed is one JSON object: latency (ms), throughput
@@ -19,6 +23,7 @@ speed-ups over PyTorch, MoE / dense latency, the accuracies, the CPU and the pea
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -38,7 +43,8 @@ from omoe_plugin.export.parity import sample_tokens
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHAPES = ((1, 64), (1, 128), (32, 128))
-RUNTIMES = ("torch", "ort_fp32", "ort_int8")
+RUNTIMES = ("torch", "torch_bf16", "ort_fp32", "ort_int8")
+TORCH_RUNTIMES = RUNTIMES[:2]  # run the checkpoint in PyTorch; the others its ONNX export
 MODELS = ("moe", "dense")  # an engine is (model, runtime), named "runtime" or "dense_runtime"
 ENGINES = [(model, runtime) for model in MODELS for runtime in RUNTIMES]
 
@@ -55,16 +61,16 @@ def onnx_file(models: Path, model: str, runtime: str) -> Path:
 def time_engine(runtime: str, checkpoint: Path, model_file: Path, batch: int, seq: int,
                 threads: int, repeats: int) -> float:
     """Median latency (ms) of one runtime on [batch, seq] tokens (model_file: the exported
-    model, unused by "torch"); runs in a worker process."""
+    model, unused by the PyTorch runtimes); runs in a worker process."""
     model, info = load_classifier(checkpoint)
     tokens = sample_tokens(info, batch, seq, padded=False, seed=seq)
-    if runtime == "torch":
+    if runtime in TORCH_RUNTIMES:
         torch.set_num_threads(threads)
         wrapper = ExportedClassifier(model).eval()
         inputs = torch.from_numpy(tokens)
 
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), precision(runtime):
                 wrapper(inputs)
     else:
         onnx_session = session(model_file, threads=threads)
@@ -79,6 +85,13 @@ def time_engine(runtime: str, checkpoint: Path, model_file: Path, batch: int, se
         step()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def precision(runtime: str):
+    """The context a PyTorch runtime runs the model in: bf16 products for torch_bf16."""
+    if runtime == "torch_bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def forward_gflop(checkpoint: Path) -> dict[tuple[int, int], float]:
@@ -103,15 +116,17 @@ def accuracy(model: Path, data: Path, threads: int) -> float:
     return 100 * float(np.mean([p.label == y for p, y in zip(predictions, labels)]))
 
 
-def torch_accuracy(checkpoint: Path, classifier: OMoEClassifier, data: Path) -> float:
-    """Test accuracy (%) of the PyTorch model, fed the same tokens as the exported ones."""
+def torch_accuracy(checkpoint: Path, classifier: OMoEClassifier, data: Path,
+                   runtime: str = "torch") -> float:
+    """Test accuracy (%) of the PyTorch model (runtime: one of TORCH_RUNTIMES), fed the same
+    tokens as the exported ones."""
     model, info = load_classifier(checkpoint)
     texts, labels = test_split(data)
     wrapper, correct = ExportedClassifier(model).eval(), 0
     for start in range(0, len(texts), 64):
         rows = [torch.tensor(classifier.encode(t)[0]) for t in texts[start:start + 64]]
         tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=info.pad)
-        with torch.inference_mode():
+        with torch.inference_mode(), precision(runtime):
             predicted = wrapper(tokens)[0].argmax(-1)
         correct += sum(info.labels[p] == y for p, y in zip(predicted, labels[start:start + 64]))
     return 100 * correct / len(texts)
@@ -157,7 +172,7 @@ def main() -> None:
     newest_code = max(path.stat().st_mtime for path in (ROOT / "omoe_plugin").rglob("*.py"))
     for model, runtime in ENGINES:
         target = onnx_file(args.out, model, runtime)
-        if runtime == "torch" or (target.exists() and target.stat().st_mtime > max(
+        if runtime in TORCH_RUNTIMES or (target.exists() and target.stat().st_mtime > max(
                 checkpoints[model].stat().st_mtime, newest_code)):
             continue
         subprocess.run([str(BIN / "omoe-export"), str(checkpoints[model]), "--out", str(target),
@@ -168,7 +183,8 @@ def main() -> None:
         row, rounds = {}, {engine: [] for engine in ENGINES}
         for _ in range(args.rounds):  # engines interleaved, so drifts in machine speed cancel
             for model, runtime in ENGINES:
-                model_file = "-" if runtime == "torch" else onnx_file(args.out, model, runtime)
+                model_file = ("-" if runtime in TORCH_RUNTIMES
+                              else onnx_file(args.out, model, runtime))
                 worker = [sys.executable, __file__, "--worker", runtime, str(checkpoints[model]),
                           str(model_file), str(batch), str(seq),
                           "--threads", str(args.threads), "--repeats", str(args.repeats)]
@@ -191,19 +207,21 @@ def main() -> None:
     results["accuracy"] = {}
     for model, checkpoint in checkpoints.items():
         classifier = OMoEClassifier(onnx_file(args.out, model, "ort_fp32"), threads=args.threads)
-        results["accuracy"][engine_name(model, "torch")] = round(
-            torch_accuracy(checkpoint, classifier, args.data), 2)
-        for runtime in RUNTIMES[1:]:
+        for runtime in TORCH_RUNTIMES:
+            results["accuracy"][engine_name(model, runtime)] = round(
+                torch_accuracy(checkpoint, classifier, args.data, runtime), 2)
+        for runtime in RUNTIMES[2:]:
             results["accuracy"][engine_name(model, runtime)] = round(
                 accuracy(onnx_file(args.out, model, runtime), args.data, args.threads), 2)
-    print("| shape | PyTorch ms | ORT fp32 ms (x) | ORT int8 ms (x) | MoE / dense: PyTorch, "
-          "fp32, int8 |")
-    print("|---|---|---|---|---|")
+    labels = {"torch": "PyTorch", "torch_bf16": "PyTorch bf16", "ort_fp32": "ORT fp32",
+              "ort_int8": "ORT int8"}
+    print("| shape | PyTorch ms | " + " | ".join(f"{labels[r]} ms (x)" for r in RUNTIMES[1:])
+          + " | MoE / dense: " + ", ".join(labels[r] for r in RUNTIMES) + " |")
+    print("|---|" + "---|" * (len(RUNTIMES) + 1))
     for name, row in results.items():
         if name != "accuracy":
-            print(f"| {name} | {row['torch_ms']} | {row['ort_fp32_ms']} "
-                  f"({row['ort_fp32_speedup']}x) | {row['ort_int8_ms']} "
-                  f"({row['ort_int8_speedup']}x) | "
+            cells = [f"{row[f'{r}_ms']} ({row[f'{r}_speedup']}x)" for r in RUNTIMES[1:]]
+            print(f"| {name} | {row['torch_ms']} | " + " | ".join(cells) + " | "
                   + ", ".join(str(row[f"{r}_moe_over_dense"]) for r in RUNTIMES) + " |")
     names = [engine_name(*engine) for engine in ENGINES]
     for name, row in results.items():
