@@ -14,10 +14,10 @@ bfloat16): its matrix products in bf16, on the CPU's bf16 units where it has the
 (AVX512-BF16, AMX), LayerNorm and softmax in fp32; ONNX Runtime has no bf16 matrix kernels on
 x86 CPUs, so bf16 is measured in PyTorch. The run starts with the CPU (model, logical cores,
 ISA flags) and its fp32 peak measured on the spot with the engines' threads; every shape
-reports the GFLOP of one forward of each model (omoe_plugin.analysis.hardware says how they are counted: attention included,
-the MoE's router and top-k experts) and each engine's rate as a share of that peak (the int8
-engines' too, though int8 dot products (VNNI) run several times the fp32 rate, so their
-share can pass 1). The last line printed is one JSON object: latency (ms), throughput
+reports the GFLOP of one forward of each model (omoe_plugin.analysis.hardware says how they
+are counted: attention included, the MoE's router and top-k experts) and each engine's rate
+as a share of that peak (the int8 engines' too, though int8 dot products (VNNI) run several
+times the fp32 rate, so their share can pass 1). The last line printed is one JSON object: latency (ms), throughput
 (sentences/s), GFLOP/s and share of the peak per engine and shape, GFLOP per forward, the
 speed-ups over PyTorch, MoE / dense latency, the accuracies, the CPU and the peak.
 """
