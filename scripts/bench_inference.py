@@ -17,9 +17,10 @@ ISA flags) and its fp32 peak measured on the spot with the engines' threads; eve
 reports the GFLOP of one forward of each model (omoe_plugin.analysis.hardware says how they
 are counted: attention included, the MoE's router and top-k experts) and each engine's rate
 as a share of that peak (the int8 engines' too, though int8 dot products (VNNI) run several
-times the fp32 rate, so their share can pass 1). The last line printed is one JSON object: latency (ms), throughput
-(sentences/s), GFLOP/s and share of the peak per engine and shape, GFLOP per forward, the
-speed-ups over PyTorch, MoE / dense latency, the accuracies, the CPU and the peak.
+times the fp32 rate, so their share can pass 1). The last line printed is one JSON object:
+latency (ms), throughput (sentences/s), GFLOP/s and share of the peak per engine and shape,
+GFLOP per forward, the speed-ups over PyTorch, MoE / dense latency, the accuracies, the CPU
+and the peak.
 """
 
 import argparse
