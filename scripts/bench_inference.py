@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHAPES = ((1, 64), (1, 128), (32, 128))
 RUNTIMES = ("torch", "torch_bf16", "ort_fp32", "ort_int8")
-TORCH_RUNTIMES = RUNTIMES[:2]  # run the checkpoint in PyTorch; the others its ONNX export
+TORCH_RUNTIMES = RUNTIMES[:2]  # run the checkpoint in PyTorch
+ORT_RUNTIMES = RUNTIMES[2:]  # run its ONNX export
 MODELS = ("moe", "dense")  # an engine is (model, runtime), named "runtime" or "dense_runtime"
 ENGINES = [(model, runtime) for model in MODELS for runtime in RUNTIMES]
 
@@ -211,7 +212,7 @@ def main() -> None:
         for runtime in TORCH_RUNTIMES:
             results["accuracy"][engine_name(model, runtime)] = round(
                 torch_accuracy(checkpoint, classifier, args.data, runtime), 2)
-        for runtime in RUNTIMES[2:]:
+        for runtime in ORT_RUNTIMES:
             results["accuracy"][engine_name(model, runtime)] = round(
                 accuracy(onnx_file(args.out, model, runtime), args.data, args.threads), 2)
     labels = {"torch": "PyTorch", "torch_bf16": "PyTorch bf16", "ort_fp32": "ORT fp32",

@@ -24,10 +24,8 @@ h = 1536 (Mixtral's experts have no biases, ours do). moe_over_mixtral_<implemen
 peer's step time over ours: above 1, ours is faster.
 
 With --profile, each configuration also prints where the MoE's time goes beside the dense
-FFN's (torch.profiler, self CPU time per step): matrix products; stacking (the backward's
-stacking of the experts' weight gradients into the stacked parameters' gradients, and the
-forward's concatenation of the experts' outputs); everything else (routing, sorting,
-gathering, placing back, activations).
+FFN's (torch.profiler, self CPU time per step): matrix products, and everything else
+(routing, sorting, gathering, placing back, activations, bias sums).
 
 The last line printed is one JSON object: the ratios, the CPU, the peak, the peers not run
 and every row.
@@ -136,14 +134,12 @@ def active_params(module: nn.Module, top_k: int = 1, num_experts: int = 1) -> in
 
 
 def profile_ms(module: nn.Module, x: torch.Tensor, steps: int = 5) -> dict:
-    """Self CPU time (ms) per forward + backward step: matrix products, stacking and
-    concatenation, and the rest."""
+    """Self CPU time (ms) per forward + backward step: matrix products and the rest."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step_seconds(module, x)
-    kinds = {"aten::mm": "products", "aten::addmm": "products", "aten::stack": "stacking",
-             "aten::cat": "stacking"}
-    times = {"products": 0.0, "stacking": 0.0, "other": 0.0}
+    kinds = {"aten::mm": "products", "aten::addmm": "products"}
+    times = {"products": 0.0, "other": 0.0}
     for event in prof.key_averages():
         times[kinds.get(event.key, "other")] += event.self_cpu_time_total / 1000 / steps
     return {kind: round(ms, 1) for kind, ms in times.items()}

@@ -28,6 +28,7 @@ from ..convert.consolidate import shard_suffix
 from ..moe import StackedExperts
 from ..moe.parallel import ExpertParallel, check_expert_split, expert_parallel_groups
 
+
 def build_expert_parallel(cfg) -> Optional[ExpertParallel]:
     """This worker's ExpertParallel for `--moe-expert-parallel-size` (None for 1), after
     checking what fairseq-train must be given for it."""
