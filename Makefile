@@ -90,13 +90,14 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  "not the best movie of the year, but not bad" | $(VENV)/bin/omoe-infer $(RUN)/model.onnx
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt   ONNX: $(RUN)/model.onnx"
 
-# dense fine-tune, MoE + AdamW, MoE + OMoE, its variants and the baselines from the pretrained
-# encoder (4 experts, copy or drop upcycled), trained to convergence (scripts/compare_optimizers.py: patience and epoch cap per
-# corpus) at each one's best learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the
-# variants and baselines at their base's), then
-# 3 seeds scored on test; two runs at a time, each at most about 1.5 h on 2 cores (at most 11 h a
-# corpus). Appends to results/convergence.jsonl, writes docs/results/convergence.md; resumes
-# where it was stopped.
+# dense fine-tune, MoE + AdamW, MoE + OMoE, its variants and the baselines from the
+# pretrained encoder (4 experts, copy or drop upcycled), trained to convergence
+# (scripts/compare_optimizers.py: patience and epoch cap per corpus) at each one's best
+# learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the variants and baselines at
+# their base's), then 3 seeds scored on test (the baselines: one; the variants: the best one
+# only); two runs at a time, each at most about 1.5 h on 2 cores (at most 11 h a corpus).
+# Appends to results/convergence.jsonl, writes docs/results/convergence.md; resumes where it
+# was stopped.
 CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
 compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)

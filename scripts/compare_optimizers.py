@@ -15,9 +15,10 @@ polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 --select trains each configuration at seed 1 over the learning-rate grid and scores
 validation only; the variants and baselines (RATE_FROM) train at the one rate their base
 configuration chose instead, once the base's selection is complete. The final mode trains
-each configuration at the rate its selection runs scored best on validation, for every seed,
-and scores its checkpoint_best.pt once on the test split (seed 1 reuses its selection run); it
-refuses a configuration whose selection is incomplete. Every finished run appends one record
+each configuration at the rate its selection runs scored best on validation, for every seed
+(the baselines: the first seed; the variants: only the best of them, chosen from the
+selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
+selection run); it refuses a configuration whose selection is incomplete. Every finished run appends one record
 to results/convergence.jsonl (a run with a record is not run again). --report writes
 docs/results/convergence.md from the records.
 
@@ -47,8 +48,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is s
 
 from omoe_plugin.analysis import runs  # noqa: E402
 from omoe_plugin.analysis.results import (  # noqa: E402
-    Protocol, SelectionIncomplete, append_record, chosen_lr, find, load_records, record_key,
-    report, selection_grid, slug, task_section)
+    Protocol, SelectionIncomplete, append_record, best_variant, chosen_lr, find, load_records,
+    record_key, report, selection_grid, slug, task_section)
 from omoe_plugin.analysis.runs import option  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,9 +96,12 @@ CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): 
     "MoE + AdamW": ("moe", ADAM),
     "MoE + OMoE": ("moe", OMOE),  # the defaults
     # variants for OMoE's diversity without its early cost: AdamW through about the warm-up,
-    # or a projection whose strength rises over the first 1,000 updates; then the baselines
+    # a projection whose strength rises over the first 1,000 updates, or projected expert
+    # updates twice as long (the projection removes about a third of each; at 200 updates
+    # this moved the experts furthest apart); then the baselines
     "MoE + OMoE, delayed start": ("moe", [*OMOE, "--omoe-start", "200"]),
     "MoE + OMoE, strength ramp": ("moe", [*OMOE, "--omoe-strength-ramp", "1000"]),
+    "MoE + OMoE, longer orthogonal steps": ("moe", [*OMOE, "--omoe-orthogonal-lr-scale", "2"]),
     "MoE (drop 0.1) + AdamW": ("drop01", ADAM),
     "MoE + AdamW + orthogonality loss": ("moe", [*ADAM, "--moe-orthogonality-weight", "0.1"]),
     # the scale point: 8 experts, top-2 (these override the setting's 4 experts, top-1)
@@ -111,11 +115,20 @@ CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): 
 RATE_FROM = {
     "MoE + OMoE, delayed start": "MoE + OMoE",
     "MoE + OMoE, strength ramp": "MoE + OMoE",
+    "MoE + OMoE, longer orthogonal steps": "MoE + OMoE",
     "MoE (drop 0.1) + AdamW": "MoE + AdamW",
     "MoE + AdamW + orthogonality loss": "MoE + AdamW",
     "MoE 8x top-2 + AdamW": "MoE + AdamW",
     "MoE 8x top-2 + OMoE": "MoE + OMoE",
 }
+# The scale point is measured on one task: the others leave it out unless --configs names it.
+SCALE_POINT, SCALE_TASK = ["MoE 8x top-2 + AdamW", "MoE 8x top-2 + OMoE"], "movie_reviews"
+# The final runs: the variants' best one only (results.best_variant, from the selection runs)
+# at every seed, and the baselines at the first seed (their selection run, scored on test); the
+# report holds OMoE's default and the variants to the bar (results.BAR_SEEDS...) against AdamW.
+VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
+            "MoE + OMoE, longer orthogonal steps"]
+BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
 SETTINGS = {
     "pretrained": {
         "data": "data-bin/{}_minilm", "srcdict": ROOT / "data-bin" / "minilm" / "dict.txt",
@@ -255,6 +268,34 @@ def rates_of(c: argparse.Namespace, records: list[dict], name: str) -> list[floa
                           None if base is None else (base, c.options[base]))
 
 
+def final_plan(c: argparse.Namespace, records: list[dict],
+               names: list[str]) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Each configuration's selected rate and the seeds of its final runs: --seeds, the first
+    of them for a baseline, none for a variant other than the best (results.best_variant,
+    which needs AdamW's, OMoE's and every variant's selection); exits naming every selection
+    run still missing."""
+    variants = [name for name in names if name in VARIANTS]
+    compared = ["MoE + AdamW", "MoE + OMoE", *VARIANTS] if variants else []
+    rates, refused = {}, []
+    for name in dict.fromkeys([*names, *compared]):
+        try:
+            rates[name] = chosen_lr(records, c.corpus, name, c.options[name],
+                                    rates_of(c, records, name))
+        except SelectionIncomplete as e:
+            refused.append(str(e))
+    if refused:
+        sys.exit("refusing the final runs:\n  " + "\n  ".join(refused))
+    seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
+    if variants:
+        best = best_variant(records, c.corpus, {v: (c.options[v], rates[v]) for v in VARIANTS},
+                            *((n, c.options[n], rates[n]) for n in compared[:2]))
+        for name in variants:
+            if name != best:
+                print(f"final {name}: none, the best variant is {best}", flush=True)
+                seeds[name] = []
+    return rates, seeds
+
+
 def main(argv: list[str] | None = None) -> None:
     # no abbreviations: fairseq's --lr and --seed would be taken for --lr-grid and --seeds
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
@@ -272,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="final runs")
     parser.add_argument("--configs", nargs="+", default=None,
-                        help="only these configurations (run-directory names; default: all)")
+                        help="only these configurations (run-directory names; default: all, "
+                        "the scale point on SCALE_TASK only)")
     parser.add_argument("--out", type=Path, help="default: runs/convergence/SETTING/CORPUS")
     parser.add_argument("--data", type=Path, help="the binarised corpus (default: the setting's, made on first use)")
     parser.add_argument("--records", type=Path, default=RECORDS)
@@ -292,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     if c.report:
         command = "python scripts/compare_optimizers.py --report" + (
             f" --records {relative([str(c.records)])[0]}" if c.records != RECORDS else "")
-        text = report(load_records(c.records), command, order=list(TASKS))
+        text = report(load_records(c.records), command, order=list(TASKS),
+                      candidates=["MoE + OMoE", *VARIANTS])
         c.report_file.parent.mkdir(parents=True, exist_ok=True)
         c.report_file.write_text(text)
         print(text + f"\nwrote {c.report_file}")
@@ -301,7 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(c.configs or ()) - set(names)
     if unknown:
         parser.error(f"unknown --configs {sorted(unknown)}: choose from {sorted(names)}")
-    configs = configurations(c, [names[k] for k in names if c.configs is None or k in c.configs])
+    chosen = [name for k, name in names.items() if k in c.configs] if c.configs else [
+        name for name in CONFIGS if name not in SCALE_POINT or c.corpus == SCALE_TASK]
+    configs = configurations(c, chosen)
     print(f"{c.corpus} ({c.setting}): {c.protocol}", flush=True)
     if c.select:
         for name, options in configs.items():
@@ -313,21 +358,13 @@ def main(argv: list[str] | None = None) -> None:
             for lr in grid:
                 run(c, name, options, lr, 1, "select")
     else:
-        records, rates, refused = load_records(c.records), {}, []
+        rates, seeds = final_plan(c, load_records(c.records), list(configs))
         for name, options in configs.items():
-            try:
-                rates[name] = chosen_lr(records, c.corpus, name, options,
-                                        rates_of(c, records, name))
-            except SelectionIncomplete as e:
-                refused.append(str(e))
-        if refused:
-            sys.exit("refusing the final runs:\n  " + "\n  ".join(refused))
-        for name, options in configs.items():
-            for seed in c.seeds:
+            for seed in seeds[name]:
                 run(c, name, options, rates[name], seed, "final")
     done = find(load_records(c.records), task=c.corpus)
     if done:
-        print(task_section(c.corpus, done))
+        print(task_section(c.corpus, done, candidates=["MoE + OMoE", *VARIANTS]))
 
 
 if __name__ == "__main__":

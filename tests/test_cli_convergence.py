@@ -4,6 +4,7 @@ same command again, ends with exactly one record, equal to that of an uninterrup
 (early stopping's count survives the resume); the final run of seed 1 reuses it and scores
 the test split once."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from fairseq.data import data_utils
 
+from omoe_plugin.analysis.results import slug
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.movie_reviews import parse
 from omoe_plugin.data.sources import rated_lines
@@ -68,6 +70,14 @@ def command(data: Path, start: Path, out: Path, *args: str) -> list[str]:
     return [sys.executable, str(SCRIPT), "--data", str(data), "--out", str(out / "runs"),
             "--records", str(out / "records.jsonl"), *TINY, "--finetune-from-model", str(start),
             *args]
+
+
+def load_script():
+    """scripts/compare_optimizers.py as a module."""
+    spec = importlib.util.spec_from_file_location("compare_optimizers", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def run_dir(out: Path) -> Path:
@@ -162,9 +172,7 @@ def test_a_killed_run_resumes_to_one_record_equal_to_an_uninterrupted_one(runs, 
 def test_the_final_runs_are_refused_while_a_selection_is_incomplete(runs, data, start,
                                                                      monkeypatch):
     _, killed, _, _ = runs
-    spec = importlib.util.spec_from_file_location("compare_optimizers", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     monkeypatch.chdir(Path.cwd())  # the script works from the repository: back after the test
     argv = command(data, start, killed, "--seeds", "2", "--lr-grid", "1e-3", "3e-3")[2:]
     message = exits_with(script.main, argv)
@@ -187,3 +195,29 @@ def test_the_final_run_of_seed_1_reuses_the_selection_run_and_scores_test_once(r
     state = json.loads((run_dir(killed) / "run.json").read_text())
     assert len(state["seconds"]) == 2  # not trained again
     assert [p.name for p in (run_dir(killed) / "checkpoints").iterdir()] == ["checkpoint_best.pt"]
+
+
+def test_the_final_runs_are_the_best_variants_and_a_baselines_first_seed_only(capsys):
+    script = load_script()
+    c = argparse.Namespace(corpus="movie_reviews", seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4],
+                           options={name: [f"--{slug(name)}"] for name in script.CONFIGS})
+    # the selection runs: AdamW's and OMoE's at both rates (1e-4 chosen), the others at 1e-4;
+    # AdamW's cosine 0.90, OMoE's 0.80: only the longer steps keep half of that drop
+    cos = {"MoE + AdamW": 0.90, "MoE + OMoE": 0.80, "MoE + OMoE, delayed start": 0.89,
+           "MoE + OMoE, strength ramp": 0.86, "MoE + OMoE, longer orthogonal steps": 0.82}
+    records = [{"task": "movie_reviews", "config": name, "stage": "select", "seed": 1,
+                "lr": lr, "options": options, "valid": 85.0 if lr == 1e-4 else 80.0,
+                "cos": cos.get(name, 0.5)} for name, options in c.options.items()
+               for lr in c.lr_grid if lr == 1e-4 or name not in script.RATE_FROM]
+    names = list(script.CONFIGS)
+    rates, seeds = script.final_plan(c, records, names)
+    assert rates == {name: 1e-4 for name in names}
+    assert "the best variant is MoE + OMoE, longer orthogonal steps" in capsys.readouterr().out
+    assert seeds == {name: [] if name in script.VARIANTS[:2] else [1] if name in
+                     script.BASELINES else [1, 2, 3] for name in names}
+    # a variant alone still needs the others' selection to know whether it is the best
+    delayed, longer = script.VARIANTS[0], script.VARIANTS[2]
+    assert script.final_plan(c, records, [delayed])[1] == {delayed: []}
+    with pytest.raises(SystemExit) as refused:
+        script.final_plan(c, [r for r in records if r["config"] != longer], [delayed])
+    assert "refusing the final runs" in str(refused.value) and repr(longer) in str(refused.value)

@@ -20,6 +20,13 @@ class Protocol:
     max_epoch: int
 
 
+# The bar OMoE is held to against AdamW at convergence, on each task, over 3 seeds a row: its
+# test score no worse than AdamW's beyond one seed spread, and its experts' output cosine lower
+# by at least 0.05 and by more than three spreads (a spread: the larger of the two rows'
+# standard deviations over seeds).
+BAR_SEEDS, KEEP_SPREADS, APART_DROP, APART_SPREADS = 3, 1, 0.05, 3
+
+
 class SelectionIncomplete(ValueError):
     """A configuration's selection runs do not cover the learning-rate grid yet."""
 
@@ -80,6 +87,36 @@ def chosen_lr(records: list[dict], task: str, config: str, options: list[str],
     return max(sorted(grid), key=lambda lr: found[lr])
 
 
+def selection_record(records: list[dict], task: str, config: str, options: list[str],
+                     lr: float) -> dict:
+    """The configuration's selection run (seed 1) at this rate; raises SelectionIncomplete
+    while it has none."""
+    found = find(records, task=task, config=config, stage="select", seed=1, options=options,
+                 lr=lr)
+    if not found:
+        raise SelectionIncomplete(f"{config!r} on {task}: no selection run yet at lr {lr}; run "
+                                  "the same command with --select first")
+    return found[-1]
+
+
+def best_variant(records: list[dict], task: str, variants: dict[str, tuple[list[str], float]],
+                 adamw: tuple[str, list[str], float], default: tuple[str, list[str], float]
+                 ) -> str:
+    """The variant whose final runs the comparison pays for, from the selection runs alone
+    (seed 1, validation): among the variants that keep at least half of the default's drop
+    in expert cosine below AdamW's, the one with the best validation score (the first given
+    on a tie); if none keeps that much, the best validation score of all. variants: name ->
+    (options, rate); adamw, default: (name, options, rate). Raises SelectionIncomplete while
+    a selection run is missing."""
+    base = {name: selection_record(records, task, name, options, lr)
+            for name, options, lr in (adamw, default)}
+    ceiling = (base[default[0]]["cos"] + base[adamw[0]]["cos"]) / 2
+    runs = {name: selection_record(records, task, name, options, lr)
+            for name, (options, lr) in variants.items()}
+    keeping = [name for name, r in runs.items() if r["cos"] <= ceiling] or list(runs)
+    return max(keeping, key=lambda name: runs[name]["valid"])
+
+
 def selection_grid(records: list[dict], task: str, grid: list[float],
                    base: Optional[tuple[str, list[str]]] = None) -> list[float]:
     """The learning rates a configuration's selection runs cover: the grid, or, for one that
@@ -129,8 +166,63 @@ def _mean(values: list, digits: int, scale: float = 1.0) -> str:
     return f"{statistics.mean(values) / scale:.{digits}f}"
 
 
-def task_section(task: str, records: list[dict]) -> str:
-    """One task's markdown: its protocol, the final runs (test scored once per seed) and the
+def verdict(base: list[dict], row: list[dict]) -> Optional[dict]:
+    """A row's final runs against the base's (AdamW's) by the bar: the differences of the
+    mean test score and of the mean expert cosine (row minus base), their spreads, and whether
+    the accuracy is kept and the experts are apart; None while a row has fewer than BAR_SEEDS
+    seeds."""
+    if min(len(base), len(row)) < BAR_SEEDS:
+        return None
+    out = {}
+    for key in ("test", "cos"):
+        b, r = [x[key] for x in base], [x[key] for x in row]
+        out[key] = statistics.mean(r) - statistics.mean(b)
+        out[f"{key}_spread"] = max(statistics.stdev(b), statistics.stdev(r))
+    out["kept"] = out["test"] >= -KEEP_SPREADS * out["test_spread"]
+    out["apart"] = -out["cos"] >= max(APART_DROP, APART_SPREADS * out["cos_spread"])
+    return out
+
+
+def _verdicts(records: list[dict], base: str, candidates: list[str]) -> dict[str, dict]:
+    """The candidates' verdicts against the base configuration, from one task's final runs
+    (rows run with extra options or a numbered twin are not compared)."""
+    finals = _groups(find(records, stage="final"))
+    if base not in finals:
+        return {}
+    found = {name: verdict(finals[base], finals[name]) for name in candidates if name in finals}
+    return {name: v for name, v in found.items() if v is not None}
+
+
+def _bar_section(records: list[dict], base: str, candidates: list[str], metric: str) -> list[str]:
+    """The verdict table of one task, or nothing while no candidate has its seeds."""
+    verdicts = _verdicts(records, base, candidates)
+    if not verdicts:
+        return []
+    yes = lambda ok: "**yes**" if ok else "no"  # noqa: E731
+    out = ["", f"Against {base} ({BAR_SEEDS} seeds a row; a spread is the larger standard "
+           f"deviation of the two rows): the accuracy is kept if the test {metric} is at most "
+           f"{KEEP_SPREADS} spread lower, the experts are apart if their cosine is at least "
+           f"{APART_DROP} and {APART_SPREADS} spreads lower.", "",
+           f"| configuration | test {metric} difference | spread | accuracy kept | expert "
+           "cosine difference | spread | experts apart |", "|---|---|---|---|---|---|---|"]
+    for name, v in verdicts.items():
+        out.append(f"| {name} | {v['test']:+.1f} | {v['test_spread']:.1f} | {yes(v['kept'])} | "
+                   f"{v['cos']:+.3f} | {v['cos_spread']:.3f} | {yes(v['apart'])} |")
+    return out
+
+
+def _commits(records: list[dict]) -> str:
+    """The distinct commits the runs were trained at (a run resumed after a change has
+    several), abbreviated, those with changes not committed marked."""
+    commits = dict.fromkeys(c for r in records for c in r["commit"].split(" + "))
+    return ", ".join(c[:12] + (" (with uncommitted changes)" if c.endswith("-dirty") else "")
+                     for c in sorted(commits))
+
+
+def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
+                 candidates: Iterable[str] = ("MoE + OMoE",)) -> str:
+    """One task's markdown: its protocol, the final runs (test scored once per seed), the
+    candidates' verdicts against the base configuration (the bar above), and the
     learning-rate selection they rest on (seed 1, validation only)."""
     metric = records[0]["metric"].replace("accuracy", "acc").replace("_", " ")
     settings = sorted({r.get("setting", "pretrained") for r in records})
@@ -138,7 +230,7 @@ def task_section(task: str, records: list[dict]) -> str:
     ran = (f"Run by `python scripts/compare_optimizers.py --corpus {task}{flag} --select`, then "
            "the same without `--select` (with the fairseq options a row names), on "
            f"{', '.join(sorted({r['cpu'] for r in records}))}, code at "
-           f"{', '.join(sorted({r['commit'] for r in records}))}.")
+           f"{_commits(records)}.")
     floor = next((r["majority"] for r in records if r.get("majority")), None)
     if floor is not None:
         ran += (f" Always answering the majority class scores {floor['valid']:.1f} on "
@@ -154,29 +246,57 @@ def task_section(task: str, records: list[dict]) -> str:
                    f"{_mean(col('best_updates'), 0)} | {fmt(col('valid'), 1)} | "
                    f"{fmt(col('test'), 1)} | {fmt(col('cka'), 3)} | {fmt(col('cos'), 3)} | "
                    f"{fmt(col('delta'), 3)} | {_mean(col('wall_s'), 0, 60.0)} |")
+    out += _bar_section(records, base, list(candidates), metric)
     selection = _groups(find(records, stage="select"))
     if selection:
         grid = sorted({r["lr"] for rs in selection.values() for r in rs})
-        out += ["", f"Learning-rate selection (seed 1, valid {metric}; the best in bold):", "",
-                "| configuration | " + " | ".join(f"lr {lr:g}" for lr in grid) + " |",
-                "|---|" + "---|" * len(grid)]
+        out += ["", f"Learning-rate selection (seed 1, valid {metric}; the best in bold, and "
+                "the expert cosine there):", "",
+                "| configuration | " + " | ".join(f"lr {lr:g}" for lr in grid)
+                + " | expert cosine |", "|---|" + "---|" * (len(grid) + 1)]
         for label, rs in selection.items():
-            valid = {r["lr"]: r["valid"] for r in rs}
-            best = max(sorted(valid), key=valid.get)
-            cells = ["—" if lr not in valid else f"**{valid[lr]:.1f}**" if lr == best
-                     else f"{valid[lr]:.1f}" for lr in grid]
+            by_lr = {r["lr"]: r for r in rs}
+            best = max(sorted(by_lr), key=lambda lr: by_lr[lr]["valid"])
+            cells = ["—" if lr not in by_lr else f"**{by_lr[lr]['valid']:.1f}**" if lr == best
+                     else f"{by_lr[lr]['valid']:.1f}" for lr in grid]
+            cos = by_lr[best]["cos"]
+            cells.append("—" if cos is None else f"{cos:.3f}")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
-def report(records: list[dict], command: str, order: Optional[list[str]] = None) -> str:
-    """The whole markdown report: a header naming the command that generates it, then one
-    section per task (those of `order` first, in that order)."""
+def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[str]) -> str:
+    """Each candidate's verdicts over the tasks: on how many of those measured its accuracy is
+    kept and its experts are apart."""
+    lines = []
+    for name in candidates:
+        found = {t: v for t in tasks
+                 if (v := _verdicts(find(records, task=t), base, [name]).get(name))}
+        if found:
+            kept = [t for t, v in found.items() if v["kept"]]
+            apart = [t for t, v in found.items() if v["apart"]]
+            lines.append(f"- {name}: accuracy kept on {len(kept)} of {len(found)} tasks "
+                         f"measured ({', '.join(kept) or 'none'}), experts apart on "
+                         f"{len(apart)} ({', '.join(apart) or 'none'}).")
+    if not lines:
+        return ""
+    return (f"\nAgainst {base} (the bar of each task's section; it is met by a configuration "
+            "whose accuracy is kept on all three tasks and whose experts are apart on at least "
+            "two):\n\n" + "\n".join(lines) + "\n")
+
+
+def report(records: list[dict], command: str, order: Optional[list[str]] = None,
+           base: str = "MoE + AdamW", candidates: Iterable[str] = ("MoE + OMoE",)) -> str:
+    """The whole markdown report: a header naming the command that generates it, the
+    candidates' verdicts over the tasks, then one section per task (those of `order` first,
+    in that order)."""
     tasks = list(dict.fromkeys([*(t for t in order or () if find(records, task=t)),
                                 *(r["task"] for r in records)]))
+    candidates = list(candidates)
     head = (f"<!-- Generated by `{command}` from its run records: do not edit by hand. -->"
             "\n\n# Converged comparison\n\n"
             "Mean ± standard deviation over seeds; updates to best, wall time: means. "
-            "Expert similarity of checkpoint_best.pt on the validation split.\n")
-    sections = [task_section(t, find(records, task=t)) for t in tasks]
+            "Expert similarity of checkpoint_best.pt on the validation split.\n"
+            + _summary(records, tasks, base, candidates))
+    sections = [task_section(t, find(records, task=t), base, candidates) for t in tasks]
     return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from omoe_plugin.analysis.results import (
-    SelectionIncomplete, append_record, chosen_lr, find, fmt, load_records, record_key, report,
-    selection_grid, slug)
+    SelectionIncomplete, append_record, best_variant, chosen_lr, find, fmt, load_records,
+    record_key, report, selection_grid, slug, verdict)
 
 OPTIONS = ["--arch", "omoe_roberta_minilm", "--finetune-from-model", "data-bin/minilm/moe4.pt"]
 PROTOCOL = {"patience": 8, "max_epoch": 12, "validate_interval": 67, "updates_per_epoch": 265}
@@ -134,3 +134,75 @@ def test_rows_with_extra_options_or_another_protocol_are_kept_apart():
     assert "| MoE + OMoE [2] | 1 |" in text
     assert "patience 4 validations" in text and "patience 8 validations" in text
     assert report([], "cmd").endswith("No runs recorded yet.\n")
+
+
+def test_the_best_variant_keeps_half_the_defaults_diversity_then_scores_best_on_validation():
+    adamw, default = ("MoE + AdamW", OPTIONS, 1e-4), ("MoE + OMoE", OPTIONS, 1e-4)
+    variants = {name: (OPTIONS, 1e-4) for name in ("ramp", "delay", "longer")}
+    # AdamW's cosine 0.90 and the default's 0.80: a variant keeps half the drop at <= 0.85
+    base = [record(config="MoE + AdamW", cos=0.90, valid=86.0),
+            record(config="MoE + OMoE", cos=0.80, valid=84.0)]
+    runs = [record(config="ramp", cos=0.85, valid=84.5), record(config="delay", cos=0.89,
+                                                                 valid=85.9),
+            record(config="longer", cos=0.70, valid=84.2)]
+    pick = lambda records: best_variant(records, "movie_reviews", variants, adamw, default)  # noqa: E731
+    assert pick(base + runs) == "ramp"  # delay scores higher but gives up the diversity
+    runs[0]["cos"] = 0.851  # now only `longer` keeps half the drop
+    assert pick(base + runs) == "longer"
+    for r in runs:  # none keeps it: the best validation score of all
+        r["cos"] = 0.88
+    assert pick(base + runs) == "delay"
+    runs[2]["valid"] = runs[1]["valid"] = 85.9  # a tie: the first given
+    assert pick(base + runs) == "delay"
+    others = [record(config="ramp", cos=0.5, valid=99.0, lr=3e-4),  # another rate,
+              record(config="ramp", cos=0.5, valid=99.0, stage="final")]  # not a selection
+    assert pick(base + runs + others) == "delay"
+    with pytest.raises(SelectionIncomplete, match="'longer' on movie_reviews"):
+        pick(base + runs[:2])
+
+
+def test_the_bar_keeps_accuracy_within_one_spread_and_wants_the_experts_apart_by_005_and_3():
+    base = [record(stage="final", seed=s, test=t, cos=c)
+            for s, t, c in ((1, 85.0, 0.90), (2, 86.0, 0.91), (3, 87.0, 0.92))]  # sd 1, 0.01
+    row = lambda tests, coss: [record(stage="final", seed=s, test=t, cos=c)  # noqa: E731
+                               for s, t, c in zip((1, 2, 3), tests, coss)]
+    v = verdict(base, row([84.0, 85.0, 86.0], [0.84, 0.85, 0.86]))
+    assert v["test"] == pytest.approx(-1.0) and v["test_spread"] == pytest.approx(1.0)
+    assert v["cos"] == pytest.approx(-0.06) and v["cos_spread"] == pytest.approx(0.01)
+    assert v["kept"] and v["apart"]  # 1 point lower is one spread: kept; 0.06 >= 0.05, 0.03
+    v = verdict(base, row([83.9, 84.9, 85.9], [0.851, 0.861, 0.871]))
+    assert not v["kept"] and not v["apart"]  # 1.1 points lower; 0.049 < 0.05
+    assert verdict(base, row([83.0, 84.0, 88.0], [0.80, 0.86, 0.86]))["kept"]  # sd 2.6
+    assert not verdict(base, row([86.0] * 3, [0.80, 0.86, 0.86]))["apart"]  # 3 sd 0.10 > 0.06
+    assert verdict(base, row([86.0] * 2, [0.8] * 2)) is None  # two seeds: no verdict
+    assert verdict(base[:2], row([86.0] * 3, [0.8] * 3)) is None
+
+
+def test_the_report_holds_the_candidates_to_the_bar_on_each_task_and_sums_them_up():
+    def runs(task, config, tests, coss):
+        return [record(task=task, config=config, stage="final", seed=s, test=t, cos=c)
+                for s, t, c in zip((1, 2, 3), tests, coss)]
+    records = [*runs("movie_reviews", "MoE + AdamW", [85.0, 86.0, 87.0], [0.90, 0.91, 0.92]),
+               *runs("movie_reviews", "MoE + OMoE", [84.0, 85.0, 86.0], [0.84, 0.85, 0.86]),
+               *runs("movie_reviews", "ramp", [86.0, 86.0, 86.0], [0.89, 0.90, 0.91]),
+               *runs("conll2003", "MoE + AdamW", [85.0, 86.0, 87.0], [0.90, 0.91, 0.92]),
+               *runs("conll2003", "MoE + OMoE", [80.0, 81.0, 82.0], [0.84, 0.85, 0.86])[:2]]
+    text = report(records, "cmd", candidates=["MoE + OMoE", "ramp"])
+    section = text[text.index("## movie_reviews"):text.index("## conll2003")]
+    assert "| configuration | test acc difference | spread | accuracy kept |" in section
+    assert "| MoE + OMoE | -1.0 | 1.0 | **yes** | -0.060 | 0.010 | **yes** |" in section
+    assert "| ramp | +0.0 | 1.0 | **yes** | -0.010 | 0.010 | no |" in section
+    assert "accuracy kept" not in text[text.index("## conll2003"):]  # OMoE has 2 seeds there
+    head = text[:text.index("## movie_reviews")]
+    assert ("- MoE + OMoE: accuracy kept on 1 of 1 tasks measured (movie_reviews), experts "
+            "apart on 1 (movie_reviews).") in head
+    assert ("- ramp: accuracy kept on 1 of 1 tasks measured (movie_reviews), experts apart on "
+            "0 (none).") in head
+    assert "accuracy kept" not in report(records[:6], "cmd")[:20]
+
+
+def test_the_report_names_each_commit_once():
+    records = [record(commit="aaaaaaaaaaaaaaaa-dirty + bbbbbbbbbbbbbbbbbbbb"),
+               record(lr=3e-4, commit="bbbbbbbbbbbbbbbbbbbb")]
+    assert ("code at aaaaaaaaaaaa (with uncommitted changes), bbbbbbbbbbbb."
+            in report(records, "cmd"))
