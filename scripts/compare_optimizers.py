@@ -18,9 +18,9 @@ configuration chose instead, once the base's selection is complete. The final mo
 each configuration at the rate its selection runs scored best on validation, for every seed
 (the baselines: the first seed; the variants: only the best of them, chosen from the
 selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
-selection run); it refuses a configuration whose selection is incomplete. Every finished run appends one record
-to results/convergence.jsonl (a run with a record is not run again). --report writes
-docs/results/convergence.md from the records.
+selection run); it refuses a configuration whose selection is incomplete. Every finished run
+appends one record to results/convergence.jsonl (a run with a record is not run again).
+--report writes docs/results/convergence.md from the records.
 
 A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
 then ignores --finetune-from-model; early stopping's count is restored too:
@@ -129,6 +129,7 @@ SCALE_POINT, SCALE_TASK = ["MoE 8x top-2 + AdamW", "MoE 8x top-2 + OMoE"], "movi
 VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
             "MoE + OMoE, longer orthogonal steps"]
 BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
+CANDIDATES = ["MoE + OMoE", *VARIANTS]
 SETTINGS = {
     "pretrained": {
         "data": "data-bin/{}_minilm", "srcdict": ROOT / "data-bin" / "minilm" / "dict.txt",
@@ -316,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="only these configurations (run-directory names; default: all, "
                         "the scale point on SCALE_TASK only)")
     parser.add_argument("--out", type=Path, help="default: runs/convergence/SETTING/CORPUS")
-    parser.add_argument("--data", type=Path, help="the binarised corpus (default: the setting's, made on first use)")
+    parser.add_argument("--data", type=Path,
+                        help="the binarised corpus (default: the setting's, made on first use)")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--report-file", type=Path, default=REPORT)
     parser.add_argument("--protocol", dest="trial", type=int, nargs=2, metavar=("P", "N"),
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         command = "python scripts/compare_optimizers.py --report" + (
             f" --records {relative([str(c.records)])[0]}" if c.records != RECORDS else "")
         text = report(load_records(c.records), command, order=list(TASKS),
-                      candidates=["MoE + OMoE", *VARIANTS])
+                      candidates=CANDIDATES)
         c.report_file.parent.mkdir(parents=True, exist_ok=True)
         c.report_file.write_text(text)
         print(text + f"\nwrote {c.report_file}")
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
                 run(c, name, options, rates[name], seed, "final")
     done = find(load_records(c.records), task=c.corpus)
     if done:
-        print(task_section(c.corpus, done, candidates=["MoE + OMoE", *VARIANTS]))
+        print(task_section(c.corpus, done, candidates=CANDIDATES))
 
 
 if __name__ == "__main__":

@@ -142,10 +142,13 @@ def test_the_best_variant_keeps_half_the_defaults_diversity_then_scores_best_on_
     # AdamW's cosine 0.90 and the default's 0.80: a variant keeps half the drop at <= 0.85
     base = [record(config="MoE + AdamW", cos=0.90, valid=86.0),
             record(config="MoE + OMoE", cos=0.80, valid=84.0)]
-    runs = [record(config="ramp", cos=0.85, valid=84.5), record(config="delay", cos=0.89,
-                                                                 valid=85.9),
+    runs = [record(config="ramp", cos=0.85, valid=84.5),
+            record(config="delay", cos=0.89, valid=85.9),
             record(config="longer", cos=0.70, valid=84.2)]
-    pick = lambda records: best_variant(records, "movie_reviews", variants, adamw, default)  # noqa: E731
+
+    def pick(records):
+        return best_variant(records, "movie_reviews", variants, adamw, default)
+
     assert pick(base + runs) == "ramp"  # delay scores higher but gives up the diversity
     runs[0]["cos"] = 0.851  # now only `longer` keeps half the drop
     assert pick(base + runs) == "longer"
