@@ -95,15 +95,13 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 # (scripts/compare_optimizers.py: patience and epoch cap per corpus) at each one's best
 # learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the variants and baselines at
 # their base's), then 3 seeds scored on test (the baselines: one; the variants: the best one
-# only); two runs at a time, each at most about 1.5 h on 2 cores (at most 11 h a corpus).
-# Appends to results/convergence.jsonl, writes docs/results/convergence.md; resumes where it
-# was stopped.
+# only; AdamW and OMoE on every corpus first); two runs at a time, each at most about 1.5 h
+# on 2 cores (at most 11 h a corpus). Appends to results/convergence.jsonl, writes
+# docs/results/convergence.md; resumes where it was stopped.
 CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
 compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
-	for corpus in $(CORPORA); do for mode in --select --final; do \
-	  $(COMPARE) --corpus $$corpus $$mode & one=$$!; $(COMPARE) --corpus $$corpus $$mode; \
-	  two=$$?; wait $$one && [ $$two = 0 ] || exit 1; done; done
+	$(COMPARE) --all & one=$$!; $(COMPARE) --all; two=$$?; wait $$one && [ $$two = 0 ]
 	$(COMPARE) --report
 data-bin/%_minilm/input0/dict.txt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-prepare-data data-bin/$*_minilm --corpus $* --srcdict $(PRE)/dict.txt --workers 2

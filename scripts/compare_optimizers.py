@@ -3,6 +3,7 @@ learning rate; keep every finished run.
 
     python scripts/compare_optimizers.py --corpus C --select [--lr-grid 3e-5 1e-4 3e-4]
     python scripts/compare_optimizers.py --corpus C [--final] [--seeds 1 2 3] [--lr-grid ...]
+    python scripts/compare_optimizers.py --all   (twice side by side: the whole comparison)
     python scripts/compare_optimizers.py --report
   each also takes [--configs NAME ...] [--setting pretrained|scratch] [--out DIR]
   [fairseq-train options added to every run]
@@ -20,7 +21,10 @@ each configuration at the rate its selection runs scored best on validation, for
 selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
 selection run); it refuses a configuration whose selection is incomplete. Every finished run
 appends one record to results/convergence.jsonl (a run with a record is not run again).
---report writes docs/results/convergence.md from the records.
+--report writes docs/results/convergence.md from the records. --all works through every
+corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
+and OMoE on every corpus first), each run once however many processes share the work, and
+waits while what is left is held by another process or waits for its selection.
 
 A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
 then ignores --finetune-from-model; early stopping's count is restored too:
@@ -41,6 +45,7 @@ import json
 import math
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,6 +135,8 @@ VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
             "MoE + OMoE, longer orthogonal steps"]
 BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
 CANDIDATES = ["MoE + OMoE", *VARIANTS]
+CORE = ["MoE + AdamW", "MoE + OMoE"]  # --all trains these first, on every corpus
+WAIT_S = 60  # --all: how often a process with nothing to train looks again
 SETTINGS = {
     "pretrained": {
         "data": "data-bin/{}_minilm", "srcdict": ROOT / "data-bin" / "minilm" / "dict.txt",
@@ -179,15 +186,15 @@ def relative(options: list[str]) -> list[str]:
 
 
 def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: int,
-        stage: str) -> None:
+        stage: str) -> str:
     """Train, measure and record one run, unless it has its record (or another process holds
-    it); resumes a killed one."""
+    it); resumes a killed one. Says which: "recorded", "held" or "trained"."""
     record = {"task": c.corpus, "setting": c.setting, "config": name, "options": options,
               "extra": c.extra, "stage": stage, "seed": seed, "lr": lr}
     key = record_key(record)
     recorded = lambda: any(record_key(r) == key for r in load_records(c.records))  # noqa: E731
     if recorded():
-        return
+        return "recorded"
     digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:8]
     run_dir = c.out / slug(name) / f"lr{lr:g}_seed{seed}_{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,10 +202,9 @@ def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: i
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"{run_dir}: another process is running it", flush=True)
-            return
+            return "held"
         if recorded():  # finished by another process meanwhile
-            return
+            return "recorded"
         print(f"{stage} {name} lr {lr:g} seed {seed}: {run_dir}", flush=True)
         state = runs.load_state(run_dir, options)
         if not state["trained"]:
@@ -218,6 +224,7 @@ def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: i
         append_record(c.records, record)
         print(f"  valid {done['valid']} at update {done['best_updates']} of {done['updates']}"
               + ("" if test is None else f", test {test}"), flush=True)
+    return "trained"
 
 
 def majority(c: argparse.Namespace) -> dict[str, float] | None:
@@ -274,7 +281,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
     """Each configuration's selected rate and the seeds of its final runs: --seeds, the first
     of them for a baseline, none for a variant other than the best (results.best_variant,
     which needs AdamW's, OMoE's and every variant's selection); exits naming every selection
-    run still missing."""
+    run still missing (SelectionIncomplete)."""
     variants = [name for name in names if name in VARIANTS]
     compared = ["MoE + AdamW", "MoE + OMoE", *VARIANTS] if variants else []
     rates, refused = {}, []
@@ -285,16 +292,71 @@ def final_plan(c: argparse.Namespace, records: list[dict],
         except SelectionIncomplete as e:
             refused.append(str(e))
     if refused:
-        sys.exit("refusing the final runs:\n  " + "\n  ".join(refused))
+        raise SelectionIncomplete("\n  ".join(refused))
     seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
     if variants:
         best = best_variant(records, c.corpus, {v: (c.options[v], rates[v]) for v in VARIANTS},
                             *((n, c.options[n], rates[n]) for n in compared[:2]))
         for name in variants:
             if name != best:
-                print(f"final {name}: none, the best variant is {best}", flush=True)
                 seeds[name] = []
     return rates, seeds
+
+
+def planned(c: argparse.Namespace, records: list[dict], stage: str,
+            names: list[str]) -> tuple[list[tuple[str, float, int]], list[str]]:
+    """A stage's runs of these configurations in order, (name, rate, seed), and why the others
+    cannot be planned yet: a selection they wait for is incomplete."""
+    if stage == "final":
+        try:
+            rates, seeds = final_plan(c, records, names)
+        except SelectionIncomplete as e:
+            return [], [f"the final runs of {c.corpus} wait for:\n  {e}"]
+        return [(name, rates[name], seed) for name in names for seed in seeds[name]], []
+    todo, waiting = [], []
+    for name in names:
+        try:
+            todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
+        except SelectionIncomplete as e:
+            waiting.append(f"select {name}: not yet, it takes its base's rate: {e}")
+    return todo, waiting
+
+
+def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool) -> list[str]:
+    """Train the steps' runs (corpus, stage, configurations) in order, each run once however
+    many processes share the work, starting again from the first step after every run
+    trained (another process may have completed what an earlier step waited for). Once a
+    pass trains nothing, returns why runs remain (waiting for a selection, or held by another
+    process); with wait, sleeps WAIT_S and passes again until none remains."""
+    while True:
+        remaining = []
+        for c, stage, names in steps:
+            todo, waiting = planned(c, load_records(c.records), stage, names)
+            remaining += waiting
+            for name, lr, seed in todo:
+                status = run(c, name, c.options[name], lr, seed, stage)
+                if status == "trained":
+                    break
+                if status == "held":
+                    remaining.append(f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}: "
+                                     "another process is running it")
+            else:
+                continue
+            break
+        else:
+            if not remaining or not wait:
+                return remaining
+            time.sleep(WAIT_S)
+
+
+def all_steps(corpora: list[str]) -> list[tuple[str, str, list[str]]]:
+    """--all's order: AdamW's and OMoE's selection, then final runs, on every corpus (what the
+    comparison is about), then the same for the other configurations, then the scale point
+    on its task."""
+    rest = [name for name in CONFIGS if name not in CORE and name not in SCALE_POINT]
+    return [*((t, stage, names) for names in (CORE, rest) for stage in ("select", "final")
+              for t in corpora),
+            *((SCALE_TASK, stage, SCALE_POINT) for stage in ("select", "final"))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--final", action="store_true",
                       help="the final runs (the default): --seeds at each configuration's "
                       "selected rate, test scored once")
+    mode.add_argument("--all", action="store_true",
+                      help="every corpus's selection and final runs, in the order the "
+                      "comparison needs them (all_steps); waits for runs another process "
+                      "holds: run it twice side by side")
     mode.add_argument("--report", action="store_true",
                       help="train nothing: write --report-file from the records")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
@@ -346,27 +412,42 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(c.configs or ()) - set(names)
     if unknown:
         parser.error(f"unknown --configs {sorted(unknown)}: choose from {sorted(names)}")
-    chosen = [name for k, name in names.items() if k in c.configs] if c.configs else [
-        name for name in CONFIGS if name not in SCALE_POINT or c.corpus == SCALE_TASK]
-    configs = configurations(c, chosen)
-    print(f"{c.corpus} ({c.setting}): {c.protocol}", flush=True)
-    if c.select:
-        for name, options in configs.items():
-            try:
-                grid = rates_of(c, load_records(c.records), name)
-            except SelectionIncomplete as e:
-                print(f"select {name}: not yet, it takes its base's rate: {e}", flush=True)
-                continue
-            for lr in grid:
-                run(c, name, options, lr, 1, "select")
-    else:
-        rates, seeds = final_plan(c, load_records(c.records), list(configs))
-        for name, options in configs.items():
-            for seed in seeds[name]:
-                run(c, name, options, rates[name], seed, "final")
+    if c.all:
+        if c.data is not None or c.out is not None:
+            parser.error("--all trains every corpus: --data and --out name one")
+        corpora = {t: for_corpus(c, t) for t in TASKS}
+        steps = [(corpora[t], stage, [name for name in configs if name in corpora[t].chosen])
+                 for t, stage, configs in all_steps(list(TASKS))]
+        work(steps, wait=True)
+        return
+    for_corpus(c, c.corpus)
+    stage = "select" if c.select else "final"
+    if stage == "final":
+        try:
+            rates, seeds = final_plan(c, load_records(c.records), c.chosen)
+        except SelectionIncomplete as e:
+            sys.exit(f"refusing the final runs:\n  {e}")
+        print("final runs: " + "; ".join(f"{name} at lr {rates[name]:g}, seeds "
+                                         f"{', '.join(map(str, seeds[name])) or 'none'}"
+                                         for name in c.chosen), flush=True)
+    for reason in work([(c, stage, c.chosen)], wait=False):
+        print(reason, flush=True)
     done = find(load_records(c.records), task=c.corpus)
     if done:
         print(task_section(c.corpus, done, candidates=CANDIDATES))
+
+
+def for_corpus(c: argparse.Namespace, corpus: str) -> argparse.Namespace:
+    """c, or for --all a copy of it, set up for one corpus (configurations): chosen, its
+    configurations (--configs, or all of the setting with the scale point on SCALE_TASK
+    only)."""
+    c = argparse.Namespace(**vars(c)) if c.all else c
+    c.corpus = corpus
+    chosen = [name for name in CONFIGS if slug(name) in c.configs] if c.configs else [
+        name for name in CONFIGS if name not in SCALE_POINT or corpus == SCALE_TASK]
+    c.chosen = list(configurations(c, chosen))
+    print(f"{corpus} ({c.setting}): {c.protocol}", flush=True)
+    return c
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from fairseq.data import data_utils
 
-from omoe_plugin.analysis.results import slug
+from omoe_plugin.analysis.results import SelectionIncomplete, append_record, slug
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.movie_reviews import parse
 from omoe_plugin.data.sources import rated_lines
@@ -197,27 +197,83 @@ def test_the_final_run_of_seed_1_reuses_the_selection_run_and_scores_test_once(r
     assert [p.name for p in (run_dir(killed) / "checkpoints").iterdir()] == ["checkpoint_best.pt"]
 
 
-def test_the_final_runs_are_the_best_variants_and_a_baselines_first_seed_only(capsys):
+# the selection runs' expert cosine: AdamW's 0.90, OMoE's 0.80; of the variants only the longer
+# steps keep half of that drop (<= 0.85)
+COSINE = {"MoE + AdamW": 0.90, "MoE + OMoE": 0.80, "MoE + OMoE, delayed start": 0.89,
+          "MoE + OMoE, strength ramp": 0.86, "MoE + OMoE, longer orthogonal steps": 0.82}
+
+
+def planning(script, corpus: str, records_path: Path) -> argparse.Namespace:
+    """A corpus's namespace as the script sets it up, each configuration's options a marker."""
+    return argparse.Namespace(
+        corpus=corpus, seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4], records=records_path,
+        options={name: [f"--{slug(name)}"] for name in script.CONFIGS},
+        chosen=[n for n in script.CONFIGS if n not in script.SCALE_POINT
+                or corpus == script.SCALE_TASK])
+
+
+def selection(name: str, lr: float, options: list[str], task="movie_reviews") -> dict:
+    """A selection record: 1e-4 scores best."""
+    return {"task": task, "config": name, "stage": "select", "seed": 1, "lr": lr,
+            "options": options, "valid": 85.0 if lr == 1e-4 else 80.0,
+            "cos": COSINE.get(name, 0.5)}
+
+
+def test_the_final_runs_are_the_best_variants_and_a_baselines_first_seed_only(tmp_path):
     script = load_script()
-    c = argparse.Namespace(corpus="movie_reviews", seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4],
-                           options={name: [f"--{slug(name)}"] for name in script.CONFIGS})
-    # the selection runs: AdamW's and OMoE's at both rates (1e-4 chosen), the others at 1e-4;
-    # AdamW's cosine 0.90, OMoE's 0.80: only the longer steps keep half of that drop
-    cos = {"MoE + AdamW": 0.90, "MoE + OMoE": 0.80, "MoE + OMoE, delayed start": 0.89,
-           "MoE + OMoE, strength ramp": 0.86, "MoE + OMoE, longer orthogonal steps": 0.82}
-    records = [{"task": "movie_reviews", "config": name, "stage": "select", "seed": 1,
-                "lr": lr, "options": options, "valid": 85.0 if lr == 1e-4 else 80.0,
-                "cos": cos.get(name, 0.5)} for name, options in c.options.items()
+    c = planning(script, "movie_reviews", tmp_path / "records.jsonl")
+    records = [selection(name, lr, options) for name, options in c.options.items()
                for lr in c.lr_grid if lr == 1e-4 or name not in script.RATE_FROM]
     names = list(script.CONFIGS)
     rates, seeds = script.final_plan(c, records, names)
     assert rates == {name: 1e-4 for name in names}
-    assert "the best variant is MoE + OMoE, longer orthogonal steps" in capsys.readouterr().out
-    assert seeds == {name: [] if name in script.VARIANTS[:2] else [1] if name in
+    longer = "MoE + OMoE, longer orthogonal steps"
+    assert seeds == {name: [] if name in script.VARIANTS and name != longer else [1] if name in
                      script.BASELINES else [1, 2, 3] for name in names}
     # a variant alone still needs the others' selection to know whether it is the best
-    delayed, longer = script.VARIANTS[0], script.VARIANTS[2]
+    delayed = script.VARIANTS[0]
     assert script.final_plan(c, records, [delayed])[1] == {delayed: []}
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(SelectionIncomplete, match=re.escape(repr(longer))):
         script.final_plan(c, [r for r in records if r["config"] != longer], [delayed])
-    assert "refusing the final runs" in str(refused.value) and repr(longer) in str(refused.value)
+
+
+def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp_path,
+                                                                            monkeypatch):
+    script = load_script()
+    records_path = tmp_path / "records.jsonl"
+    corpora = {t: planning(script, t, records_path) for t in script.TASKS}
+    steps = [(corpora[t], stage, [n for n in names if n in corpora[t].chosen])
+             for t, stage, names in script.all_steps(list(script.TASKS))]
+    trained, held = [], {("conll2003", "MoE + OMoE", "select", 3e-4, 1)}
+
+    def run(c, name, options, lr, seed, stage):  # records what a finished run would
+        key = (c.corpus, name, stage, lr, seed)
+        if key in held:
+            return "held"
+        if key in trained:
+            return "recorded"
+        trained.append(key)
+        record = {**selection(name, lr, options, c.corpus), "stage": stage, "seed": seed}
+        append_record(records_path, record)
+        return "trained"
+
+    monkeypatch.setattr(script, "run", run)
+    remaining = script.work(steps, wait=False)
+    # AdamW's and OMoE's selection on every corpus, then their final runs, then the rest
+    assert {k[0] for k in trained[:11]} == set(script.TASKS) and all(
+        k[1] in script.CORE and k[2] == "select" for k in trained[:10])
+    assert trained[11][1] in script.CORE and trained[11][2] == "final"
+    assert trained[-1] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
+    # the held run: remaining, with what waits for it (CoNLL's final runs), and no more
+    assert remaining[0] == ("select MoE + OMoE on conll2003, lr 0.0003 seed 1: another process "
+                            "is running it")
+    assert [r for r in remaining if r.startswith("the final runs of conll2003 wait for")]
+    assert not [k for k in trained if k[0] == "conll2003" and k[2] == "final"]
+    held.clear()
+    assert script.work(steps, wait=False) == []  # that process is done: the rest trains
+    finals = [k for k in trained if k[2] == "final"]
+    for t in script.TASKS:
+        best = [k for k in finals if k[0] == t and k[1] in script.VARIANTS]
+        assert {k[1] for k in best} == {"MoE + OMoE, longer orthogonal steps"}
+        assert [k[4] for k in finals if k[0] == t and k[1] in script.BASELINES] == [1, 1]
+    assert not [k for k in trained if k[1] in script.SCALE_POINT and k[0] != "movie_reviews"]
