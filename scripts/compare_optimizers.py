@@ -280,8 +280,8 @@ def final_plan(c: argparse.Namespace, records: list[dict],
                names: list[str]) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Each configuration's selected rate and the seeds of its final runs: --seeds, the first
     of them for a baseline, none for a variant other than the best (results.best_variant,
-    which needs AdamW's, OMoE's and every variant's selection); exits naming every selection
-    run still missing (SelectionIncomplete)."""
+    which needs AdamW's, OMoE's and every variant's selection). Raises SelectionIncomplete
+    naming every selection run still missing."""
     variants = [name for name in names if name in VARIANTS]
     compared = ["MoE + AdamW", "MoE + OMoE", *VARIANTS] if variants else []
     rates, refused = {}, []
