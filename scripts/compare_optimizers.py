@@ -32,7 +32,8 @@ omoe_plugin.analysis.patience), its training wall time summed over the segments
 (RUN/run.json), and ends as the uninterrupted run would have. Runs take a lock: the same
 command started twice works through the runs two at a time. Each run trains in
 OUT/CONFIG/lr{LR}_seed{SEED}_{OPTIONS DIGEST} (OUT: runs/convergence/SETTING/CORPUS), with
-OMP_NUM_THREADS=1 unless set; only checkpoint_best.pt is kept once it is recorded.
+OMP_NUM_THREADS=1 unless set; only checkpoint_best.pt, without its optimizer state, is kept
+once it is recorded.
 
 Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled: `make data-bin/minilm/moe4.pt`...;
 data binarised into data-bin/CORPUS_minilm on first use); scratch (a small 4-layer model).
@@ -212,7 +213,7 @@ def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: i
         if state["summary"] is None:
             state["summary"] = runs.summary(run_dir, c.data, options)
             runs.save_state(run_dir, state)
-            runs.drop_resume_checkpoints(run_dir)
+        runs.drop_resume_checkpoints(run_dir)
         done = state["summary"]
         test = runs.test_score(run_dir, c.data, c.task, c.metric) if stage == "final" else None
         record.update(

@@ -20,6 +20,7 @@ import pytest
 from fairseq.data import data_utils
 
 from omoe_plugin.analysis.results import SelectionIncomplete, append_record, slug
+from omoe_plugin.convert.safe_read import read_checkpoint
 from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.data.movie_reviews import parse
 from omoe_plugin.data.sources import rated_lines
@@ -195,6 +196,8 @@ def test_the_final_run_of_seed_1_reuses_the_selection_run_and_scores_test_once(r
     state = json.loads((run_dir(killed) / "run.json").read_text())
     assert len(state["seconds"]) == 2  # not trained again
     assert [p.name for p in (run_dir(killed) / "checkpoints").iterdir()] == ["checkpoint_best.pt"]
+    kept = read_checkpoint(run_dir(killed) / "checkpoints" / "checkpoint_best.pt")
+    assert "last_optimizer_state" not in kept and kept["model"]  # scored on test above
 
 
 # the selection runs' expert cosine: AdamW's 0.90, OMoE's 0.80; of the variants only the longer

@@ -155,10 +155,21 @@ def majority_share(data: Path, split: str) -> float:
 
 
 def drop_resume_checkpoints(run_dir: Path) -> None:
-    """Delete every checkpoint but checkpoint_best.pt: only resuming needed them."""
+    """Delete every checkpoint but checkpoint_best.pt, and its optimizer state (two thirds of
+    an AdamW checkpoint): only resuming needed them. Safe to repeat after a kill."""
+    import torch
+
+    from ..convert.safe_read import read_checkpoint
+
     for stale in (run_dir / "checkpoints").glob("checkpoint_*.pt"):
         if stale.name != "checkpoint_best.pt":
             stale.unlink()
+    best = run_dir / "checkpoints" / "checkpoint_best.pt"
+    state = read_checkpoint(best)
+    if state.pop("last_optimizer_state", None) is not None:
+        slim = best.with_suffix(".slim")
+        torch.save(state, slim)
+        os.replace(slim, best)  # the whole checkpoint until this instant
 
 
 def test_score(run_dir: Path, data: Path, task: list[str], metric: str) -> float:
