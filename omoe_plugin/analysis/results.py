@@ -235,11 +235,13 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
     if floor is not None:
         ran += (f" Always answering the majority class scores {floor['valid']:.1f} on "
                 f"validation and {floor['test']:.1f} on test.")
-    out = [f"## {task}", "", _protocol_line(records), ran, "",
-           f"| configuration | seeds | lr | updates to best | valid {metric} | test {metric} | "
-           "expert CKA | expert cosine | displacement cosine | wall time (min) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, rs in _groups(find(records, stage="final")).items():
+    out = [f"## {task}", "", _protocol_line(records), ran, ""]
+    finals = _groups(find(records, stage="final"))
+    out += [f"| configuration | seeds | lr | updates to best | valid {metric} | test {metric} | "
+            "expert CKA | expert cosine | displacement cosine | wall time (min) |",
+            "|---|---|---|---|---|---|---|---|---|---|"] if finals else [
+            "No final runs yet: the test split has not been read."]
+    for label, rs in finals.items():
         col = lambda key: [r.get(key) for r in rs]  # noqa: E731
         lrs = ", ".join(f"{lr:g}" for lr in sorted(set(col("lr"))))
         out.append(f"| {label} | {', '.join(str(s) for s in sorted(col('seed')))} | {lrs} | "

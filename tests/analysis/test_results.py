@@ -196,6 +196,8 @@ def test_the_report_holds_the_candidates_to_the_bar_on_each_task_and_sums_them_u
     assert "| MoE + OMoE | -1.0 | 1.0 | **yes** | -0.060 | 0.010 | **yes** |" in section
     assert "| ramp | +0.0 | 1.0 | **yes** | -0.010 | 0.010 | no |" in section
     assert "accuracy kept" not in text[text.index("## conll2003"):]  # OMoE has 2 seeds there
+    selecting = report([record(task="conll2003")], "cmd")
+    assert "No final runs yet" in selecting and "| test" not in selecting
     head = text[:text.index("## movie_reviews")]
     assert ("- MoE + OMoE: accuracy kept on 1 of 1 tasks measured (movie_reviews), experts "
             "apart on 1 (movie_reviews).") in head
