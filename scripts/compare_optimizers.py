@@ -284,7 +284,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
     which needs AdamW's, OMoE's and every variant's selection). Raises SelectionIncomplete
     naming every selection run still missing."""
     variants = [name for name in names if name in VARIANTS]
-    compared = ["MoE + AdamW", "MoE + OMoE", *VARIANTS] if variants else []
+    compared = [*CORE, *VARIANTS] if variants else []
     rates, refused = {}, []
     for name in dict.fromkeys([*names, *compared]):
         try:
@@ -297,7 +297,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
     seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
     if variants:
         best = best_variant(records, c.corpus, {v: (c.options[v], rates[v]) for v in VARIANTS},
-                            *((n, c.options[n], rates[n]) for n in compared[:2]))
+                            *((n, c.options[n], rates[n]) for n in CORE))
         for name in variants:
             if name != best:
                 seeds[name] = []
