@@ -33,10 +33,12 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_optimizers.p
 # a MoE of 2 layers of width 64 (the scratch setting made smaller)
 SHAPE = ["--encoder-layers", "2", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
          "--encoder-attention-heads", "2"]
-# MoE + OMoE from the start checkpoint; patience 2 validations, at most 6 epochs
+# MoE + OMoE from the start checkpoint; patience 2 validations, at most 6 epochs; batches
+# grouped by length, new ones every epoch (a resumed run must rebuild those of its epoch)
 TINY = ["--corpus", "movie_reviews", "--setting", "scratch", "--configs", "moe_omoe",
         "--lr-grid", "1e-3", "--protocol", "2", "6", *SHAPE, "--batch-size", "8",
-        "--log-interval", "1", "--omoe-accumulate-steps", "3", "--omoe-orthogonal-steps", "3"]
+        "--log-interval", "1", "--omoe-accumulate-steps", "3", "--omoe-orthogonal-steps", "3",
+        "--omoe-group-by-length"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +164,8 @@ def test_a_killed_run_resumes_to_one_record_equal_to_an_uninterrupted_one(runs, 
     train = len(data_utils.load_indexed_dataset(str(data / "input0" / "train")))
     per_epoch = math.ceil(train / 8)
     assert b["protocol"] == {"patience": 2, "max_epoch": 6, "updates_per_epoch": per_epoch,
-                             "validate_interval": math.ceil(per_epoch / 4)}
+                             "validate_interval": math.ceil(per_epoch / 4),
+                             "group_by_length": True}
     assert b["updates"] < 6 * per_epoch and b["epochs"] == round(b["updates"] / per_epoch, 2)
     assert b["options"][b["options"].index("--total-num-update") + 1] == str(6 * per_epoch)
     assert "user_dir" in b["options"] and str(data) not in b["options"]

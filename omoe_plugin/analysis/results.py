@@ -14,10 +14,12 @@ from typing import Iterable, Optional
 @dataclass(frozen=True)
 class Protocol:
     """How long a run trains: until validation has not improved for `patience` validations,
-    at most `max_epoch` epochs (fixed per corpus before comparing)."""
+    at most `max_epoch` epochs; and its batches: random (fairseq's) or grouped by length
+    (--omoe-group-by-length). Fixed per corpus before comparing."""
 
     patience: int
     max_epoch: int
+    group_by_length: bool = False
 
 
 # The bar OMoE is held to against AdamW at convergence, on each task, over 3 seeds a row: its
@@ -155,7 +157,8 @@ def _groups(records: list[dict]) -> dict[str, list[dict]]:
 def _protocol_line(records: list[dict]) -> str:
     lines = {f"patience {p['patience']} validations, at most {p['max_epoch']} epochs of "
              f"{p['updates_per_epoch']} updates, validation every {p['validate_interval']} "
-             "updates" for p in (r["protocol"] for r in records)}
+             "updates" + (", batches grouped by length" if p.get("group_by_length") else "")
+             for p in (r["protocol"] for r in records)}
     return "Protocol: " + "; ".join(sorted(lines)) + "."
 
 

@@ -73,7 +73,7 @@ class OMoESpanQATask(OMoESchedule, TokenHeadTask):
     def head_outputs(self) -> int:
         return 2  # start, end
 
-    def load_dataset(self, split, combine=False, **kwargs):
+    def build_examples(self, split, combine):
         questions, contexts = (self.load_column(c, split, self.dictionary, combine)
                                for c in ("input0", "input1"))
         path = f"{self.cfg.data}/label/{split}.label"

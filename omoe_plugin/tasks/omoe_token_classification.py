@@ -79,7 +79,7 @@ class OMoETokenClassificationTask(OMoESchedule, TokenHeadTask):
     def head_outputs(self) -> int:
         return len(self.tag_list)
 
-    def load_dataset(self, split, combine=False, **kwargs):
+    def build_examples(self, split, combine):
         tokens = PrependTokenDataset(self.load_column("input0", split, self.dictionary, combine),
                                      self.dictionary.bos())
         labels = PrependTokenDataset(self.load_column("label", split, self.tags, combine),

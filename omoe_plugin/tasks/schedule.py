@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from fairseq.data import BaseWrapperDataset, FairseqDataset, SortDataset
 from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
@@ -57,6 +59,14 @@ class OMoEScheduleConfig(FairseqDataclass):
             "to log expert similarity (omoe_sim_cka, omoe_sim_cos); 0 = off"
         },
     )
+    omoe_group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "batch examples of similar length together, new batches every epoch, "
+            "in shuffled order: less padding, so faster steps where lengths vary (off: "
+            "fairseq's random batches)"
+        },
+    )
 
 
 class OMoESchedule:
@@ -87,6 +97,12 @@ class OMoESchedule:
         # mean cosine of the experts' displacements from them at the last validation
         self._start: Optional[dict[int, tuple[torch.Tensor, torch.Tensor]]] = None
         self._displacement_cos: Optional[float] = None
+
+    def load_dataset(self, split, *args, **kwargs):
+        dataset = super().load_dataset(split, *args, **kwargs)
+        if self.cfg.omoe_group_by_length:
+            self.datasets[split] = dataset = ByLength(self.datasets[split])
+        return dataset
 
     def get_batch_iterator(self, dataset, **kwargs):
         """fairseq drops a split's last batch when its size is not a multiple of
@@ -181,6 +197,27 @@ class OMoESchedule:
             if any(key in log for log in logging_outputs):
                 total = sum(log.get(key, 0) for log in logging_outputs)
                 metrics.log_scalar(key, total / max(sample_size, 1), sample_size, round=4)
+
+
+class ByLength(BaseWrapperDataset):
+    """A split's examples (unwrapped from fairseq's shuffling SortDataset) in order of length,
+    ties in a random order drawn anew each epoch: fairseq cuts its batches from this order,
+    so each batch holds examples of about one length, and it shuffles the batches. The
+    batches are rebuilt every epoch (fairseq seeds `ordered_indices` with seed + epoch, as
+    for its own length-sorted datasets), so an example meets other companions each epoch."""
+
+    def __init__(self, dataset: FairseqDataset) -> None:
+        super().__init__(dataset.dataset if isinstance(dataset, SortDataset) else dataset)
+        self.lengths = np.fromiter((self.dataset.num_tokens(i) for i in range(len(self))),
+                                   dtype=np.int64, count=len(self))
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return False
+
+    def ordered_indices(self) -> np.ndarray:
+        ties = np.random.permutation(len(self))
+        return ties[np.argsort(self.lengths[ties], kind="stable")]
 
 
 def _starts_update(model) -> bool:

@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 class TokenHeadTask(FairseqTask):
     """A FairseqTask on `omoe-prepare-data` output whose model gets the per-token head
     `head_name` with `head_outputs()` outputs. Subclasses name themselves (`task_key`, their
-    registry key) and what writes their data (`prepared_by`), for messages, and build their
-    examples in `load_dataset` (`load_column`, `set_examples`)."""
+    registry key) and what writes their data (`prepared_by`), for messages, and build a
+    split's examples in `build_examples` (`load_column`, `set_examples`), which `load_dataset`
+    calls (so that a mixin's `load_dataset`, before this class, sees every split loaded)."""
 
     task_key: str  # the --task name
     head_name: str
@@ -46,6 +47,12 @@ class TokenHeadTask(FairseqTask):
                 raise FileNotFoundError(f"{needed} does not exist: --task {cls.task_key} "
                                         f"reads a directory written by {cls.prepared_by}")
         return SentencePredictionTask.load_dictionary(path)
+
+    def load_dataset(self, split, combine=False, **kwargs):
+        return self.build_examples(split, combine)
+
+    def build_examples(self, split: str, combine: bool) -> NestedDictionaryDataset:
+        raise NotImplementedError
 
     def load_column(self, column: str, split: str, dictionary: Dictionary, combine: bool):
         path = os.path.join(self.cfg.data, column, split)

@@ -133,6 +133,10 @@ def test_rows_with_extra_options_or_another_protocol_are_kept_apart():
     assert "| MoE + OMoE | 1 |" in text and "| MoE + OMoE, `--omoe-alpha 0.1` | 1 |" in text
     assert "| MoE + OMoE [2] | 1 |" in text
     assert "patience 4 validations" in text and "patience 8 validations" in text
+    grouped = report([record(stage="final", protocol={**PROTOCOL, "group_by_length": True})],
+                     "cmd")
+    assert "validation every 67 updates, batches grouped by length." in grouped
+    assert "grouped" not in text  # random batches (records without the key too)
     assert report([], "cmd").endswith("No runs recorded yet.\n")
 
 
