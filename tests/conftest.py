@@ -1,4 +1,5 @@
-"""Shared fixtures: a real fairseq dictionary/task and tiny models built through them."""
+"""Shared fixtures: a real fairseq dictionary/task, tiny models built through them, and real
+data prepared once per test process (movie reviews, CoNLL-2003 sentences, Disfl-QA)."""
 
 import os
 
@@ -62,3 +63,35 @@ def movie_reviews(tmp_path_factory):
     out = tmp_path_factory.mktemp("movie_reviews")
     sizes = prepare(out, workers=2)
     return out, sizes
+
+
+def conll_head(text: str, sentences: int) -> str:
+    """The first `sentences` sentences of a CoNLL file's text."""
+    return "\n\n".join(text.split("\n\n")[:sentences + 1]) + "\n"
+
+
+@pytest.fixture(scope="session")
+def conll(tmp_path_factory):
+    """300 / 60 / 60 real CoNLL-2003 sentences, written as files ({split}.txt) and prepared by
+    the CLI into data/."""
+    from omoe_plugin.data.cli import cli_main as prepare_main
+    from omoe_plugin.data.sources import conll2003_texts
+
+    root = tmp_path_factory.mktemp("conll")
+    args = ["--format", "conll"]
+    texts = conll2003_texts()
+    for split, n in (("train", 300), ("valid", 60), ("test", 60)):
+        (root / f"{split}.txt").write_text(conll_head(texts[split], n))
+        args += [f"--{split}", str(root / f"{split}.txt")]
+    prepare_main([str(root / "data"), *args])
+    return root
+
+
+@pytest.fixture(scope="session")
+def disflqa(tmp_path_factory):
+    """The bundled Disfl-QA, prepared by omoe-prepare-data --corpus disflqa."""
+    from omoe_plugin.data.cli import cli_main as prepare_main
+
+    out = tmp_path_factory.mktemp("disflqa") / "data"
+    prepare_main([str(out), "--corpus", "disflqa"])
+    return out

@@ -8,32 +8,12 @@ import re
 import pytest
 import torch
 
-from omoe_plugin.data.cli import cli_main as prepare_main
-from omoe_plugin.data.sources import conll2003_texts
 from tests.cli import (assert_same_model, checkpoint, output, run, scalar_tags,
                        straight_and_resumed, token_task_args)
 
 pytestmark = pytest.mark.slow
 
 TASK, TRAIN = token_task_args("omoe_token_classification", "entity_f1", seed=2)
-
-
-def conll_head(text: str, sentences: int) -> str:
-    """The first `sentences` sentences of a CoNLL file's text."""
-    return "\n\n".join(text.split("\n\n")[:sentences + 1]) + "\n"
-
-
-@pytest.fixture(scope="module")
-def conll(tmp_path_factory):
-    """300 / 60 / 60 real CoNLL-2003 sentences, written as files and prepared by the CLI."""
-    root = tmp_path_factory.mktemp("conll")
-    args = ["--format", "conll"]
-    texts = conll2003_texts()
-    for split, n in (("train", 300), ("valid", 60), ("test", 60)):
-        (root / f"{split}.txt").write_text(conll_head(texts[split], n))
-        args += [f"--{split}", str(root / f"{split}.txt")]
-    prepare_main([str(root / "data"), *args])
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from fairseq.data import Dictionary, data_utils
 
-from omoe_plugin.data.cli import cli_main as prepare_main
 from omoe_plugin.spans import best_span
 from tests.cli import (assert_same_model, checkpoint, output, run, scalar_tags,
                        straight_and_resumed, token_task_args)
@@ -21,15 +20,8 @@ TASK, TRAIN = token_task_args("omoe_span_qa", "f1", seed=3)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("disflqa") / "data"
-    prepare_main([str(out), "--corpus", "disflqa"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def runs(data, tmp_path_factory):
-    return straight_and_resumed(data, tmp_path_factory, TRAIN, 12)
+def runs(disflqa, tmp_path_factory):
+    return straight_and_resumed(disflqa, tmp_path_factory, TRAIN, 12)
 
 
 def test_training_validates_exact_match_and_f1_and_logs_omoe(runs):
@@ -54,13 +46,13 @@ def test_resume_continues_exactly(runs):
     assert any("answer_span" in k for k in assert_same_model(straight, split))
 
 
-def test_validate_scores_the_test_split(data, runs):
+def test_validate_scores_the_test_split(disflqa, runs):
     """fairseq-validate gives the score training kept with checkpoint_best on validation, and
     the same scores on test whatever the batch size (a question's windows in several batches)."""
     best = runs[0] / "checkpoints" / "checkpoint_best.pt"
 
     def scores(split: str, batch_size: int) -> tuple[float, float]:
-        result = run("fairseq-validate", str(data), *TASK, "--valid-subset", split,
+        result = run("fairseq-validate", str(disflqa), *TASK, "--valid-subset", split,
                      "--batch-size", str(batch_size), "--path", str(best))
         em, f1 = re.findall(r"\| exact_match ([\d.]+) \| f1 ([\d.]+)", output(result))[-1]
         return float(em), float(f1)
@@ -79,7 +71,7 @@ def exported(runs, tmp_path_factory):
     return out
 
 
-def test_served_windows_and_answers_are_the_checkpoints(data, runs, exported):
+def test_served_windows_and_answers_are_the_checkpoints(disflqa, runs, exported):
     from omoe_plugin.export import OMoEClassifier, OMoEReader, OMoETagger, load_model
     from omoe_plugin.export.classifier import ExportedClassifier, load_classifier
 
@@ -93,9 +85,9 @@ def test_served_windows_and_answers_are_the_checkpoints(data, runs, exported):
     assert isinstance(load_model(exported), OMoEReader)
     assert reader.info.span_qa and reader.info.pairs and reader.info.max_answer_tokens == 30
     questions = [json.loads(line) for line in
-                 (data / "raw" / "test.questions.jsonl").read_text().splitlines()]
-    words = Dictionary.load(str(data / "input0" / "dict.txt"))
-    binarised = [data_utils.load_indexed_dataset(str(data / c / "test"), words)
+                 (disflqa / "raw" / "test.questions.jsonl").read_text().splitlines()]
+    words = Dictionary.load(str(disflqa / "input0" / "dict.txt"))
+    binarised = [data_utils.load_indexed_dataset(str(disflqa / c / "test"), words)
                  for c in ("input0", "input1")]
     served = [w for q in questions for w in reader.windows(
         q["question"], reader.tokenizer.tokenize_with_offsets(q["context"])[0])]

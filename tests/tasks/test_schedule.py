@@ -9,8 +9,6 @@ import torch
 from fairseq.logging import metrics
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 
-from omoe_plugin.data.cli import cli_main as prepare_main
-from omoe_plugin.data.sources import conll2003_texts
 from omoe_plugin.optim.fairseq_omoe import FairseqOMoE, OMoEConfig
 from omoe_plugin.tasks.omoe_sentence_prediction import (
     OMoESentencePredictionConfig,
@@ -81,20 +79,13 @@ def test_without_the_mixin_a_statistics_reading_says_what_is_missing(task):
         updates(mlm, model, optimizer, 1)
 
 
-@pytest.fixture(scope="module")
-def prepared(movie_reviews, tmp_path_factory):
+@pytest.fixture
+def prepared(movie_reviews, conll, disflqa):
     """Each omoe_* task on real data: (task class, its config's class, data directory)."""
-    root = tmp_path_factory.mktemp("tasks")
-    texts, args = conll2003_texts(), ["--format", "conll"]
-    for split, n in (("train", 300), ("valid", 60), ("test", 60)):
-        (root / f"{split}.txt").write_text("\n\n".join(texts[split].split("\n\n")[:n + 1]))
-        args += [f"--{split}", str(root / f"{split}.txt")]
-    prepare_main([str(root / "conll"), *args])
-    prepare_main([str(root / "disflqa"), "--corpus", "disflqa"])
     return {"sentences": (OMoESentencePredictionTask, OMoESentencePredictionConfig,
                           movie_reviews[0]),
-            "tags": (OMoETokenClassificationTask, OMoETokenClassificationConfig, root / "conll"),
-            "spans": (OMoESpanQATask, OMoESpanQAConfig, root / "disflqa")}
+            "tags": (OMoETokenClassificationTask, OMoETokenClassificationConfig, conll / "data"),
+            "spans": (OMoESpanQATask, OMoESpanQAConfig, disflqa)}
 
 
 @pytest.mark.parametrize("kind", ["sentences", "tags", "spans"])
@@ -106,26 +97,30 @@ def test_group_by_length_batches_similar_lengths_anew_each_epoch(prepared, kind)
     extra = {"num_classes": 2, "init_token": 0, "regression_target": False} \
         if kind == "sentences" else {}
 
-    def batches(group: bool, epoch: int, split: str = "train"):
-        cfg = config_class(data=str(data), max_positions=128, seed=1,
-                           omoe_group_by_length=group, **extra)
-        task = task_class.setup_task(cfg)
-        task.load_dataset(split)
-        dataset = task.dataset(split)
-        assert isinstance(dataset, ByLength) == group
-        frozen = task.get_batch_iterator(dataset=dataset, max_sentences=16, seed=1,
+    def task(group: bool):
+        task = task_class.setup_task(config_class(data=str(data), max_positions=128, seed=1,
+                                                  omoe_group_by_length=group, **extra))
+        for split in ("train", "valid"):
+            task.load_dataset(split)
+            assert isinstance(task.dataset(split), ByLength) == group
+        return task
+
+    def batches(task, epoch: int, split: str = "train") -> list[list[int]]:
+        frozen = task.get_batch_iterator(dataset=task.dataset(split), max_sentences=16, seed=1,
                                          epoch=epoch).frozen_batches
-        return [sorted(b) for b in frozen], dataset
+        return [sorted(b) for b in frozen]
 
     def padded_share(batches, dataset) -> float:
         sizes = [[dataset.num_tokens(i) for i in b] for b in batches]
         return sum(len(s) * max(s) - sum(s) for s in sizes) / sum(len(s) * max(s) for s in sizes)
 
+    random, grouped = task(False), task(True)
     for split in ("train", "valid"):
-        random, dataset = batches(False, 1, split)
-        grouped, grouped_dataset = batches(True, 1, split)
-        assert sorted(i for b in grouped for i in b) == list(range(len(dataset)))
-        assert padded_share(grouped, grouped_dataset) < padded_share(random, dataset) / 2
-    grouped = batches(True, 1)[0]
-    assert batches(True, 1)[0] == grouped
-    assert sorted(batches(True, 2)[0]) != sorted(grouped)
+        dataset = grouped.dataset(split)
+        assert sorted(i for b in batches(grouped, 1, split) for i in b) == \
+            list(range(len(dataset)))
+        assert padded_share(batches(grouped, 1, split), dataset) < \
+            padded_share(batches(random, 1, split), random.dataset(split)) / 2
+    first = batches(grouped, 1)
+    assert batches(task(True), 1) == first  # a new process: the same batches
+    assert sorted(batches(grouped, 2)) != sorted(first)
