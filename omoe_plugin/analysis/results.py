@@ -290,6 +290,37 @@ def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[
             "two):\n\n" + "\n".join(lines) + "\n")
 
 
+def _picks(records: list[dict], tasks: list[str], base: str) -> str:
+    """Which row to pick for which goal, on each task whose final rows have BAR_SEEDS seeds
+    (the base's among them): for accuracy, the best mean test score and the rows within one
+    spread of it (the larger standard deviation of the two); for diverse experts, the MoE row
+    of the lowest mean expert cosine among those whose accuracy the bar keeps against the base
+    (the base itself included)."""
+    lines = []
+    for task in tasks:
+        rows = {label: rs for label, rs in _groups(find(records, task=task, stage="final"))
+                .items() if len(rs) >= BAR_SEEDS}
+        if base not in rows or len(rows) < 2:
+            continue
+        mean = lambda label, key: statistics.mean(r[key] for r in rows[label])  # noqa: E731
+        spread = lambda a, b: max(statistics.stdev(r["test"] for r in rows[x])  # noqa: E731
+                                  for x in (a, b))
+        best = max(rows, key=lambda label: mean(label, "test"))
+        tied = [label for label in rows if label != best
+                and mean(label, "test") >= mean(best, "test") - spread(label, best)]
+        kept = [label for label, rs in rows.items() if None not in (r["cos"] for r in rs)
+                and (label == base or verdict(rows[base], rs)["kept"])]
+        diverse = min(kept, key=lambda label: mean(label, "cos"))
+        lines.append(f"- {task}: for accuracy, {best} (test {mean(best, 'test'):.1f}"
+                     + (f"; within a spread of it: {', '.join(tied)}" if tied else "")
+                     + f"); for diverse experts at that bar's accuracy, {diverse} (expert "
+                     f"cosine {mean(diverse, 'cos'):.3f}, {base} {mean(base, 'cos'):.3f}).")
+    if not lines:
+        return ""
+    return (f"\nWhat to pick, on each task whose rows have {BAR_SEEDS} seeds:\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def report(records: list[dict], command: str, order: Optional[list[str]] = None,
            base: str = "MoE + AdamW", candidates: Iterable[str] = ("MoE + OMoE",)) -> str:
     """The whole markdown report: a header naming the command that generates it, the
@@ -302,6 +333,6 @@ def report(records: list[dict], command: str, order: Optional[list[str]] = None,
             "\n\n# Converged comparison\n\n"
             "Mean ± standard deviation over seeds; updates to best, wall time: means. "
             "Expert similarity of checkpoint_best.pt on the validation split.\n"
-            + _summary(records, tasks, base, candidates))
+            + _summary(records, tasks, base, candidates) + _picks(records, tasks, base))
     sections = [task_section(t, find(records, task=t), base, candidates) for t in tasks]
     return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"

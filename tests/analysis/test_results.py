@@ -208,6 +208,23 @@ def test_the_report_holds_the_candidates_to_the_bar_on_each_task_and_sums_them_u
     assert ("- ramp: accuracy kept on 1 of 1 tasks measured (movie_reviews), experts apart on "
             "0 (none).") in head
     assert "accuracy kept" not in report(records[:6], "cmd")[:20]
+    assert ("- movie_reviews: for accuracy, MoE + AdamW (test 86.0; within a spread of it: "
+            "MoE + OMoE, ramp); for diverse experts at that bar's accuracy, MoE + OMoE (expert "
+            "cosine 0.850, MoE + AdamW 0.910).") in head
+    assert "- conll2003:" not in head  # OMoE's 2 seeds: AdamW alone has 3
+
+
+def test_the_picks_leave_out_a_row_that_loses_accuracy_and_the_dense_row():
+    def runs(config, tests, coss):
+        return [record(config=config, stage="final", seed=s, test=t, cos=c)
+                for s, t, c in zip((1, 2, 3), tests, coss)]
+    records = [*runs("dense fine-tune", [88.0, 88.5, 89.0], [None] * 3),
+               *runs("MoE + AdamW", [86.0, 86.2, 86.4], [0.90, 0.91, 0.92]),
+               *runs("MoE + OMoE", [84.0, 84.2, 84.4], [0.70, 0.71, 0.72]),
+               *runs("ramp", [86.0, 86.1, 86.2], [0.85, 0.86, 0.87])]
+    assert ("- movie_reviews: for accuracy, dense fine-tune (test 88.5); for diverse experts at "
+            "that bar's accuracy, ramp (expert cosine 0.860, MoE + AdamW 0.910).") \
+        in report(records, "cmd")
 
 
 def test_the_report_names_each_commit_once():
