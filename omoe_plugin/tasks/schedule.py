@@ -86,7 +86,8 @@ class OMoESchedule:
     weight displacements since this process began training; it keeps one copy of the
     expert weights, only while similarity logging is on).
     With another optimizer the task trains as it would without the mixin and still logs
-    similarity.
+    similarity. With --omoe-group-by-length every split it loads is batched by length
+    (`ByLength`), whatever the optimizer.
     """
 
     def __init__(self, *args, **kwargs) -> None:
