@@ -82,8 +82,9 @@ TASKS = {
     # PrivacyQA: 264 updates an epoch of pairs twice a movie-review sentence's length (median
     # 39 sub-words); estimated at twice its cost: 264 x 3.3 s + 4 x 30 s an epoch, N 6: 100 min.
     # Its batches are grouped by length (random batches are about half padding): MoE + OMoE
-    # 2.1-2.2 s an update against 3.6 (30 updates after 3, twice each, beside two runs). The
-    # first two corpora keep fairseq's random batches, the protocol their runs began with.
+    # 2.1-2.2 s an update against 3.6 (30 updates after 3, twice each, beside two runs); a run
+    # of the cap, MoE + AdamW beside another run, took 49 min. The first two corpora keep
+    # fairseq's random batches, the protocol their runs began with.
     "privacy_qa": Protocol(patience=8, max_epoch=6, group_by_length=True),
 }
 TASK = ["--user-dir", "user_dir", "--max-positions", "128", "--cpu", "--num-workers", "0"]
