@@ -49,10 +49,7 @@ class TokenHeadTask(FairseqTask):
         return SentencePredictionTask.load_dictionary(path)
 
     def load_dataset(self, split, combine=False, **kwargs):
-        return self.build_examples(split, combine)
-
-    def build_examples(self, split: str, combine: bool) -> NestedDictionaryDataset:
-        raise NotImplementedError
+        return self.build_examples(split, combine)  # the subclass's
 
     def load_column(self, column: str, split: str, dictionary: Dictionary, combine: bool):
         path = os.path.join(self.cfg.data, column, split)
