@@ -169,6 +169,13 @@ def _mean(values: list, digits: int, scale: float = 1.0) -> str:
     return f"{statistics.mean(values) / scale:.{digits}f}"
 
 
+def _difference(base: list[dict], row: list[dict], key: str) -> tuple[float, float]:
+    """The row's mean of `key` minus the base's, and its spread: the larger of the two rows'
+    standard deviations over seeds."""
+    b, r = [x[key] for x in base], [x[key] for x in row]
+    return statistics.mean(r) - statistics.mean(b), max(statistics.stdev(b), statistics.stdev(r))
+
+
 def verdict(base: list[dict], row: list[dict]) -> Optional[dict]:
     """A row's final runs against the base's (AdamW's) by the bar: the differences of the
     mean test score and of the mean expert cosine (row minus base), their spreads, and whether
@@ -178,9 +185,7 @@ def verdict(base: list[dict], row: list[dict]) -> Optional[dict]:
         return None
     out = {}
     for key in ("test", "cos"):
-        b, r = [x[key] for x in base], [x[key] for x in row]
-        out[key] = statistics.mean(r) - statistics.mean(b)
-        out[f"{key}_spread"] = max(statistics.stdev(b), statistics.stdev(r))
+        out[key], out[f"{key}_spread"] = _difference(base, row, key)
     out["kept"] = out["test"] >= -KEEP_SPREADS * out["test_spread"]
     out["apart"] = -out["cos"] >= max(APART_DROP, APART_SPREADS * out["cos_spread"])
     return out
@@ -303,11 +308,10 @@ def _picks(records: list[dict], tasks: list[str], base: str) -> str:
         if base not in rows or len(rows) < 2:
             continue
         mean = lambda label, key: statistics.mean(r[key] for r in rows[label])  # noqa: E731
-        spread = lambda a, b: max(statistics.stdev(r["test"] for r in rows[x])  # noqa: E731
-                                  for x in (a, b))
         best = max(rows, key=lambda label: mean(label, "test"))
-        tied = [label for label in rows if label != best
-                and mean(label, "test") >= mean(best, "test") - spread(label, best)]
+        gaps = {label: _difference(rows[best], rs, "test") for label, rs in rows.items()
+                if label != best}
+        tied = [label for label, (gap, spread) in gaps.items() if gap >= -spread]
         kept = [label for label, rs in rows.items() if None not in (r["cos"] for r in rs)
                 and (label == base or verdict(rows[base], rs)["kept"])]
         diverse = min(kept, key=lambda label: mean(label, "cos"))
