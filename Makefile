@@ -11,7 +11,7 @@ FAIRSEQ := fairseq-fixed==0.12.3.1
 STAMP := $(VENV)/.setup-done
 RUN := runs/demo
 
-.PHONY: setup test test-install demo bench bench-inference compare clean
+.PHONY: setup test test-install demo bench bench-inference compare compare-plan clean
 
 setup: $(STAMP)
 
@@ -100,9 +100,13 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 # docs/results/convergence.md; resumes where it was stopped.
 CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
-compare: setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
+COMPARED := setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
+compare: $(COMPARED)
 	$(COMPARE) --all & one=$$!; $(COMPARE) --all; two=$$?; wait $$one && [ $$two = 0 ]
 	$(COMPARE) --report
+# what `make compare` has left, in its order, and the hours it is likely to take (trains nothing)
+compare-plan: $(COMPARED)
+	$(COMPARE) --plan
 data-bin/%_minilm/input0/dict.txt: $(PRE)/model.pt
 	$(VENV)/bin/omoe-prepare-data data-bin/$*_minilm --corpus $* --srcdict $(PRE)/dict.txt --workers 2
 

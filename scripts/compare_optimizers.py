@@ -4,6 +4,7 @@ learning rate; keep every finished run.
     python scripts/compare_optimizers.py --corpus C --select [--lr-grid 3e-5 1e-4 3e-4]
     python scripts/compare_optimizers.py --corpus C [--final] [--seeds 1 2 3] [--lr-grid ...]
     python scripts/compare_optimizers.py --all   (twice side by side: the whole comparison)
+    python scripts/compare_optimizers.py --plan  (what --all has left, and how long it takes)
     python scripts/compare_optimizers.py --report
   each also takes [--configs NAME ...] [--setting pretrained|scratch] [--out DIR]
   [fairseq-train options added to every run]
@@ -45,10 +46,14 @@ import hashlib
 import json
 import math
 import os
+import re
+import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is single-threaded
 
@@ -191,18 +196,30 @@ def relative(options: list[str]) -> list[str]:
     return [o.replace(f"{ROOT}/", "") for o in options]
 
 
+def identity(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: int,
+             stage: str) -> dict:
+    """What a run's record says of the run before it trains (its record_key among them)."""
+    return {"task": c.corpus, "setting": c.setting, "config": name, "options": options,
+            "extra": c.extra, "stage": stage, "seed": seed, "lr": lr}
+
+
+def run_dir_of(c: argparse.Namespace, name: str, options: list[str], lr: float,
+               seed: int) -> Path:
+    """The directory a run trains in (the final run of seed 1 is its selection run's)."""
+    digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:8]
+    return c.out / slug(name) / f"lr{lr:g}_seed{seed}_{digest}"
+
+
 def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: int,
         stage: str) -> str:
     """Train, measure and record one run, unless it has its record (or another process holds
     it); resumes a killed one. Says which: "recorded", "held" or "trained"."""
-    record = {"task": c.corpus, "setting": c.setting, "config": name, "options": options,
-              "extra": c.extra, "stage": stage, "seed": seed, "lr": lr}
+    record = identity(c, name, options, lr, seed, stage)
     key = record_key(record)
     recorded = lambda: any(record_key(r) == key for r in load_records(c.records))  # noqa: E731
     if recorded():
         return "recorded"
-    digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:8]
-    run_dir = c.out / slug(name) / f"lr{lr:g}_seed{seed}_{digest}"
+    run_dir = run_dir_of(c, name, options, lr, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "lock", "w") as lock:
         try:
@@ -329,19 +346,22 @@ def planned(c: argparse.Namespace, records: list[dict], stage: str,
     return todo, waiting
 
 
-def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool) -> list[str]:
+def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
+         train: Optional[Callable[..., str]] = None) -> list[str]:
     """Train the steps' runs (corpus, stage, configurations) in order, each run once however
     many processes share the work, starting again from the first step after every run
     trained (another process may have completed what an earlier step waited for). Once a
     pass trains nothing, returns why runs remain (waiting for a selection, or held by another
-    process); with wait, sleeps WAIT_S and passes again until none remains."""
+    process); with wait, sleeps WAIT_S and passes again until none remains. train: what
+    trains a run, with run's arguments and answers (default: run)."""
+    train = train or run
     while True:
         remaining = []
         for c, stage, names in steps:
             todo, waiting = planned(c, load_records(c.records), stage, names)
             remaining += waiting
             for name, lr, seed in todo:
-                status = run(c, name, c.options[name], lr, seed, stage)
+                status = train(c, name, c.options[name], lr, seed, stage)
                 if status == "trained":
                     break
                 if status == "held":
@@ -354,6 +374,82 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool) -> 
             if not remaining or not wait:
                 return remaining
             time.sleep(WAIT_S)
+
+
+def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
+    """--plan: the runs work(steps) would still train, in its order, training nothing; each
+    with its state (running in another process, the last update its log reached) and the
+    time it is likely to take: the mean wall time of its corpus's records of the same
+    configuration, else of any, less the share its log shows done. The runs that wait for
+    a selection are planned as though every run before them had finished: their rate, and
+    which variant is the best, are chosen by then. The final run of seed 1 trains nothing:
+    it scores its selection run on test."""
+    real = load_records(steps[0][0].records)
+    known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
+             for name, lr, seed in planned(c, real, stage, names)[0]}
+    left = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "records.jsonl"
+        copy.write_text("".join(json.dumps(r) + "\n" for r in real))
+
+        def pretend(c, name, options, lr, seed, stage):  # records a placeholder score
+            record = identity(c, name, options, lr, seed, stage)
+            if any(record_key(r) == record_key(record) for r in load_records(copy)):
+                return "recorded"
+            append_record(copy, {**record, "valid": 0.0, "cos": 0.0})
+            left.append((c, name, lr, seed, stage))
+            return "trained"
+
+        work([(argparse.Namespace(**{**vars(c), "records": copy}), stage, names)
+              for c, stage, names in steps], wait=False, train=pretend)
+    lines, minutes, guessed = [], [], 0
+    for c, name, lr, seed, stage in left:
+        now = (c.corpus, stage, name, lr, seed) in known
+        label = name if now or stage != "final" or name not in VARIANTS else "the best variant"
+        line = (f"{c.corpus} {stage} {label}, " + (f"lr {lr:g}" if now else "its chosen rate")
+                + f", seed {seed}")
+        if stage == "final" and seed == 1:
+            lines.append(f"{line}: scores its selection run on test")
+            continue
+        walls = ([r["wall_s"] for r in real if r["task"] == c.corpus and r["config"] == name]
+                 or [r["wall_s"] for r in real if r["task"] == c.corpus])
+        done, total, held = progress(c, name, lr, seed)
+        state = ("running" if held else "started" if done else
+                 "not started" if now else "waits for a selection")
+        if done:
+            state += f", update {done} of at most {total}"
+        if walls:
+            minutes.append(statistics.mean(walls) / 60 * max(0.0, 1 - done / total))
+            state += f" (about {minutes[-1]:.0f} min)"
+        else:
+            guessed += 1
+        lines.append(f"{line}: {state}")
+    hours = sum(minutes) / 60
+    return "\n".join(
+        ["Runs left, in the order --all takes them:",
+         *(f"{i:3}. {line}" for i, line in enumerate(lines, 1)),
+         f"{len(minutes) + guessed} to train: about {hours:.1f} h of training, "
+         f"{hours / 2:.1f} h at two at a time" + (
+             f", and {guessed} with no record of their corpus yet to estimate from"
+             if guessed else "") + "."]) if lines else "Nothing left to train."
+
+
+def progress(c: argparse.Namespace, name: str, lr: float, seed: int) -> tuple[int, int, bool]:
+    """A run's last update in its log (0 if none), the most it trains (the epoch cap), and
+    whether a process holds it now."""
+    run_dir = run_dir_of(c, name, c.options[name], lr, seed)
+    total = c.protocol["max_epoch"] * c.per_epoch
+    if not run_dir.exists():
+        return 0, total, False
+    log = run_dir / "train.log"
+    updates = re.findall(r"num_updates[ =](\d+)", log.read_text() if log.exists() else "")
+    with open(run_dir / "lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+    return int(updates[-1]) if updates else 0, total, held
 
 
 def all_steps(corpora: list[str]) -> list[tuple[str, str, list[str]]]:
@@ -382,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="every corpus's selection and final runs, in the order the "
                       "comparison needs them (all_steps); waits for runs another process "
                       "holds: run it twice side by side")
+    mode.add_argument("--plan", action="store_true",
+                      help="train nothing: list the runs --all would still train, in its "
+                      "order, with their state and the hours they are likely to take")
     mode.add_argument("--report", action="store_true",
                       help="train nothing: write --report-file from the records")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
@@ -419,13 +518,16 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(c.configs or ()) - set(names)
     if unknown:
         parser.error(f"unknown --configs {sorted(unknown)}: choose from {sorted(names)}")
-    if c.all:
+    if c.all or c.plan:
         if c.data is not None or c.out is not None:
             parser.error("--all trains every corpus: --data and --out name one")
         corpora = {t: for_corpus(c, t) for t in TASKS}
         steps = [(corpora[t], stage, [name for name in configs if name in corpora[t].chosen])
                  for t, stage, configs in all_steps(list(TASKS))]
-        work(steps, wait=True)
+        if c.plan:
+            print(plan(steps))
+        else:
+            work(steps, wait=True)
         return
     for_corpus(c, c.corpus)
     stage = "select" if c.select else "final"
@@ -445,10 +547,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def for_corpus(c: argparse.Namespace, corpus: str) -> argparse.Namespace:
-    """c, or for --all a copy of it, set up for one corpus (configurations): chosen, its
+    """c, or for --all and --plan a copy of it, set up for one corpus (configurations): chosen, its
     configurations (--configs, or all of the setting with the scale point on SCALE_TASK
     only)."""
-    c = argparse.Namespace(**vars(c)) if c.all else c
+    c = argparse.Namespace(**vars(c)) if c.all or c.plan else c
     c.corpus = corpus
     chosen = [name for name in CONFIGS if slug(name) in c.configs] if c.configs else [
         name for name in CONFIGS if name not in SCALE_POINT or corpus == SCALE_TASK]

@@ -5,6 +5,7 @@ same command again, ends with exactly one record, equal to that of an uninterrup
 the test split once."""
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import math
@@ -210,12 +211,22 @@ COSINE = {"MoE + AdamW": 0.90, "MoE + OMoE": 0.80, "MoE + OMoE, delayed start": 
 
 
 def planning(script, corpus: str, records_path: Path) -> argparse.Namespace:
-    """A corpus's namespace as the script sets it up, each configuration's options a marker."""
+    """A corpus's namespace as the script sets it up, each configuration's options a marker;
+    runs of at most 2 epochs of 100 updates, in a folder beside the records."""
     return argparse.Namespace(
-        corpus=corpus, seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4], records=records_path,
+        corpus=corpus, setting="pretrained", extra=[], seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4],
+        records=records_path, out=records_path.parent / "runs" / corpus,
+        protocol={"max_epoch": 2}, per_epoch=100,
         options={name: [f"--{slug(name)}"] for name in script.CONFIGS},
         chosen=[n for n in script.CONFIGS if n not in script.SCALE_POINT
                 or corpus == script.SCALE_TASK])
+
+
+def all_planned(script, records_path: Path) -> list[tuple]:
+    """--all's steps over every corpus, as main makes them."""
+    corpora = {t: planning(script, t, records_path) for t in script.TASKS}
+    return [(corpora[t], stage, [n for n in names if n in corpora[t].chosen])
+            for t, stage, names in script.all_steps(list(script.TASKS))]
 
 
 def selection(name: str, lr: float, options: list[str], task="movie_reviews") -> dict:
@@ -247,9 +258,7 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
                                                                             monkeypatch):
     script = load_script()
     records_path = tmp_path / "records.jsonl"
-    corpora = {t: planning(script, t, records_path) for t in script.TASKS}
-    steps = [(corpora[t], stage, [n for n in names if n in corpora[t].chosen])
-             for t, stage, names in script.all_steps(list(script.TASKS))]
+    steps = all_planned(script, records_path)
     trained, held = [], {("conll2003", "MoE + OMoE", "select", 3e-4, 1)}
 
     def run(c, name, options, lr, seed, stage):  # records what a finished run would
@@ -283,3 +292,54 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
         assert {k[1] for k in best} == {"MoE + OMoE, longer orthogonal steps"}
         assert [k[4] for k in finals if k[0] == t and k[1] in script.BASELINES] == [1, 1]
     assert not [k for k in trained if k[1] in script.SCALE_POINT and k[0] != "movie_reviews"]
+
+
+def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_it(tmp_path):
+    script = load_script()
+    records_path = tmp_path / "records.jsonl"
+    steps = all_planned(script, records_path)
+    # AdamW's selection complete on every corpus, OMoE's on CoNLL and begun on the movies; 20
+    # min a run
+    movies, conll = steps[0][0], steps[1][0]
+    for c, name, lr in [*((c, "MoE + AdamW", lr) for c, _, _ in steps[:3] for lr in c.lr_grid),
+                        *((conll, "MoE + OMoE", lr) for lr in conll.lr_grid),
+                        (movies, "MoE + OMoE", 1e-4)]:
+        append_record(records_path, {**selection(name, lr, c.options[name], c.corpus),
+                                     "wall_s": 1200.0})
+    before = records_path.read_text()
+    started = script.run_dir_of(movies, "MoE + OMoE", movies.options["MoE + OMoE"], 3e-4, 1)
+    started.mkdir(parents=True)
+    (started / "train.log").write_text("| train_inner | epoch 001: num_updates=40\n"
+                                       "| valid | epoch 001 | num_updates 50 | best 80\n")
+    with open(started / "lock", "w") as lock:  # a process trains it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        running = script.plan(steps).splitlines()
+    lines = script.plan(steps).splitlines()
+    assert running[1] == ("  1. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: running, "
+                          "update 50 of at most 200 (about 15 min)")
+    assert lines[1] == ("  1. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: started, "
+                        "update 50 of at most 200 (about 15 min)")
+    assert running[2:] == lines[2:]
+    assert lines[2] == ("  2. privacy_qa select MoE + OMoE, lr 0.0001, seed 1: not started "
+                        "(about 20 min)")
+    # every run --all would train, in its order: OMoE's 3 selection runs left, the final runs
+    # of AdamW and OMoE (seeds 2 and 3; seed 1 scores its selection run), dense's and the
+    # variants' and baselines' selection, dense's and the best variant's final runs, the scale
+    # point's two selection runs and four final runs
+    runs = lines[1:-1]
+    assert len(runs) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 2) + 3 * (3 + 3 + 2) + 2 + 2 * 3
+    assert len([r for r in runs if r.endswith("scores its selection run on test")]) == 3 * 6 + 2
+    trains = 3 + 12 + 21 + 12 + 6
+    hours = (15 + (trains - 1) * 20) / 60
+    assert lines[-1] == (f"{trains} to train: about {hours:.1f} h of training, "
+                         f"{hours / 2:.1f} h at two at a time.")
+    # CoNLL's selections are complete: its final runs have their rates; the movies' wait, and
+    # so does the choice of the variant whose final runs are trained
+    text = "\n".join(lines)
+    assert "conll2003 final MoE + OMoE, lr 0.0001, seed 2: not started (about 20 min)" in text
+    assert ("movie_reviews final MoE + AdamW, its chosen rate, seed 2: waits for a selection "
+            "(about 20 min)") in text
+    assert "conll2003 final the best variant, its chosen rate, seed 3: waits" in text
+    assert records_path.read_text() == before  # nothing trained, nothing recorded
+    assert [p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir()] == [
+        "movie_reviews", "moe_omoe", started.name]
