@@ -260,8 +260,9 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
     selection = _groups(find(records, stage="select"))
     if selection:
         grid = sorted({r["lr"] for rs in selection.values() for r in rs})
-        out += ["", f"Learning-rate selection (seed 1, valid {metric}; the best in bold, and "
-                "the expert cosine there):", "",
+        out += ["", f"Learning-rate selection (seed 1, valid {metric}; the best of each row "
+                "in bold, and the expert cosine there; —: not run, yet or at all, as the "
+                "configurations that take their base's rate search no grid):", "",
                 "| configuration | " + " | ".join(f"lr {lr:g}" for lr in grid)
                 + " | expert cosine |", "|---|" + "---|" * (len(grid) + 1)]
         for label, rs in selection.items():
