@@ -8,7 +8,8 @@ import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from types import MappingProxyType
+from typing import Iterable, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -228,10 +229,12 @@ def _commits(records: list[dict]) -> str:
 
 
 def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
-                 candidates: Iterable[str] = ("MoE + OMoE",)) -> str:
+                 candidates: Iterable[str] = ("MoE + OMoE",),
+                 other_bars: Mapping[str, Iterable[str]] = MappingProxyType({})) -> str:
     """One task's markdown: its protocol, the final runs (test scored once per seed), the
-    candidates' verdicts against the base configuration (the bar above), and the
-    learning-rate selection they rest on (seed 1, validation only)."""
+    candidates' verdicts against the base configuration (the bar above), and those of
+    other_bars' candidates against their own base (base: candidates), and the learning-rate
+    selection they rest on (seed 1, validation only)."""
     metric = records[0]["metric"].replace("accuracy", "acc").replace("_", " ")
     settings = sorted({r.get("setting", "pretrained") for r in records})
     flag = "" if settings == ["pretrained"] else f" --setting {'|'.join(settings)}"
@@ -256,7 +259,8 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
                    f"{_mean(col('best_updates'), 0)} | {fmt(col('valid'), 1)} | "
                    f"{fmt(col('test'), 1)} | {fmt(col('cka'), 3)} | {fmt(col('cos'), 3)} | "
                    f"{fmt(col('delta'), 3)} | {_mean(col('wall_s'), 0, 60.0)} |")
-    out += _bar_section(records, base, list(candidates), metric)
+    for against, held in {base: candidates, **other_bars}.items():
+        out += _bar_section(records, against, list(held), metric)
     selection = _groups(find(records, stage="select"))
     if selection:
         grid = sorted({r["lr"] for rs in selection.values() for r in rs})
@@ -327,10 +331,12 @@ def _picks(records: list[dict], tasks: list[str], base: str) -> str:
 
 
 def report(records: list[dict], command: str, order: Optional[list[str]] = None,
-           base: str = "MoE + AdamW", candidates: Iterable[str] = ("MoE + OMoE",)) -> str:
+           base: str = "MoE + AdamW", candidates: Iterable[str] = ("MoE + OMoE",),
+           other_bars: Mapping[str, Iterable[str]] = MappingProxyType({})) -> str:
     """The whole markdown report: a header naming the command that generates it, the
     candidates' verdicts over the tasks, then one section per task (those of `order` first,
-    in that order)."""
+    in that order), each with the bar against base and those of other_bars (see
+    task_section; the header sums up the candidates against base alone)."""
     tasks = list(dict.fromkeys([*(t for t in order or () if find(records, task=t)),
                                 *(r["task"] for r in records)]))
     candidates = list(candidates)
@@ -339,5 +345,6 @@ def report(records: list[dict], command: str, order: Optional[list[str]] = None,
             "Mean ± standard deviation over seeds; updates to best, wall time: means. "
             "Expert similarity of checkpoint_best.pt on the validation split.\n"
             + _summary(records, tasks, base, candidates) + _picks(records, tasks, base))
-    sections = [task_section(t, find(records, task=t), base, candidates) for t in tasks]
+    sections = [task_section(t, find(records, task=t), base, candidates, other_bars)
+                for t in tasks]
     return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"

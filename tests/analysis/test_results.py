@@ -214,6 +214,24 @@ def test_the_report_holds_the_candidates_to_the_bar_on_each_task_and_sums_them_u
     assert "- conll2003:" not in head  # OMoE's 2 seeds: AdamW alone has 3
 
 
+def test_the_scale_point_is_held_to_the_bar_against_its_own_adamw_and_not_summed_up():
+    def runs(config, tests, coss):
+        return [record(config=config, stage="final", seed=s, test=t, cos=c)
+                for s, t, c in zip((1, 2, 3), tests, coss)]
+    records = [*runs("MoE + AdamW", [85.0, 86.0, 87.0], [0.90, 0.91, 0.92]),
+               *runs("MoE + OMoE", [84.0, 85.0, 86.0], [0.84, 0.85, 0.86]),
+               *runs("8x AdamW", [88.0, 88.0, 88.0], [0.70, 0.71, 0.72]),
+               *runs("8x OMoE", [86.0, 86.5, 87.0], [0.60, 0.61, 0.62])]
+    text = report(records, "cmd", other_bars={"8x AdamW": ["8x OMoE"]})
+    first, second = text.split("\nAgainst MoE + AdamW (3 seeds")[1].split("\nAgainst 8x AdamW")
+    assert "| MoE + OMoE | -1.0 | 1.0 | **yes** |" in first and "8x" not in first
+    assert "| 8x OMoE | -1.5 | 0.5 | no | -0.100 | 0.010 | **yes** |" in second
+    head = text[:text.index("## movie_reviews")]
+    assert "- 8x OMoE:" not in head and "- MoE + OMoE: accuracy kept on 1 of 1" in head
+    assert "\nAgainst 8x AdamW" not in report(records[:9], "cmd",
+                                               other_bars={"8x AdamW": ["8x OMoE"]})
+
+
 def test_the_picks_leave_out_a_row_that_loses_accuracy_and_the_dense_row():
     def runs(config, tests, coss):
         return [record(config=config, stage="final", seed=s, test=t, cos=c)
