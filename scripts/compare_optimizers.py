@@ -426,14 +426,17 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
         else:
             guessed += 1
         lines.append(f"{line}: {state}")
+    if not lines:
+        return "Nothing left to train."
     hours = sum(minutes) / 60
-    return "\n".join(
-        ["Runs left, in the order --all takes them:",
-         *(f"{i:3}. {line}" for i, line in enumerate(lines, 1)),
-         f"{len(minutes) + guessed} to train: about {hours:.1f} h of training, "
-         f"{hours / 2:.1f} h at two at a time" + (
-             f", and {guessed} with no record of their corpus yet to estimate from"
-             if guessed else "") + "."]) if lines else "Nothing left to train."
+    total = f"{len(minutes) + guessed} to train"
+    if minutes:
+        total += f": about {hours:.1f} h of training, {hours / 2:.1f} h at two at a time"
+    if guessed:
+        total += f", {'and ' if minutes else ''}{guessed} with no record of their corpus yet " \
+            "to estimate from"
+    return "\n".join(["Runs left, in the order --all takes them:",
+                      *(f"{i:3}. {line}" for i, line in enumerate(lines, 1)), total + "."])
 
 
 def progress(c: argparse.Namespace, name: str, lr: float, seed: int) -> tuple[int, int, bool]:

@@ -343,3 +343,9 @@ def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_
     assert records_path.read_text() == before  # nothing trained, nothing recorded
     assert [p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir()] == [
         "movie_reviews", "moe_omoe", started.name]
+    # with no record at all (9 more selection runs: those recorded above) there is nothing to
+    # estimate from
+    fresh = all_planned(script, tmp_path / "none.jsonl")
+    assert script.plan(fresh).splitlines()[-1] == (
+        f"{trains + 9} to train, {trains + 9} with no record of their corpus yet to estimate "
+        "from.")
