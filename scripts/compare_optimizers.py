@@ -378,23 +378,18 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
             time.sleep(WAIT_S)
 
 
-def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
-    """--plan: the runs work(steps) would still train, in its order, training nothing; each
-    with its state (running in another process, the last update its log reached) and the
-    time it is likely to take: the mean wall time of its corpus's records of the same
-    configuration, else of any, less the share its log shows done. The runs that wait for
-    a selection are planned as though every run before them had finished: their rate, and
-    which variant is the best, are chosen by then. The final run of seed 1 trains nothing:
-    it scores its selection run on test."""
-    real = load_records(steps[0][0].records)
-    known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
-             for name, lr, seed in planned(c, real, stage, names)[0]}
+def unrecorded(steps: list[tuple[argparse.Namespace, str, list[str]]]
+               ) -> list[tuple[argparse.Namespace, str, float, int, str]]:
+    """Every run work(steps) would still train, in its order, (c, name, rate, seed, stage),
+    training nothing: work() on a copy of the records, each run recorded there at once with a
+    placeholder score. So a run that waits for a selection is planned as though every run
+    before it had finished; its rate, and which variant is the best, are the placeholders'."""
     left = []
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "records.jsonl"
-        copy.write_text("".join(json.dumps(r) + "\n" for r in real))
+        copy.write_text("".join(json.dumps(r) + "\n" for r in load_records(steps[0][0].records)))
 
-        def pretend(c, name, options, lr, seed, stage):  # records a placeholder score
+        def pretend(c, name, options, lr, seed, stage):
             record = identity(c, name, options, lr, seed, stage)
             if any(record_key(r) == record_key(record) for r in load_records(copy)):
                 return "recorded"
@@ -404,8 +399,21 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
 
         work([(argparse.Namespace(**{**vars(c), "records": copy}), stage, names)
               for c, stage, names in steps], wait=False, train=pretend)
+    return left
+
+
+def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
+    """--plan: the runs work(steps) would still train, in its order (unrecorded), each with
+    its state (running in another process, the last update its log reached) and the time it
+    is likely to take: the mean wall time of its corpus's records of the same configuration,
+    else of any, less the share its log shows done. A run that waits for a selection has its
+    rate, and the best variant its name, chosen by then. The final run of seed 1 trains
+    nothing: it scores its selection run on test."""
+    real = load_records(steps[0][0].records)
+    known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
+             for name, lr, seed in planned(c, real, stage, names)[0]}
     lines, minutes, guessed = [], [], 0
-    for c, name, lr, seed, stage in left:
+    for c, name, lr, seed, stage in unrecorded(steps):
         now = (c.corpus, stage, name, lr, seed) in known
         label = name if now or stage != "final" or name not in VARIANTS else "the best variant"
         line = (f"{c.corpus} {stage} {label}, " + (f"lr {lr:g}" if now else "its chosen rate")
