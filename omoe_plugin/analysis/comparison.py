@@ -1,0 +1,481 @@
+"""The converged comparison: what it trains and in which order, run by
+scripts/compare_optimizers.py (its usage there). Each configuration (CONFIGS) is trained to
+convergence at its own best learning rate, and every finished run is kept as a record.
+
+Protocol (TASKS, fixed per corpus before comparing): train until validation has not improved
+for P validations (--patience), at most N epochs (--max-epoch), validating and saving a
+checkpoint every ceil(updates per epoch / 4) updates and at the end of epoch N; learning rate
+polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
+
+--select trains each configuration at seed 1 over the learning-rate grid and scores
+validation only; the variants and baselines (RATE_FROM) train at the one rate their base
+configuration chose instead, once the base's selection is complete. The final mode trains
+each configuration at the rate its selection runs scored best on validation, for every seed
+(the baselines: the first seed; the variants: only the best of them, chosen from the
+selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
+selection run); it refuses a configuration whose selection is incomplete. Every finished run
+appends one record to results/convergence.jsonl (a run with a record is not run again).
+--report writes docs/results/convergence.md from the records. --all works through every
+corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
+and OMoE on every corpus first), each run once however many processes share the work, and
+waits while what is left is held by another process or waits for its selection.
+
+A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
+then ignores --finetune-from-model; early stopping's count is restored too:
+omoe_plugin.analysis.patience), its training wall time summed over the segments
+(RUN/run.json), and ends as the uninterrupted run would have. Runs take a lock: the same
+command started twice works through the runs two at a time. Each run trains in
+OUT/CONFIG/lr{LR}_seed{SEED}_{OPTIONS DIGEST} (OUT: runs/convergence/SETTING/CORPUS), with
+OMP_NUM_THREADS=1 unless set; only checkpoint_best.pt, without its optimizer state, is kept
+once it is recorded.
+
+Settings: pretrained (all-MiniLM-L6-v2, dense or upcycled: `make data-bin/minilm/moe4.pt`...;
+data binarised into data-bin/CORPUS_minilm on first use); scratch (a small 4-layer model).
+
+Every function takes the comparison's arguments as `c` (an argparse.Namespace of the script),
+with `c.root` the repository the runs train in (fairseq runs there; paths in the options and
+records are relative to it).
+"""
+
+import argparse
+import fcntl
+import hashlib
+import json
+import math
+import re
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import runs
+from .results import (
+    Protocol, SelectionIncomplete, append_record, best_variant, chosen_lr, load_records,
+    record_key, selection_grid, slug)
+from .runs import option
+
+# Patience P (validations without improvement) and cap N (epochs) per corpus, fixed once
+# before comparing; a new corpus is one more line. N: a MiniLM run of the cap takes at most
+# about 1.5 h on a 2-core AMD EPYC, single-threaded, two runs at a time. Measured in CPU
+# seconds, two runs side by side: fairseq-train of 10 and 50 updates without validation (the
+# difference / 40: an update), and of 10 with one validation and its checkpoints (the extra:
+# a validation). Dense is the slowest configuration here:
+#   movie_reviews, s an update: dense 1.62-1.65, MoE + AdamW 1.46, MoE + OMoE 1.39-1.40; a
+#     validation 14-17 s + 2-8 s writing checkpoints. Dense: 265 updates x 1.65 s + 4 x 19 s
+#     = 513 s an epoch, N = 10: 86 min (MoE: 77-78 min);
+#   conll2003: dense 1.60-1.72, MoE + AdamW 1.36, MoE + OMoE 1.22-1.26; a validation (3,253
+#     sentences) 36-55 s + 1-4 s. Dense: 439 x 1.65 s + 4 x 56 s = 948 s an epoch, N = 5:
+#     79 min (6 would be 95; MoE: 59-65 min).
+# P = 8 (two epochs without improvement): one validation's score moves by a few tenths from
+# the next, so fewer would stop on noise; the decaying rate makes late gains small.
+TASKS = {
+    "movie_reviews": Protocol(patience=8, max_epoch=10),
+    "conll2003": Protocol(patience=8, max_epoch=5),
+    # PrivacyQA: 264 updates an epoch of pairs twice a movie-review sentence's length (median
+    # 39 sub-words); estimated at twice its cost: 264 x 3.3 s + 4 x 30 s an epoch, N 6: 100 min.
+    # Its batches are grouped by length (random batches are about half padding): MoE + OMoE
+    # 2.1-2.2 s an update against 3.6 (30 updates after 3, twice each, beside two runs); a run
+    # of the cap, MoE + AdamW beside another run, took 49 min. The first two corpora keep
+    # fairseq's random batches, the protocol their runs began with.
+    "privacy_qa": Protocol(patience=8, max_epoch=6, group_by_length=True),
+}
+TASK = ["--user-dir", "user_dir", "--max-positions", "128", "--cpu", "--num-workers", "0"]
+SENTENCES = ["--task", "omoe_sentence_prediction", "--criterion", "omoe_sentence_prediction",
+             "--num-classes", "2", "--init-token", "0", "--shorten-method", "truncate"]
+TAGS = ["--task", "omoe_token_classification", "--criterion", "omoe_token_classification"]
+SPANS = ["--task", "omoe_span_qa", "--criterion", "omoe_span_qa"]
+# expert similarity is measured once, on checkpoint_best.pt: not at every validation
+COMMON = ["--weight-decay", "0.01", "--lr-scheduler", "polynomial_decay", "--batch-size", "32",
+          "--maximize-best-checkpoint-metric", "--no-epoch-checkpoints", "--log-format",
+          "simple", "--log-interval", "100", "--moe-aux-weight", "0.01",
+          "--omoe-similarity-tokens", "0"]
+ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
+OMOE = ["--optimizer", "omoe", "--omoe-betas", "(0.9, 0.98)"]
+LR_GRID = [3e-5, 1e-4, 3e-4]
+TOP2 = ["--moe-experts", "8", "--moe-top-k", "2"]
+CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): one line each
+    "dense fine-tune": ("dense", ADAM),
+    "MoE + AdamW": ("moe", ADAM),
+    "MoE + OMoE": ("moe", OMOE),  # the defaults
+    # variants for OMoE's diversity without its early cost: AdamW through about the warm-up,
+    # a projection whose strength rises over the first 1,000 updates, or projected expert
+    # updates twice as long (the projection removes about a third of each; at 200 updates
+    # this moved the experts furthest apart); then the baselines
+    "MoE + OMoE, delayed start": ("moe", [*OMOE, "--omoe-start", "200"]),
+    "MoE + OMoE, strength ramp": ("moe", [*OMOE, "--omoe-strength-ramp", "1000"]),
+    "MoE + OMoE, longer orthogonal steps": ("moe", [*OMOE, "--omoe-orthogonal-lr-scale", "2"]),
+    "MoE (drop 0.1) + AdamW": ("drop01", ADAM),
+    "MoE + AdamW + orthogonality loss": ("moe", [*ADAM, "--moe-orthogonality-weight", "0.1"]),
+    # the scale point: 8 experts, top-2 (these override the setting's 4 experts, top-1)
+    "MoE 8x top-2 + AdamW": ("moe8", [*ADAM, *TOP2]),
+    "MoE 8x top-2 + OMoE": ("moe8", [*OMOE, *TOP2]),
+}
+# The configurations that do not search the grid: each trains at the rate its base chose, so
+# its selection is one run (seed 1, at that rate) once the base's is complete. A search costs
+# three runs of about an hour here; it is spent on the rows the comparison is about (dense,
+# AdamW, OMoE), and the variants and baselines are compared with their base at equal rate.
+RATE_FROM = {
+    "MoE + OMoE, delayed start": "MoE + OMoE",
+    "MoE + OMoE, strength ramp": "MoE + OMoE",
+    "MoE + OMoE, longer orthogonal steps": "MoE + OMoE",
+    "MoE (drop 0.1) + AdamW": "MoE + AdamW",
+    "MoE + AdamW + orthogonality loss": "MoE + AdamW",
+    "MoE 8x top-2 + AdamW": "MoE + AdamW",
+    "MoE 8x top-2 + OMoE": "MoE + OMoE",
+}
+# The scale point is measured on one task: the others leave it out unless --configs names it.
+SCALE_POINT, SCALE_TASK = ["MoE 8x top-2 + AdamW", "MoE 8x top-2 + OMoE"], "movie_reviews"
+# The final runs: the variants' best one only (results.best_variant, from the selection runs)
+# at every seed, and the baselines at the first seed (their selection run, scored on test); the
+# report holds OMoE's default and the variants to the bar (results.BAR_SEEDS...) against AdamW.
+VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
+            "MoE + OMoE, longer orthogonal steps"]
+BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
+CANDIDATES = ["MoE + OMoE", *VARIANTS]
+# the scale point's OMoE is held to the same bar against its own AdamW, on its task
+SCALE_BAR = {"MoE 8x top-2 + AdamW": ["MoE 8x top-2 + OMoE"]}
+CORE = ["MoE + AdamW", "MoE + OMoE"]  # --all trains these first, on every corpus
+WAIT_S = 60  # --all: how often a process with nothing to train looks again
+SETTINGS = {
+    "pretrained": {
+        "data": "data-bin/{}_minilm", "srcdict": "data-bin/minilm/dict.txt",
+        "args": ["--arch", "omoe_roberta_minilm", "--layer-norm-eps", "1e-12", "--moe-experts",
+                 "4", "--moe-top-k", "1"],
+        "dense": ["--finetune-from-model", "data-bin/minilm/model.pt", "--moe-freq", "0"],
+        "moe": ["--finetune-from-model", "data-bin/minilm/moe4.pt"],
+        "drop01": ["--finetune-from-model", "data-bin/minilm/moe4_drop01.pt"],
+        "moe8": ["--finetune-from-model", "data-bin/minilm/moe8_top2.pt"],
+    },
+    "scratch": {
+        "data": "data-bin/{}", "srcdict": None,
+        "args": ["--arch", "omoe_roberta_tiny", "--encoder-layers", "4", "--encoder-embed-dim",
+                 "128", "--encoder-ffn-embed-dim", "256", "--moe-experts", "4", "--moe-top-k",
+                 "1"],
+        "dense": ["--moe-freq", "0"],
+        "moe": [],
+    },
+}
+
+
+def task_of(corpus: str) -> tuple[list[str], str]:
+    """fairseq's task options for a corpus, and its metric (validation, selection, test)."""
+    if corpus == "conll2003":
+        return TASK + TAGS, "entity_f1"
+    if corpus == "disflqa":
+        return TASK + SPANS, "f1"
+    return TASK + SENTENCES, "accuracy"
+
+
+def protocol_args(protocol: Protocol, data: Path, batch_size: int,
+                  metric: str) -> tuple[list[str], int]:
+    """fairseq-train's options of the protocol for this training split and batch size, and
+    the updates of an epoch."""
+    per_epoch = math.ceil(runs.train_size(data) / batch_size)
+    every, total = math.ceil(per_epoch / 4), protocol.max_epoch * per_epoch
+    return ["--patience", str(protocol.patience), "--max-epoch", str(protocol.max_epoch),
+            "--validate-interval-updates", str(every), "--save-interval-updates", str(every),
+            "--keep-interval-updates", "1", "--validate-interval", str(protocol.max_epoch),
+            "--total-num-update", str(total), "--warmup-updates", str(round(0.06 * total)),
+            "--best-checkpoint-metric", metric,
+            *(["--omoe-group-by-length"] if protocol.group_by_length else [])], per_epoch
+
+
+def relative(options: list[str], root: Path) -> list[str]:
+    """Paths under the repository made relative to it (fairseq runs in the repository)."""
+    return [o.replace(f"{root}/", "") for o in options]
+
+
+def identity(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: int,
+             stage: str) -> dict:
+    """What a run's record says of the run before it trains (its record_key among them)."""
+    return {"task": c.corpus, "setting": c.setting, "config": name, "options": options,
+            "extra": c.extra, "stage": stage, "seed": seed, "lr": lr}
+
+
+def run_dir_of(c: argparse.Namespace, name: str, options: list[str], lr: float,
+               seed: int) -> Path:
+    """The directory a run trains in (the final run of seed 1 is its selection run's)."""
+    digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:8]
+    return c.out / slug(name) / f"lr{lr:g}_seed{seed}_{digest}"
+
+
+def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: int,
+        stage: str) -> str:
+    """Train, measure and record one run, unless it has its record (or another process holds
+    it); resumes a killed one. Says which: "recorded", "held" or "trained"."""
+    record = identity(c, name, options, lr, seed, stage)
+    key = record_key(record)
+    recorded = lambda: any(record_key(r) == key for r in load_records(c.records))  # noqa: E731
+    if recorded():
+        return "recorded"
+    run_dir = run_dir_of(c, name, options, lr, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "held"
+        if recorded():  # finished by another process meanwhile
+            return "recorded"
+        print(f"{stage} {name} lr {lr:g} seed {seed}: {run_dir}", flush=True)
+        state = runs.load_state(run_dir, options)
+        if not state["trained"]:
+            runs.train(c.data, [*options, "--lr", str(lr), "--seed", str(seed)], run_dir, state)
+        if state["summary"] is None:
+            state["summary"] = runs.summary(run_dir, c.data, options)
+            runs.save_state(run_dir, state)
+        runs.drop_resume_checkpoints(run_dir)
+        done = state["summary"]
+        test = runs.test_score(run_dir, c.data, c.task, c.metric) if stage == "final" else None
+        record.update(
+            metric=c.metric, data=relative([str(c.data)], c.root)[0],
+            commit=" + ".join(dict.fromkeys(state["commits"])), **done,
+            epochs=round(done["updates"] / c.per_epoch, 2), test=test,
+            wall_s=round(sum(state["seconds"]), 1), protocol=c.protocol, majority=majority(c),
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=runs.cpu_model())
+        append_record(c.records, record)
+        print(f"  valid {done['valid']} at update {done['best_updates']} of {done['updates']}"
+              + ("" if test is None else f", test {test}"), flush=True)
+    return "trained"
+
+
+def majority(c: argparse.Namespace) -> dict[str, float] | None:
+    """The majority class's share of the validation and test splits, for accuracy tasks:
+    the floor a classifier must beat."""
+    if c.metric != "accuracy":
+        return None
+    return {split: runs.majority_share(c.data, split) for split in ("valid", "test")}
+
+
+def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[str]]:
+    """Every chosen configuration's fairseq-train options (all but --lr and --seed, and the
+    paths of the run); sets c.data (binarised on first use), c.task, c.metric, c.per_epoch,
+    c.protocol (what the records say of it) and c.options (every configuration's options,
+    for the bases of RATE_FROM)."""
+    setting = SETTINGS[c.setting]
+    c.out = c.out or c.root / "runs" / "convergence" / c.setting / c.corpus
+    if c.data is None:
+        c.data = c.root / setting["data"].format(c.corpus)
+        if not (c.data / "input0" / "dict.txt").exists():
+            from ..data.cli import prepare_bundled
+
+            srcdict = setting["srcdict"]
+            prepare_bundled(c.data, c.corpus, None if srcdict is None else c.root / srcdict,
+                            workers=2)
+    c.task, c.metric = task_of(c.corpus)
+    base = [*c.task, *COMMON, *setting["args"]]
+    protocol, c.per_epoch = protocol_args(TASKS[c.corpus] if c.trial is None else
+                                          Protocol(*c.trial), c.data,
+                                          int(option([*base, *c.extra], "--batch-size")),
+                                          c.metric)
+    c.options = {name: [*base, *setting[start], *options, *protocol, *c.extra]
+                 for name, (start, options) in CONFIGS.items() if start in setting}
+    configs = {name: c.options[name] for name in names if name in c.options}
+    for name, options in configs.items():
+        start = option(options, "--finetune-from-model")
+        if start is not None and not (c.root / start).exists():
+            raise runs.RunFailed(f"{name} starts from {start}, which is missing: "
+                                 f"run `make {start}`")
+    some = next(iter(configs.values()))
+    given = lambda name: int(option(some, name))  # noqa: E731 (extra options may override)
+    c.protocol = {"patience": given("--patience"), "max_epoch": given("--max-epoch"),
+                  "validate_interval": given("--validate-interval-updates"),
+                  "updates_per_epoch": c.per_epoch,
+                  "group_by_length": "--omoe-group-by-length" in some}
+    return configs
+
+
+def rates_of(c: argparse.Namespace, records: list[dict], name: str) -> list[float]:
+    """The learning rates configuration `name` is selected over (see RATE_FROM)."""
+    base = RATE_FROM.get(name)
+    return selection_grid(records, c.corpus, c.lr_grid,
+                          None if base is None else (base, c.options[base]))
+
+
+def final_plan(c: argparse.Namespace, records: list[dict],
+               names: list[str]) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Each configuration's selected rate and the seeds of its final runs: --seeds, the first
+    of them for a baseline, none for a variant other than the best (results.best_variant,
+    which needs AdamW's, OMoE's and every variant's selection). Raises SelectionIncomplete
+    naming every selection run still missing."""
+    variants = [name for name in names if name in VARIANTS]
+    compared = [*CORE, *VARIANTS] if variants else []
+    rates, refused = {}, []
+    for name in dict.fromkeys([*names, *compared]):
+        try:
+            rates[name] = chosen_lr(records, c.corpus, name, c.options[name],
+                                    rates_of(c, records, name))
+        except SelectionIncomplete as e:
+            refused.append(str(e))
+    if refused:
+        raise SelectionIncomplete("\n  ".join(refused))
+    seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
+    if variants:
+        best = best_variant(records, c.corpus, {v: (c.options[v], rates[v]) for v in VARIANTS},
+                            *((n, c.options[n], rates[n]) for n in CORE))
+        for name in variants:
+            if name != best:
+                seeds[name] = []
+    return rates, seeds
+
+
+def planned(c: argparse.Namespace, records: list[dict], stage: str,
+            names: list[str]) -> tuple[list[tuple[str, float, int]], list[str]]:
+    """A stage's runs of these configurations in order, (name, rate, seed), and why the others
+    cannot be planned yet: a selection they wait for is incomplete."""
+    if stage == "final":
+        try:
+            rates, seeds = final_plan(c, records, names)
+        except SelectionIncomplete as e:
+            return [], [f"the final runs of {c.corpus} wait for:\n  {e}"]
+        return [(name, rates[name], seed) for name in names for seed in seeds[name]], []
+    todo, waiting = [], []
+    for name in names:
+        try:
+            todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
+        except SelectionIncomplete as e:
+            waiting.append(f"select {name}: not yet, it takes its base's rate: {e}")
+    return todo, waiting
+
+
+def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
+         train: Optional[Callable[..., str]] = None) -> list[str]:
+    """Train the steps' runs (corpus, stage, configurations) in order, each run once however
+    many processes share the work, starting again from the first step after every run
+    trained (another process may have completed what an earlier step waited for). Once a
+    pass trains nothing, returns why runs remain (waiting for a selection, or held by another
+    process); with wait, sleeps WAIT_S and passes again until none remains. train: what
+    trains a run, with run's arguments and answers (default: run)."""
+    train = train or run
+    while True:
+        remaining = []
+        for c, stage, names in steps:
+            todo, waiting = planned(c, load_records(c.records), stage, names)
+            remaining += waiting
+            for name, lr, seed in todo:
+                status = train(c, name, c.options[name], lr, seed, stage)
+                if status == "trained":
+                    break
+                if status == "held":
+                    remaining.append(f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}: "
+                                     "another process is running it")
+            else:
+                continue
+            break
+        else:
+            if not remaining or not wait:
+                return remaining
+            time.sleep(WAIT_S)
+
+
+def unrecorded(steps: list[tuple[argparse.Namespace, str, list[str]]]
+               ) -> list[tuple[argparse.Namespace, str, float, int, str]]:
+    """Every run work(steps) would still train, in its order, (c, name, rate, seed, stage),
+    training nothing: work() on a copy of the records, each run recorded there at once with a
+    placeholder score. So a run that waits for a selection is planned as though every run
+    before it had finished; its rate, and which variant is the best, are the placeholders'."""
+    left = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "records.jsonl"
+        copy.write_text("".join(json.dumps(r) + "\n" for r in load_records(steps[0][0].records)))
+
+        def pretend(c, name, options, lr, seed, stage):
+            record = identity(c, name, options, lr, seed, stage)
+            if any(record_key(r) == record_key(record) for r in load_records(copy)):
+                return "recorded"
+            append_record(copy, {**record, "valid": 0.0, "cos": 0.0})
+            left.append((c, name, lr, seed, stage))
+            return "trained"
+
+        work([(argparse.Namespace(**{**vars(c), "records": copy}), stage, names)
+              for c, stage, names in steps], wait=False, train=pretend)
+    return left
+
+
+def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
+    """--plan: the runs work(steps) would still train, in its order (unrecorded), each with
+    its state (running in another process, the last update its log reached) and the time it
+    is likely to take: the mean wall time of its corpus's records of the same configuration,
+    else of any, less the share its log shows done. A run that waits for a selection has its
+    rate, and the best variant its name, chosen by then. The final run of seed 1 trains
+    nothing: it scores its selection run on test."""
+    real = load_records(steps[0][0].records)
+    known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
+             for name, lr, seed in planned(c, real, stage, names)[0]}
+    lines, minutes, guessed = [], [], 0
+    for c, name, lr, seed, stage in unrecorded(steps):
+        now = (c.corpus, stage, name, lr, seed) in known
+        label = name if now or stage != "final" or name not in VARIANTS else "the best variant"
+        line = (f"{c.corpus} {stage} {label}, " + (f"lr {lr:g}" if now else "its chosen rate")
+                + f", seed {seed}")
+        if stage == "final" and seed == 1:
+            lines.append(f"{line}: scores its selection run on test")
+            continue
+        walls = ([r["wall_s"] for r in real if r["task"] == c.corpus and r["config"] == name]
+                 or [r["wall_s"] for r in real if r["task"] == c.corpus])
+        done, total, held = progress(c, name, lr, seed)
+        state = ("running" if held else "started" if done else
+                 "not started" if now else "waits for a selection")
+        if done:
+            state += f", update {done} of at most {total}"
+        if walls:
+            minutes.append(statistics.mean(walls) / 60 * max(0.0, 1 - done / total))
+            state += f" (about {minutes[-1]:.0f} min)"
+        else:
+            guessed += 1
+        lines.append(f"{line}: {state}")
+    if not lines:
+        return "Nothing left to train."
+    hours = sum(minutes) / 60
+    total = f"{len(minutes) + guessed} to train"
+    if minutes:
+        total += f": about {hours:.1f} h of training, {hours / 2:.1f} h at two at a time"
+    if guessed:
+        total += f", {'and ' if minutes else ''}{guessed} with no record of their corpus yet " \
+            "to estimate from"
+    return "\n".join(["Runs left, in the order --all takes them:",
+                      *(f"{i:3}. {line}" for i, line in enumerate(lines, 1)), total + "."])
+
+
+def progress(c: argparse.Namespace, name: str, lr: float, seed: int) -> tuple[int, int, bool]:
+    """A run's last update in its log (0 if none), the most it trains (the epoch cap), and
+    whether a process holds it now."""
+    run_dir = run_dir_of(c, name, c.options[name], lr, seed)
+    total = c.protocol["max_epoch"] * c.per_epoch
+    if not run_dir.exists():
+        return 0, total, False
+    log = run_dir / "train.log"
+    updates = re.findall(r"num_updates[ =](\d+)", log.read_text() if log.exists() else "")
+    with open(run_dir / "lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+    return int(updates[-1]) if updates else 0, total, held
+
+
+def all_steps(corpora: list[str]) -> list[tuple[str, str, list[str]]]:
+    """--all's order: AdamW's and OMoE's selection, then final runs, on every corpus (what the
+    comparison is about), then the same for the other configurations, then the scale point
+    on its task."""
+    rest = [name for name in CONFIGS if name not in CORE and name not in SCALE_POINT]
+    return [*((t, stage, names) for names in (CORE, rest) for stage in ("select", "final")
+              for t in corpora),
+            *((SCALE_TASK, stage, SCALE_POINT) for stage in ("select", "final"))]
+
+
+def for_corpus(c: argparse.Namespace, corpus: str) -> argparse.Namespace:
+    """c, or for --all and --plan a copy of it, set up for one corpus (configurations): chosen, its
+    configurations (--configs, or all of the setting with the scale point on SCALE_TASK
+    only)."""
+    c = argparse.Namespace(**vars(c)) if c.all or c.plan else c
+    c.corpus = corpus
+    chosen = [name for name in CONFIGS if slug(name) in c.configs] if c.configs else [
+        name for name in CONFIGS if name not in SCALE_POINT or corpus == SCALE_TASK]
+    c.chosen = list(configurations(c, chosen))
+    print(f"{corpus} ({c.setting}): {c.protocol}", flush=True)
+    return c
+

@@ -1,0 +1,155 @@
+"""The converged comparison's plan: which runs the final stage trains, the order in which --all
+works through them, shared between processes, and --plan's list of what is left (marker
+options, a temporary records file; nothing trains)."""
+
+import argparse
+import fcntl
+import re
+from pathlib import Path
+
+import pytest
+
+from omoe_plugin.analysis import comparison
+from omoe_plugin.analysis.results import SelectionIncomplete, append_record, slug
+
+
+# the selection runs' expert cosine: AdamW's 0.90, OMoE's 0.80; of the variants only the longer
+# steps keep half of that drop (<= 0.85)
+COSINE = {"MoE + AdamW": 0.90, "MoE + OMoE": 0.80, "MoE + OMoE, delayed start": 0.89,
+          "MoE + OMoE, strength ramp": 0.86, "MoE + OMoE, longer orthogonal steps": 0.82}
+
+
+def planning(corpus: str, records_path: Path) -> argparse.Namespace:
+    """A corpus's namespace as for_corpus sets it up, each configuration's options a marker;
+    runs of at most 2 epochs of 100 updates, in a folder beside the records."""
+    return argparse.Namespace(
+        corpus=corpus, setting="pretrained", extra=[], seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4],
+        records=records_path, out=records_path.parent / "runs" / corpus,
+        protocol={"max_epoch": 2}, per_epoch=100,
+        options={name: [f"--{slug(name)}"] for name in comparison.CONFIGS},
+        chosen=[n for n in comparison.CONFIGS if n not in comparison.SCALE_POINT
+                or corpus == comparison.SCALE_TASK])
+
+
+def all_planned(records_path: Path) -> list[tuple]:
+    """--all's steps over every corpus, as the script makes them."""
+    corpora = {t: planning(t, records_path) for t in comparison.TASKS}
+    return [(corpora[t], stage, [n for n in names if n in corpora[t].chosen])
+            for t, stage, names in comparison.all_steps(list(comparison.TASKS))]
+
+
+def selection(name: str, lr: float, options: list[str], task="movie_reviews") -> dict:
+    """A selection record: 1e-4 scores best."""
+    return {"task": task, "config": name, "stage": "select", "seed": 1, "lr": lr,
+            "options": options, "valid": 85.0 if lr == 1e-4 else 80.0,
+            "cos": COSINE.get(name, 0.5)}
+
+
+def test_the_final_runs_are_the_best_variants_and_a_baselines_first_seed_only(tmp_path):
+    c = planning("movie_reviews", tmp_path / "records.jsonl")
+    records = [selection(name, lr, options) for name, options in c.options.items()
+               for lr in c.lr_grid if lr == 1e-4 or name not in comparison.RATE_FROM]
+    names = list(comparison.CONFIGS)
+    rates, seeds = comparison.final_plan(c, records, names)
+    assert rates == {name: 1e-4 for name in names}
+    longer = "MoE + OMoE, longer orthogonal steps"
+    assert seeds == {name: [] if name in comparison.VARIANTS and name != longer else [1] if name in
+                     comparison.BASELINES else [1, 2, 3] for name in names}
+    # a variant alone still needs the others' selection to know whether it is the best
+    delayed = comparison.VARIANTS[0]
+    assert comparison.final_plan(c, records, [delayed])[1] == {delayed: []}
+    with pytest.raises(SelectionIncomplete, match=re.escape(repr(longer))):
+        comparison.final_plan(c, [r for r in records if r["config"] != longer], [delayed])
+
+
+def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp_path):
+    records_path = tmp_path / "records.jsonl"
+    steps = all_planned(records_path)
+    trained, held = [], {("conll2003", "MoE + OMoE", "select", 3e-4, 1)}
+
+    def run(c, name, options, lr, seed, stage):  # records what a finished run would
+        key = (c.corpus, name, stage, lr, seed)
+        if key in held:
+            return "held"
+        if key in trained:
+            return "recorded"
+        trained.append(key)
+        record = {**selection(name, lr, options, c.corpus), "stage": stage, "seed": seed}
+        append_record(records_path, record)
+        return "trained"
+
+    remaining = comparison.work(steps, wait=False, train=run)
+    # AdamW's and OMoE's selection on every corpus, then their final runs, then the rest
+    assert {k[0] for k in trained[:11]} == set(comparison.TASKS) and all(
+        k[1] in comparison.CORE and k[2] == "select" for k in trained[:10])
+    assert trained[11][1] in comparison.CORE and trained[11][2] == "final"
+    assert trained[-1] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
+    # the held run: remaining, with what waits for it (CoNLL's final runs), and no more
+    assert remaining[0] == ("select MoE + OMoE on conll2003, lr 0.0003 seed 1: another process "
+                            "is running it")
+    assert [r for r in remaining if r.startswith("the final runs of conll2003 wait for")]
+    assert not [k for k in trained if k[0] == "conll2003" and k[2] == "final"]
+    held.clear()
+    assert comparison.work(steps, wait=False, train=run) == []  # released: the rest trains
+    finals = [k for k in trained if k[2] == "final"]
+    for t in comparison.TASKS:
+        best = [k for k in finals if k[0] == t and k[1] in comparison.VARIANTS]
+        assert {k[1] for k in best} == {"MoE + OMoE, longer orthogonal steps"}
+        assert [k[4] for k in finals if k[0] == t and k[1] in comparison.BASELINES] == [1, 1]
+    assert not [k for k in trained if k[1] in comparison.SCALE_POINT and k[0] != "movie_reviews"]
+
+
+def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_it(tmp_path):
+    records_path = tmp_path / "records.jsonl"
+    steps = all_planned(records_path)
+    # AdamW's selection complete on every corpus, OMoE's on CoNLL and begun on the movies; 20
+    # min a run
+    movies, conll = steps[0][0], steps[1][0]
+    for c, name, lr in [*((c, "MoE + AdamW", lr) for c, _, _ in steps[:3] for lr in c.lr_grid),
+                        *((conll, "MoE + OMoE", lr) for lr in conll.lr_grid),
+                        (movies, "MoE + OMoE", 1e-4)]:
+        append_record(records_path, {**selection(name, lr, c.options[name], c.corpus),
+                                     "wall_s": 1200.0})
+    before = records_path.read_text()
+    started = comparison.run_dir_of(movies, "MoE + OMoE", movies.options["MoE + OMoE"], 3e-4, 1)
+    started.mkdir(parents=True)
+    (started / "train.log").write_text("| train_inner | epoch 001: num_updates=40\n"
+                                       "| valid | epoch 001 | num_updates 50 | best 80\n")
+    with open(started / "lock", "w") as lock:  # a process trains it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        running = comparison.plan(steps).splitlines()
+    lines = comparison.plan(steps).splitlines()
+    assert running[1] == ("  1. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: running, "
+                          "update 50 of at most 200 (about 15 min)")
+    assert lines[1] == ("  1. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: started, "
+                        "update 50 of at most 200 (about 15 min)")
+    assert running[2:] == lines[2:]
+    assert lines[2] == ("  2. privacy_qa select MoE + OMoE, lr 0.0001, seed 1: not started "
+                        "(about 20 min)")
+    # every run --all would train, in its order: OMoE's 3 selection runs left, the final runs
+    # of AdamW and OMoE (seeds 2 and 3; seed 1 scores its selection run), dense's and the
+    # variants' and baselines' selection, dense's and the best variant's final runs, the scale
+    # point's two selection runs and four final runs
+    runs = lines[1:-1]
+    assert len(runs) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 2) + 3 * (3 + 3 + 2) + 2 + 2 * 3
+    assert len([r for r in runs if r.endswith("scores its selection run on test")]) == 3 * 6 + 2
+    trains = 3 + 12 + 21 + 12 + 6
+    hours = (15 + (trains - 1) * 20) / 60
+    assert lines[-1] == (f"{trains} to train: about {hours:.1f} h of training, "
+                         f"{hours / 2:.1f} h at two at a time.")
+    # CoNLL's selections are complete: its final runs have their rates; the movies' wait, and
+    # so does the choice of the variant whose final runs are trained
+    text = "\n".join(lines)
+    assert "conll2003 final MoE + OMoE, lr 0.0001, seed 2: not started (about 20 min)" in text
+    assert ("movie_reviews final MoE + AdamW, its chosen rate, seed 2: waits for a selection "
+            "(about 20 min)") in text
+    assert "conll2003 final the best variant, its chosen rate, seed 3: waits" in text
+    assert records_path.read_text() == before  # nothing trained, nothing recorded
+    assert [p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir()] == [
+        "movie_reviews", "moe_omoe", started.name]
+    # with no record at all (9 more selection runs: those recorded above) there is nothing to
+    # estimate from
+    fresh = all_planned(tmp_path / "none.jsonl")
+    assert comparison.plan(fresh).splitlines()[-1] == (
+        f"{trains + 9} to train, {trains + 9} with no record of their corpus yet to estimate "
+        "from.")
