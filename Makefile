@@ -92,7 +92,7 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 
 # dense fine-tune, MoE + AdamW, MoE + OMoE, its variants and the baselines from the
 # pretrained encoder (4 experts, copy or drop upcycled), trained to convergence
-# (scripts/compare_optimizers.py: patience and epoch cap per corpus) at each one's best
+# (omoe_plugin/analysis/comparison.py: patience and epoch cap per corpus) at each one's best
 # learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the variants and baselines at
 # their base's), then 3 seeds scored on test (the baselines: one; the variants: the best one
 # only; AdamW and OMoE on every corpus first); two runs at a time, each at most about 1.5 h
