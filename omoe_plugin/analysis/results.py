@@ -40,11 +40,13 @@ def slug(name: str) -> str:
 
 
 def fmt(values: list, digits: int) -> str:
-    """Mean ± standard deviation (0 for one value); "—" where a value is missing."""
+    """Mean ± standard deviation; one value alone (one seed has no spread); "—" where a value
+    is missing."""
     if not values or None in values:
         return "—"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def record_key(record: dict) -> tuple:
