@@ -26,8 +26,10 @@ class Protocol:
 # The bar OMoE is held to against AdamW at convergence, on each task, over 3 seeds a row: its
 # test score no worse than AdamW's beyond one seed spread, and its experts' output cosine lower
 # by at least 0.05 and by more than three spreads (a spread: the larger of the two rows'
-# standard deviations over seeds).
+# standard deviations over seeds). A setting meets it over the comparison when its accuracy
+# is kept on all BAR_TASKS tasks and its experts are apart on at least APART_TASKS of them.
 BAR_SEEDS, KEEP_SPREADS, APART_DROP, APART_SPREADS = 3, 1, 0.05, 3
+BAR_TASKS, APART_TASKS = 3, 2
 
 
 class SelectionIncomplete(ValueError):
@@ -282,10 +284,15 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
     return "\n".join(out) + "\n"
 
 
+def _names(names: Iterable[str]) -> str:
+    """Configuration names in running text, each in italics (a name may hold a comma)."""
+    return ", ".join(f"*{name}*" for name in names)
+
+
 def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[str]) -> str:
     """Each candidate's verdicts over the tasks: on how many of those measured its accuracy is
     kept and its experts are apart."""
-    lines = []
+    lines, met = [], []
     for name in candidates:
         found = {t: v for t in tasks
                  if (v := _verdicts(find(records, task=t), base, [name]).get(name))}
@@ -295,23 +302,28 @@ def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[
             lines.append(f"- {name}: accuracy kept on {len(kept)} of {len(found)} tasks "
                          f"measured ({', '.join(kept) or 'none'}), experts apart on "
                          f"{len(apart)} ({', '.join(apart) or 'none'}).")
+            if len(kept) >= BAR_TASKS and len(apart) >= APART_TASKS:
+                met.append(name)
     if not lines:
         return ""
     return (f"\nAgainst {base} (the bar of each task's section; it is met by a configuration "
-            "whose accuracy is kept on all three tasks and whose experts are apart on at least "
-            "two):\n\n" + "\n".join(lines) + "\n")
+            f"whose accuracy is kept on all {BAR_TASKS} tasks and whose experts are apart on at "
+            f"least {APART_TASKS}):\n\n" + "\n".join(lines) + "\n\n"
+            + (f"The bar is met by {_names(met)}.\n" if met else
+               "No configuration measured so far meets the bar.\n"))
 
 
-def _picks(records: list[dict], tasks: list[str], base: str) -> str:
+def _picks(records: list[dict], tasks: list[str], base: str, apart: Iterable[str] = ()) -> str:
     """Which row to pick for which goal, on each task whose final rows have BAR_SEEDS seeds
     (the base's among them): for accuracy, the best mean test score and the rows within one
     spread of it (the larger standard deviation of the two); for diverse experts, the MoE row
     of the lowest mean expert cosine among those whose accuracy the bar keeps against the base
-    (the base itself included)."""
+    (the base itself included). The rows `apart` (another model, held to a bar of its own) are
+    left out."""
     lines = []
     for task in tasks:
         rows = {label: rs for label, rs in _groups(find(records, task=task, stage="final"))
-                .items() if len(rs) >= BAR_SEEDS}
+                .items() if len(rs) >= BAR_SEEDS and label not in apart}
         if base not in rows or len(rows) < 2:
             continue
         mean = lambda label, key: statistics.mean(r[key] for r in rows[label])  # noqa: E731
@@ -322,14 +334,18 @@ def _picks(records: list[dict], tasks: list[str], base: str) -> str:
         kept = [label for label, rs in rows.items() if None not in (r["cos"] for r in rs)
                 and (label == base or verdict(rows[base], rs)["kept"])]
         diverse = min(kept, key=lambda label: mean(label, "cos"))
-        lines.append(f"- {task}: for accuracy, {best} (test {mean(best, 'test'):.1f}"
-                     + (f"; within a spread of it: {', '.join(tied)}" if tied else "")
-                     + f"); for diverse experts at that bar's accuracy, {diverse} (expert "
-                     f"cosine {mean(diverse, 'cos'):.3f}, {base} {mean(base, 'cos'):.3f}).")
+        lines.append(f"- {task}: for accuracy, {_names([best])} (test "
+                     f"{mean(best, 'test'):.1f}"
+                     + (f"; within a spread of it: {_names(tied)}" if tied else "")
+                     + f"); for diverse experts at that bar's accuracy, {_names([diverse])} "
+                     f"(expert cosine {mean(diverse, 'cos'):.3f}, {_names([base])} "
+                     f"{mean(base, 'cos'):.3f}).")
     if not lines:
         return ""
-    return (f"\nWhat to pick, on each task whose rows have {BAR_SEEDS} seeds:\n\n"
-            + "\n".join(lines) + "\n")
+    left_out = [name for name in apart if find(records, config=name, stage="final")]
+    return (f"\nWhat to pick, on each task whose rows have {BAR_SEEDS} seeds"
+            + (f" ({_names(left_out)} left out: another model, held to a bar of its own)"
+               if left_out else "") + ":\n\n" + "\n".join(lines) + "\n")
 
 
 def report(records: list[dict], command: str, order: Optional[list[str]] = None,
@@ -346,7 +362,8 @@ def report(records: list[dict], command: str, order: Optional[list[str]] = None,
             "\n\n# Converged comparison\n\n"
             "Mean ± standard deviation over seeds; updates to best, wall time: means. "
             "Expert similarity of checkpoint_best.pt on the validation split.\n"
-            + _summary(records, tasks, base, candidates) + _picks(records, tasks, base))
+            + _summary(records, tasks, base, candidates)
+            + _picks(records, tasks, base, [n for b, c in other_bars.items() for n in (b, *c)]))
     sections = [task_section(t, find(records, task=t), base, candidates, other_bars)
                 for t in tasks]
     return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"
