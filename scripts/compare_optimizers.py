@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is s
 
 from omoe_plugin.analysis import runs  # noqa: E402
 from omoe_plugin.analysis.comparison import (  # noqa: E402
-    CANDIDATES, CONFIGS, LR_GRID, SCALE_BAR, SETTINGS, TASKS, all_steps, final_plan, for_corpus,
-    plan, relative, work)
+    CANDIDATES, CONFIGS, LR_GRID, SCALE_BAR, SETTINGS, TASKS, VARIANTS, all_steps, corpora,
+    final_plan, for_corpus, plan, relative, work)
 from omoe_plugin.analysis.results import (  # noqa: E402
     SelectionIncomplete, find, load_records, report, slug, task_section)
 
@@ -92,17 +92,19 @@ def main(argv: list[str] | None = None) -> None:
     if c.all or c.plan:
         if c.data is not None or c.out is not None:
             parser.error("--all trains every corpus: --data and --out name one")
-        corpora = {t: for_corpus(c, t) for t in TASKS}
-        steps = [(corpora[t], stage, [name for name in configs if name in corpora[t].chosen])
+        every = corpora(c)
+        steps = [(every[t], stage, [name for name in configs if name in every[t].chosen])
                  for t, stage, configs in all_steps(list(TASKS))]
         if c.plan:
             print(plan(steps))
         else:
             work(steps, wait=True)
         return
-    for_corpus(c, c.corpus)
+    c = for_corpus(c, c.corpus)
     stage = "select" if c.select else "final"
     if stage == "final":
+        if set(VARIANTS) & set(c.chosen):  # the best variant is chosen over every corpus
+            c.peers = corpora(c)
         try:
             rates, seeds = final_plan(c, load_records(c.records), c.chosen)
         except SelectionIncomplete as e:

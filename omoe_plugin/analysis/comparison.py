@@ -127,9 +127,10 @@ RATE_FROM = {
 }
 # The scale point is measured on one task: the others leave it out unless --configs names it.
 SCALE_POINT, SCALE_TASK = ["MoE 8x top-2 + AdamW", "MoE 8x top-2 + OMoE"], "movie_reviews"
-# The final runs: the variants' best one only (results.best_variant, from the selection runs)
-# at every seed, and the baselines at the first seed (their selection run, scored on test); the
-# report holds OMoE's default and the variants to the bar (results.BAR_SEEDS...) against AdamW.
+# The final runs: the variants' best one only (results.best_variant, from the selection runs
+# of every corpus: one variant for all, the candidate for a new default) at every seed, and
+# the baselines at the first seed (their selection run, scored on test); the report holds
+# OMoE's default and the variants to the bar (results.BAR_SEEDS...) against AdamW.
 VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
             "MoE + OMoE, longer orthogonal steps"]
 BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
@@ -298,23 +299,31 @@ def final_plan(c: argparse.Namespace, records: list[dict],
                names: list[str]) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Each configuration's selected rate and the seeds of its final runs: --seeds, the first
     of them for a baseline, none for a variant other than the best (results.best_variant,
-    which needs AdamW's, OMoE's and every variant's selection). Raises SelectionIncomplete
-    naming every selection run still missing."""
-    variants = [name for name in names if name in VARIANTS]
-    compared = [*CORE, *VARIANTS] if variants else []
-    rates, refused = {}, []
-    for name in dict.fromkeys([*names, *compared]):
+    chosen over every corpus of c.peers: it needs AdamW's, OMoE's and every variant's
+    selection on each). Raises SelectionIncomplete naming every selection run still
+    missing."""
+    refused = []
+
+    def rate(peer: argparse.Namespace, name: str) -> Optional[float]:
         try:
-            rates[name] = chosen_lr(records, c.corpus, name, c.options[name],
-                                    rates_of(c, records, name))
+            return chosen_lr(records, peer.corpus, name, peer.options[name],
+                             rates_of(peer, records, name))
         except SelectionIncomplete as e:
             refused.append(str(e))
+            return None
+
+    rates = {name: rate(c, name) for name in names}
+    variants = [name for name in names if name in VARIANTS]
+    compared = {peer.corpus: (peer, {name: rate(peer, name) for name in [*CORE, *VARIANTS]})
+                for peer in (c.peers.values() if variants else ())}
     if refused:
-        raise SelectionIncomplete("\n  ".join(refused))
+        raise SelectionIncomplete("\n  ".join(dict.fromkeys(refused)))
     seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
     if variants:
-        best = best_variant(records, c.corpus, {v: (c.options[v], rates[v]) for v in VARIANTS},
-                            *((n, c.options[n], rates[n]) for n in CORE))
+        best = best_variant(records, {
+            corpus: ({v: (peer.options[v], chosen[v]) for v in VARIANTS},
+                     *((n, peer.options[n], chosen[n]) for n in CORE))
+            for corpus, (peer, chosen) in compared.items()})
         for name in variants:
             if name != best:
                 seeds[name] = []
@@ -468,14 +477,22 @@ def all_steps(corpora: list[str]) -> list[tuple[str, str, list[str]]]:
 
 
 def for_corpus(c: argparse.Namespace, corpus: str) -> argparse.Namespace:
-    """c, or for --all and --plan a copy of it, set up for one corpus (configurations): chosen, its
-    configurations (--configs, or all of the setting with the scale point on SCALE_TASK
-    only)."""
-    c = argparse.Namespace(**vars(c)) if c.all or c.plan else c
-    c.corpus = corpus
+    """A copy of c set up for one corpus (configurations): chosen, its configurations
+    (--configs, or all of the setting with the scale point on SCALE_TASK only). --out and
+    --data are c.corpus's: another corpus takes its own."""
+    c = argparse.Namespace(**{**vars(c), "corpus": corpus,
+                              **({} if corpus == c.corpus else {"out": None, "data": None})})
     chosen = [name for name in CONFIGS if slug(name) in c.configs] if c.configs else [
         name for name in CONFIGS if name not in SCALE_POINT or corpus == SCALE_TASK]
     c.chosen = list(configurations(c, chosen))
     print(f"{corpus} ({c.setting}): {c.protocol}", flush=True)
     return c
 
+
+def corpora(c: argparse.Namespace) -> dict[str, argparse.Namespace]:
+    """Every corpus of the comparison (TASKS) set up from c, each with .peers: all of them,
+    the corpora the best variant is chosen over (final_plan)."""
+    out = {corpus: for_corpus(c, corpus) for corpus in TASKS}
+    for one in out.values():
+        one.peers = out
+    return out

@@ -106,22 +106,41 @@ def selection_record(records: list[dict], task: str, config: str, options: list[
     return found[-1]
 
 
-def best_variant(records: list[dict], task: str, variants: dict[str, tuple[list[str], float]],
-                 adamw: tuple[str, list[str], float], default: tuple[str, list[str], float]
-                 ) -> str:
-    """The variant whose final runs the comparison pays for, from the selection runs alone
-    (seed 1, validation): among the variants that keep at least half of the default's drop
-    in expert cosine below AdamW's, the one with the best validation score (the first given
-    on a tie); if none keeps that much, the best validation score of all. variants: name ->
-    (options, rate); adamw, default: (name, options, rate). Raises SelectionIncomplete while
-    a selection run is missing."""
-    base = {name: selection_record(records, task, name, options, lr)
-            for name, options, lr in (adamw, default)}
-    ceiling = (base[default[0]]["cos"] + base[adamw[0]]["cos"]) / 2
-    runs = {name: selection_record(records, task, name, options, lr)
-            for name, (options, lr) in variants.items()}
-    keeping = [name for name, r in runs.items() if r["cos"] <= ceiling] or list(runs)
-    return max(keeping, key=lambda name: runs[name]["valid"])
+def best_variant(records: list[dict],
+                 selections: Mapping[str, tuple[dict[str, tuple[list[str], float]],
+                                                tuple[str, list[str], float],
+                                                tuple[str, list[str], float]]]) -> str:
+    """The one variant whose final runs the comparison pays for, on every task, chosen from
+    the selection runs alone (seed 1, validation) over the tasks: task -> (variants, adamw,
+    default), variants: name -> (options, rate), adamw and default: (name, options, rate).
+    A variant keeps the diversity on a task if its expert cosine keeps at least half of the
+    default's drop below AdamW's. Among the variants that keep it on at least APART_TASKS
+    tasks (on every task, when fewer are given), the one whose validation score is the most
+    above the default's, on average over the tasks (the first given on a tie); if none keeps
+    it, the best average of all. One variant for every task, so that a new default can be
+    held to the bar on all of them. Raises SelectionIncomplete naming every selection run
+    still missing."""
+    found, missing = {}, []
+    for task, (variants, adamw, default) in selections.items():
+        for name, options, lr in (adamw, default,
+                                  *((n, o, lr) for n, (o, lr) in variants.items())):
+            try:
+                found[task, name] = selection_record(records, task, name, options, lr)
+            except SelectionIncomplete as e:
+                missing.append(str(e))
+    if missing:
+        raise SelectionIncomplete("\n  ".join(missing))
+    keeps: dict[str, int] = {}
+    gains: dict[str, list[float]] = {}
+    for task, (variants, (adamw, *_), (default, *_)) in selections.items():
+        ceiling = (found[task, default]["cos"] + found[task, adamw]["cos"]) / 2
+        for name in variants:
+            keeps[name] = keeps.get(name, 0) + (found[task, name]["cos"] <= ceiling)
+            gains.setdefault(name, []).append(found[task, name]["valid"]
+                                              - found[task, default]["valid"])
+    needed = min(APART_TASKS, len(selections))
+    keeping = [name for name in gains if keeps[name] >= needed] or list(gains)
+    return max(keeping, key=lambda name: statistics.mean(gains[name]))
 
 
 def selection_grid(records: list[dict], task: str, grid: list[float],
