@@ -30,6 +30,7 @@ class Protocol:
 # is kept on all BAR_TASKS tasks and its experts are apart on at least APART_TASKS of them.
 BAR_SEEDS, KEEP_SPREADS, APART_DROP, APART_SPREADS = 3, 1, 0.05, 3
 BAR_TASKS, APART_TASKS = 3, 2
+SHOWN_COMMITS = 3  # a task's report line names at most this many commits
 
 
 class SelectionIncomplete(ValueError):
@@ -245,10 +246,15 @@ def _bar_section(records: list[dict], base: str, candidates: list[str], metric: 
 
 def _commits(records: list[dict]) -> str:
     """The distinct commits the runs were trained at (a run resumed after a change has
-    several), abbreviated, those with changes not committed marked."""
-    commits = dict.fromkeys(c for r in records for c in r["commit"].split(" + "))
+    several), abbreviated, those with changes not committed marked; past SHOWN_COMMITS, their
+    count and the marked ones (each record names its own)."""
+    commits = sorted(dict.fromkeys(c for r in records for c in r["commit"].split(" + ")))
+    dirty = [c[:12] for c in commits if c.endswith("-dirty")]
+    if len(commits) > SHOWN_COMMITS:
+        return (f"{len(commits)} commits (each record names its own)"
+                + (f"; with uncommitted changes: {', '.join(dirty)}" if dirty else ""))
     return ", ".join(c[:12] + (" (with uncommitted changes)" if c.endswith("-dirty") else "")
-                     for c in sorted(commits))
+                     for c in commits)
 
 
 def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",

@@ -305,3 +305,6 @@ def test_the_report_names_each_commit_once():
                record(lr=3e-4, commit="bbbbbbbbbbbbbbbbbbbb")]
     assert ("code at aaaaaaaaaaaa (with uncommitted changes), bbbbbbbbbbbb."
             in report(records, "cmd"))
+    records += [record(lr=lr, commit=f"{n}" * 40) for n, lr in ((1, 1e-3), (2, 1e-2))]
+    assert ("code at 4 commits (each record names its own); with uncommitted changes: "
+            "aaaaaaaaaaaa." in report(records, "cmd"))
