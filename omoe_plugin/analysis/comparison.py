@@ -333,19 +333,20 @@ def final_plan(c: argparse.Namespace, records: list[dict],
 def planned(c: argparse.Namespace, records: list[dict], stage: str,
             names: list[str]) -> tuple[list[tuple[str, float, int]], list[str]]:
     """A stage's runs of these configurations in order, (name, rate, seed), and why the others
-    cannot be planned yet: a selection they wait for is incomplete."""
-    if stage == "final":
-        try:
-            rates, seeds = final_plan(c, records, names)
-        except SelectionIncomplete as e:
-            return [], [f"the final runs of {c.corpus} wait for:\n  {e}"]
-        return [(name, rates[name], seed) for name in names for seed in seeds[name]], []
+    cannot be planned yet: a selection they wait for is incomplete. Each configuration is
+    planned on its own: one that waits holds back no other."""
     todo, waiting = [], []
     for name in names:
         try:
-            todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
+            if stage == "final":
+                rates, seeds = final_plan(c, records, [name])
+                todo += [(name, rates[name], seed) for seed in seeds[name]]
+            else:
+                todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
         except SelectionIncomplete as e:
-            waiting.append(f"select {name}: not yet, it takes its base's rate: {e}")
+            waiting.append(f"the final runs of {name} on {c.corpus} wait for:\n  {e}"
+                           if stage == "final" else
+                           f"select {name}: not yet, it takes its base's rate: {e}")
     return todo, waiting
 
 

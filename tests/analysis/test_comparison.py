@@ -112,11 +112,17 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
         k[1] in comparison.CORE and k[2] == "select" for k in trained[:10])
     assert trained[11][1] in comparison.CORE and trained[11][2] == "final"
     assert trained[-1] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
-    # the held run: remaining, with what waits for it (CoNLL's final runs), and no more
+    # the held run: remaining, with what waits for it (OMoE's final runs on CoNLL, and the
+    # variants everywhere: they are chosen over every corpus), and no more
     assert remaining[0] == ("select MoE + OMoE on conll2003, lr 0.0003 seed 1: another process "
                             "is running it")
-    assert [r for r in remaining if r.startswith("the final runs of conll2003 wait for")]
-    assert not [k for k in trained if k[0] == "conll2003" and k[2] == "final"]
+    assert [r for r in remaining
+            if r.startswith("the final runs of MoE + OMoE on conll2003 wait for")]
+    waiting = {"MoE + OMoE", *comparison.VARIANTS}
+    assert not [k for k in trained if k[2] == "final" and k[1] in waiting and (
+        k[0] == "conll2003" or k[1] in comparison.VARIANTS)]
+    # what does not wait for it trains meanwhile: AdamW's final runs on CoNLL among them
+    assert [k[4] for k in trained if k[:3] == ("conll2003", "MoE + AdamW", "final")] == [1, 2, 3]
     held.clear()
     assert comparison.work(steps, wait=False, train=run) == []  # released: the rest trains
     finals = [k for k in trained if k[2] == "final"]
@@ -165,11 +171,13 @@ def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_
     hours = (15 + (trains - 1) * 20) / 60
     assert lines[-1] == (f"{trains} to train: about {hours:.1f} h of training, "
                          f"{hours / 2:.1f} h at two at a time.")
-    # CoNLL's selections are complete: its final runs have their rates; the movies' wait, and
-    # so does the choice of the variant whose final runs are trained
+    # CoNLL's selections are complete: its final runs have their rates; so have AdamW's on the
+    # movies; OMoE's there wait, and so does the choice of the variant whose final runs are
+    # trained
     text = "\n".join(lines)
     assert "conll2003 final MoE + OMoE, lr 0.0001, seed 2: not started (about 20 min)" in text
-    assert ("movie_reviews final MoE + AdamW, its chosen rate, seed 2: waits for a selection "
+    assert "movie_reviews final MoE + AdamW, lr 0.0001, seed 2: not started (about 20 min)" in text
+    assert ("movie_reviews final MoE + OMoE, its chosen rate, seed 2: waits for a selection "
             "(about 20 min)") in text
     assert "conll2003 final the best variant, its chosen rate, seed 3: waits" in text
     assert records_path.read_text() == before  # nothing trained, nothing recorded
