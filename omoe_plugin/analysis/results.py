@@ -351,13 +351,18 @@ def _picks(records: list[dict], tasks: list[str], base: str, apart: Iterable[str
     spread of it (the larger standard deviation of the two); for diverse experts, the MoE row
     of the lowest mean expert cosine among those whose accuracy the bar keeps against the base
     (the base itself included). The rows `apart` (another model, held to a bar of its own) are
-    left out."""
+    left out; those of fewer seeds (the baselines) are named after the picks, with their test
+    score and expert cosine, not held to the bar."""
     lines = []
     for task in tasks:
-        rows = {label: rs for label, rs in _groups(find(records, task=task, stage="final"))
-                .items() if len(rs) >= BAR_SEEDS and label not in apart}
+        groups = {label: rs for label, rs in _groups(find(records, task=task, stage="final"))
+                  .items() if label not in apart}
+        rows = {label: rs for label, rs in groups.items() if len(rs) >= BAR_SEEDS}
         if base not in rows or len(rows) < 2:
             continue
+        fewer = [f"{_names([label])} (test {fmt([r['test'] for r in rs], 1)}, expert cosine "
+                 f"{fmt([r['cos'] for r in rs], 3)})" for label, rs in groups.items()
+                 if label not in rows]
         mean = lambda label, key: statistics.mean(r[key] for r in rows[label])  # noqa: E731
         best = max(rows, key=lambda label: mean(label, "test"))
         gaps = {label: _difference(rows[best], rs, "test") for label, rs in rows.items()
@@ -371,7 +376,9 @@ def _picks(records: list[dict], tasks: list[str], base: str, apart: Iterable[str
                      + (f"; within a spread of it: {_names(tied)}" if tied else "")
                      + f"); for diverse experts at that bar's accuracy, {_names([diverse])} "
                      f"(expert cosine {mean(diverse, 'cos'):.3f}, {_names([base])} "
-                     f"{mean(base, 'cos'):.3f}).")
+                     f"{mean(base, 'cos'):.3f})."
+                     + (f" Fewer seeds, not held to the bar: {'; '.join(fewer)}." if fewer
+                        else ""))
     if not lines:
         return ""
     left_out = [name for name in apart if find(records, config=name, stage="final")]

@@ -298,8 +298,12 @@ def test_the_picks_leave_out_a_row_that_loses_accuracy_and_the_dense_row():
                *runs("MoE + OMoE", [84.0, 84.2, 84.4], [0.70, 0.71, 0.72]),
                *runs("ramp", [86.0, 86.1, 86.2], [0.85, 0.86, 0.87])]
     assert ("- movie_reviews: for accuracy, *dense fine-tune* (test 88.5); for diverse experts "
-            "at that bar's accuracy, *ramp* (expert cosine 0.860, *MoE + AdamW* 0.910).") \
+            "at that bar's accuracy, *ramp* (expert cosine 0.860, *MoE + AdamW* 0.910).\n") \
         in report(records, "cmd")
+    # a baseline's one seed is named with its numbers, and neither picked nor held to the bar
+    records += runs("loss", [86.3], [0.42])
+    assert ("*ramp* (expert cosine 0.860, *MoE + AdamW* 0.910). Fewer seeds, not held to the "
+            "bar: *loss* (test 86.3, expert cosine 0.420).\n") in report(records, "cmd")
 
 
 def test_the_report_names_each_commit_once():
