@@ -13,7 +13,8 @@ configuration chose instead, once the base's selection is complete. The final mo
 each configuration at the rate its selection runs scored best on validation, for every seed
 (the baselines: the first seed; the variants: only the best of them, chosen from the
 selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
-selection run); it refuses a configuration whose selection is incomplete. Every finished run
+selection run, or trains it again with the same options where that run's checkpoint is not on
+this machine); it refuses a configuration whose selection is incomplete. Every finished run
 appends one record to results/convergence.jsonl (a run with a record is not run again).
 --report writes docs/results/convergence.md from the records. --all works through every
 corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
@@ -354,30 +355,37 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
          train: Optional[Callable[..., str]] = None) -> list[str]:
     """Train the steps' runs (corpus, stage, configurations) in order, each run once however
     many processes share the work, starting again from the first step after every run
-    trained (another process may have completed what an earlier step waited for). Once a
-    pass trains nothing, returns why runs remain (waiting for a selection, or held by another
-    process); with wait, sleeps WAIT_S and passes again until none remains. train: what
-    trains a run, with run's arguments and answers (default: run)."""
+    trained (another process may have completed what an earlier step waited for). A run whose
+    training has finished goes first wherever it stands (the final run of seed 1, once its
+    selection is complete): scoring it takes minutes, and its checkpoint lives only on the
+    machine that trained it. Once a pass trains nothing, returns why runs remain (held by
+    another process, then waiting for a selection); with wait, sleeps WAIT_S and passes again
+    until none remains. train: what trains a run, with run's arguments and answers (default:
+    run)."""
     train = train or run
     while True:
-        remaining = []
+        held, waiting, queue = [], [], []
         for c, stage, names in steps:
-            todo, waiting = planned(c, load_records(c.records), stage, names)
-            remaining += waiting
-            for name, lr, seed in todo:
-                status = train(c, name, c.options[name], lr, seed, stage)
-                if status == "trained":
-                    break
-                if status == "held":
-                    remaining.append(f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}: "
-                                     "another process is running it")
-            else:
-                continue
-            break
+            todo, waits = planned(c, load_records(c.records), stage, names)
+            waiting += waits
+            queue += [(c, stage, *one) for one in todo]
+        queue.sort(key=lambda q: not finished(q[0], *q[2:5]))  # stable: the order otherwise
+        for c, stage, name, lr, seed in queue:
+            status = train(c, name, c.options[name], lr, seed, stage)
+            if status == "trained":
+                break
+            if status == "held":
+                held.append(f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}: "
+                            "another process is running it")
         else:
-            if not remaining or not wait:
-                return remaining
+            if not held + waiting or not wait:
+                return held + waiting
             time.sleep(WAIT_S)
+
+
+def finished(c: argparse.Namespace, name: str, lr: float, seed: int) -> bool:
+    """Whether the run's training has finished on this machine (recorded or not)."""
+    return runs.load_state(run_dir_of(c, name, c.options[name], lr, seed), [])["trained"]
 
 
 def unrecorded(steps: list[tuple[argparse.Namespace, str, list[str]]]
@@ -410,7 +418,8 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
     is likely to take: the mean wall time of its corpus's records of the same configuration,
     else of any, less the share its log shows done. A run that waits for a selection has its
     rate, and the best variant its name, chosen by then. The final run of seed 1 trains
-    nothing: it scores its selection run on test."""
+    nothing (it scores its selection run on test) unless its selection run's checkpoint is not
+    on this machine."""
     real = load_records(steps[0][0].records)
     known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
              for name, lr, seed in planned(c, real, stage, names)[0]}
@@ -420,7 +429,8 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
         label = name if now or stage != "final" or name not in VARIANTS else "the best variant"
         line = (f"{c.corpus} {stage} {label}, " + (f"lr {lr:g}" if now else "its chosen rate")
                 + f", seed {seed}")
-        if stage == "final" and seed == 1:
+        again = stage == "final" and seed == 1 and now and not finished(c, name, lr, seed)
+        if stage == "final" and seed == 1 and not again:
             lines.append(f"{line}: scores its selection run on test")
             continue
         walls = ([r["wall_s"] for r in real if r["task"] == c.corpus and r["config"] == name]
@@ -428,6 +438,9 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
         done, total, held = progress(c, name, lr, seed)
         state = ("running" if held else "started" if done else
                  "not started" if now else "waits for a selection")
+        if again:  # its selection run trained on another machine
+            state = ("its selection run's checkpoint is not here: trains it again"
+                     + (f", {state}" if held or done else ""))
         if done:
             state += f", update {done} of at most {total}"
         if walls:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from omoe_plugin.analysis import comparison
-from omoe_plugin.analysis.results import SelectionIncomplete, append_record, slug
+from omoe_plugin.analysis import comparison, runs
+from omoe_plugin.analysis.results import (
+    SelectionIncomplete, append_record, load_records, slug)
 
 
 # the selection runs' expert cosine: AdamW's 0.90, OMoE's 0.80; of the variants only the longer
@@ -48,6 +49,13 @@ def selection(name: str, lr: float, options: list[str], task="movie_reviews") ->
     return {"task": task, "config": name, "stage": "select", "seed": 1, "lr": lr,
             "options": options, "valid": 85.0 if lr == 1e-4 else 80.0,
             "cos": COSINE.get(name, 0.5)}
+
+
+def trained_here(c: argparse.Namespace, name: str, lr: float, seed: int = 1) -> None:
+    """The run's training finished on this machine (its run.json says so)."""
+    run_dir = comparison.run_dir_of(c, name, c.options[name], lr, seed)
+    run_dir.mkdir(parents=True)
+    runs.save_state(run_dir, {**runs.load_state(run_dir, c.options[name]), "trained": True})
 
 
 def test_the_final_runs_are_the_best_variants_and_a_baselines_first_seed_only(tmp_path):
@@ -133,6 +141,32 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     assert not [k for k in trained if k[1] in comparison.SCALE_POINT and k[0] != "movie_reviews"]
 
 
+def test_all_scores_a_run_trained_here_before_training_another(tmp_path):
+    records_path = tmp_path / "records.jsonl"
+    steps = all_planned(records_path)
+    movies = steps[0][0]
+    for name in comparison.CORE:
+        for lr in movies.lr_grid:
+            append_record(records_path, selection(name, lr, movies.options[name]))
+    trained_here(movies, "MoE + OMoE", 1e-4)
+    order = []
+
+    def run(c, name, options, lr, seed, stage):
+        if (c.corpus, name, stage, lr, seed) in [(r["task"], r["config"], r["stage"], r["lr"],
+                                                 r["seed"]) for r in load_records(records_path)]:
+            return "recorded"
+        order.append((c.corpus, name, stage, lr, seed))
+        append_record(records_path, {**selection(name, lr, options, c.corpus), "stage": stage,
+                                     "seed": seed})
+        return "trained"
+
+    comparison.work(steps, wait=False, train=run)
+    # OMoE's final run of seed 1 on the movies scores its selection run (trained here) first;
+    # then --all's order: AdamW's and OMoE's selection on CoNLL
+    assert order[:2] == [("movie_reviews", "MoE + OMoE", "final", 1e-4, 1),
+                         ("conll2003", "MoE + AdamW", "select", 1e-4, 1)]
+
+
 def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_it(tmp_path):
     records_path = tmp_path / "records.jsonl"
     steps = all_planned(records_path)
@@ -144,30 +178,44 @@ def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_
                         (movies, "MoE + OMoE", 1e-4)]:
         append_record(records_path, {**selection(name, lr, c.options[name], c.corpus),
                                      "wall_s": 1200.0})
+    # the selection runs whose final run of seed 1 is planned trained here, but for AdamW's on
+    # privacy_qa: that one trained on another machine
+    for c, name in [(movies, "MoE + AdamW"), (conll, "MoE + AdamW"), (conll, "MoE + OMoE")]:
+        trained_here(c, name, 1e-4)
     before = records_path.read_text()
     started = comparison.run_dir_of(movies, "MoE + OMoE", movies.options["MoE + OMoE"], 3e-4, 1)
     started.mkdir(parents=True)
     (started / "train.log").write_text("| train_inner | epoch 001: num_updates=40\n"
                                        "| valid | epoch 001 | num_updates 50 | best 80\n")
+    folders = sorted((tmp_path / "runs").rglob("*"))
     with open(started / "lock", "w") as lock:  # a process trains it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         running = comparison.plan(steps).splitlines()
     lines = comparison.plan(steps).splitlines()
-    assert running[1] == ("  1. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: running, "
+    # first the runs whose training finished here: the final runs of seed 1 score them
+    assert lines[1:4] == [f"{i:3}. {task} final {name}, lr 0.0001, seed 1: scores its selection "
+                          "run on test" for i, task, name in [
+                              (1, "movie_reviews", "MoE + AdamW"), (2, "conll2003", "MoE + AdamW"),
+                              (3, "conll2003", "MoE + OMoE")]]
+    assert running[4] == ("  4. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: running, "
                           "update 50 of at most 200 (about 15 min)")
-    assert lines[1] == ("  1. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: started, "
+    assert lines[4] == ("  4. movie_reviews select MoE + OMoE, lr 0.0003, seed 1: started, "
                         "update 50 of at most 200 (about 15 min)")
-    assert running[2:] == lines[2:]
-    assert lines[2] == ("  2. privacy_qa select MoE + OMoE, lr 0.0001, seed 1: not started "
+    assert running[5:] == lines[5:] and running[:4] == lines[:4]
+    assert lines[5] == ("  5. privacy_qa select MoE + OMoE, lr 0.0001, seed 1: not started "
                         "(about 20 min)")
     # every run --all would train, in its order: OMoE's 3 selection runs left, the final runs
-    # of AdamW and OMoE (seeds 2 and 3; seed 1 scores its selection run), dense's and the
-    # variants' and baselines' selection, dense's and the best variant's final runs, the scale
-    # point's two selection runs and four final runs
-    runs = lines[1:-1]
-    assert len(runs) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 2) + 3 * (3 + 3 + 2) + 2 + 2 * 3
-    assert len([r for r in runs if r.endswith("scores its selection run on test")]) == 3 * 6 + 2
-    trains = 3 + 12 + 21 + 12 + 6
+    # of AdamW and OMoE (seeds 2 and 3; seed 1 scores its selection run, but for AdamW's on
+    # privacy_qa: trained again), dense's and the variants' and baselines' selection, dense's
+    # and the best variant's final runs, the scale point's two selection runs and four final
+    # runs
+    left = lines[1:-1]
+    assert len(left) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 2) + 3 * (3 + 3 + 2) + 2 + 2 * 3
+    assert len([r for r in left if r.endswith("scores its selection run on test")]) == 3 * 6 + 1
+    assert [r for r in left if r.endswith(
+        "privacy_qa final MoE + AdamW, lr 0.0001, seed 1: its selection run's checkpoint is not "
+        "here: trains it again (about 20 min)")]
+    trains = 3 + 12 + 21 + 12 + 6 + 1
     hours = (15 + (trains - 1) * 20) / 60
     assert lines[-1] == (f"{trains} to train: about {hours:.1f} h of training, "
                          f"{hours / 2:.1f} h at two at a time.")
@@ -181,11 +229,11 @@ def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_
             "(about 20 min)") in text
     assert "conll2003 final the best variant, its chosen rate, seed 3: waits" in text
     assert records_path.read_text() == before  # nothing trained, nothing recorded
-    assert [p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir()] == [
-        "movie_reviews", "moe_omoe", started.name]
-    # with no record at all (9 more selection runs: those recorded above) there is nothing to
-    # estimate from
+    assert sorted(p for p in (tmp_path / "runs").rglob("*") if p.is_dir()) == [
+        p for p in folders if p.is_dir()]
+    # with no record at all (9 more selection runs: those recorded above, and one final run
+    # fewer: nothing has trained elsewhere) there is nothing to estimate from
     fresh = all_planned(tmp_path / "none.jsonl")
     assert comparison.plan(fresh).splitlines()[-1] == (
-        f"{trains + 9} to train, {trains + 9} with no record of their corpus yet to estimate "
+        f"{trains + 8} to train, {trains + 8} with no record of their corpus yet to estimate "
         "from.")
