@@ -7,7 +7,8 @@ learning rate; keep every finished run.
     python scripts/compare_optimizers.py --plan  (what --all has left, and how long it takes)
     python scripts/compare_optimizers.py --report
   each also takes [--configs NAME ...] [--setting pretrained|scratch] [--out DIR]
-  [fairseq-train options added to every run]
+  [fairseq-train options added to every run]; the modes that train, [--until HH:MM] (start
+  no run that is not likely to finish by then)
 
 The protocol, the configurations, what each mode trains and how a killed run resumes:
 omoe_plugin/analysis/comparison.py.
@@ -16,6 +17,7 @@ omoe_plugin/analysis/comparison.py.
 import argparse
 import os
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is single-threaded
@@ -30,6 +32,17 @@ from omoe_plugin.analysis.results import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "results" / "convergence.jsonl"
 REPORT = ROOT / "docs" / "results" / "convergence.md"
+
+
+def clock(text: str) -> float:
+    """HH:MM as the time.time() of its next occurrence on this machine's clock."""
+    try:
+        at = datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day as HH:MM") from None
+    now = datetime.now()
+    when = datetime.combine(now.date(), at)
+    return (when if when > now else when + timedelta(days=1)).timestamp()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the binarised corpus (default: the setting's, made on first use)")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--report-file", type=Path, default=REPORT)
+    parser.add_argument("--until", type=clock, metavar="HH:MM",
+                        help="start no run that is not likely to finish by then (the next "
+                        "such time on this machine's clock; estimated from the recorded "
+                        "runs' wall times): for a machine lent for a while, where a run cut "
+                        "off is lost")
     parser.add_argument("--protocol", dest="trial", type=int, nargs=2, metavar=("P", "N"),
                         help="patience and epoch cap instead of the corpus's (TASKS), for "
                         "trials and tests; recorded with the runs")
@@ -98,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         if c.plan:
             print(plan(steps))
         else:
-            work(steps, wait=True)
+            for reason in work(steps, wait=True, until=c.until):
+                print(reason, flush=True)
         return
     c = for_corpus(c, c.corpus)
     stage = "select" if c.select else "final"
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         print("final runs: " + "; ".join(f"{name} at lr {rates[name]:g}, seeds "
                                          f"{', '.join(map(str, seeds[name])) or 'none'}"
                                          for name in c.chosen), flush=True)
-    for reason in work([(c, stage, c.chosen)], wait=False):
+    for reason in work([(c, stage, c.chosen)], wait=False, until=c.until):
         print(reason, flush=True)
     done = find(load_records(c.records), task=c.corpus)
     if done:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,13 @@ def test_the_final_run_of_seed_1_reuses_the_selection_run_and_scores_test_once(r
     assert [p.name for p in (run_dir(killed) / "checkpoints").iterdir()] == ["checkpoint_best.pt"]
     kept = read_checkpoint(run_dir(killed) / "checkpoints" / "checkpoint_best.pt")
     assert "last_optimizer_state" not in kept and kept["model"]  # scored on test above
+
+
+def test_until_is_the_next_such_time_of_day(capsys):
+    script = load_script()
+    now = datetime.now()
+    ahead, behind = ((now + timedelta(minutes=m)).strftime("%H:%M") for m in (2, -2))
+    assert 0 < script.clock(ahead) - time.time() <= 180
+    assert 86400 - 180 <= script.clock(behind) - time.time() < 86400  # tomorrow's
+    assert exits_with(script.main, ["--all", "--until", "25:00"]) == "2"
+    assert "'25:00' is not a time of day as HH:MM" in capsys.readouterr().err

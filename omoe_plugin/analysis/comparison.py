@@ -352,34 +352,45 @@ def planned(c: argparse.Namespace, records: list[dict], stage: str,
 
 
 def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
-         train: Optional[Callable[..., str]] = None) -> list[str]:
+         train: Optional[Callable[..., str]] = None, until: Optional[float] = None) -> list[str]:
     """Train the steps' runs (corpus, stage, configurations) in order, each run once however
     many processes share the work, starting again from the first step after every run
     trained (another process may have completed what an earlier step waited for). A run whose
     training has finished goes first wherever it stands (the final run of seed 1, once its
     selection is complete): scoring it takes minutes, and its checkpoint lives only on the
-    machine that trained it. Once a pass trains nothing, returns why runs remain (held by
-    another process, then waiting for a selection); with wait, sleeps WAIT_S and passes again
-    until none remains. train: what trains a run, with run's arguments and answers (default:
-    run)."""
+    machine that trained it. With until (a time.time()), a run not likely to finish by then
+    (expected_minutes; unknown counts as not) is passed over for a later one that is: on a
+    machine lent until then, a run cut off halfway is lost. Once a pass trains nothing,
+    returns why runs remain (held by another process, waiting for a selection, passed over);
+    with wait, sleeps WAIT_S and passes again while any is held or waits (with until: while
+    another process holds one, and until then). train: what trains a run, with run's
+    arguments and answers (default: run)."""
     train = train or run
     while True:
-        held, waiting, queue = [], [], []
+        held, waiting, late, queue = [], [], [], []
         for c, stage, names in steps:
             todo, waits = planned(c, load_records(c.records), stage, names)
             waiting += waits
             queue += [(c, stage, *one) for one in todo]
         queue.sort(key=lambda q: not finished(q[0], *q[2:5]))  # stable: the order otherwise
         for c, stage, name, lr, seed in queue:
+            what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
+            if until is not None and not finished(c, name, lr, seed):
+                minutes = expected_minutes(c, name, lr, seed, load_records(c.records))
+                if minutes is None or time.time() + 60 * minutes > until:
+                    late.append(f"{what}: not likely to finish by --until (" + (
+                        "no record of its corpus to estimate from)" if minutes is None else
+                        f"about {minutes:.0f} min)"))
+                    continue
             status = train(c, name, c.options[name], lr, seed, stage)
             if status == "trained":
                 break
             if status == "held":
-                held.append(f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}: "
-                            "another process is running it")
+                held.append(f"{what}: another process is running it")
         else:
-            if not held + waiting or not wait:
-                return held + waiting
+            over = until is not None and (not held or time.time() >= until)
+            if not held + waiting or not wait or over:
+                return held + waiting + late
             time.sleep(WAIT_S)
 
 
@@ -415,9 +426,8 @@ def unrecorded(steps: list[tuple[argparse.Namespace, str, list[str]]]
 def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
     """--plan: the runs work(steps) would still train, in its order (unrecorded), each with
     its state (running in another process, the last update its log reached) and the time it
-    is likely to take: the mean wall time of its corpus's records of the same configuration,
-    else of any, less the share its log shows done. A run that waits for a selection has its
-    rate, and the best variant its name, chosen by then. The final run of seed 1 trains
+    is likely to take (expected_minutes). A run that waits for a selection has its rate, and
+    the best variant its name, chosen by then. The final run of seed 1 trains
     nothing (it scores its selection run on test) unless its selection run's checkpoint is not
     on this machine."""
     real = load_records(steps[0][0].records)
@@ -433,8 +443,6 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
         if stage == "final" and seed == 1 and not again:
             lines.append(f"{line}: scores its selection run on test")
             continue
-        walls = ([r["wall_s"] for r in real if r["task"] == c.corpus and r["config"] == name]
-                 or [r["wall_s"] for r in real if r["task"] == c.corpus])
         done, total, held = progress(c, name, lr, seed)
         state = ("running" if held else "started" if done else
                  "not started" if now else "waits for a selection")
@@ -443,9 +451,10 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
                      + (f", {state}" if held or done else ""))
         if done:
             state += f", update {done} of at most {total}"
-        if walls:
-            minutes.append(statistics.mean(walls) / 60 * max(0.0, 1 - done / total))
-            state += f" (about {minutes[-1]:.0f} min)"
+        expected = expected_minutes(c, name, lr, seed, real)
+        if expected is not None:
+            minutes.append(expected)
+            state += f" (about {expected:.0f} min)"
         else:
             guessed += 1
         lines.append(f"{line}: {state}")
@@ -460,6 +469,19 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
             "to estimate from"
     return "\n".join(["Runs left, in the order --all takes them:",
                       *(f"{i:3}. {line}" for i, line in enumerate(lines, 1)), total + "."])
+
+
+def expected_minutes(c: argparse.Namespace, name: str, lr: float, seed: int,
+                     records: list[dict]) -> Optional[float]:
+    """The minutes a run is likely to take still: the mean wall time of its corpus's records
+    of the same configuration, else of any, less the share its log shows done; None with no
+    record of its corpus."""
+    walls = ([r["wall_s"] for r in records if r["task"] == c.corpus and r["config"] == name]
+             or [r["wall_s"] for r in records if r["task"] == c.corpus])
+    if not walls:
+        return None
+    done, total, _ = progress(c, name, lr, seed)
+    return statistics.mean(walls) / 60 * max(0.0, 1 - done / total)
 
 
 def progress(c: argparse.Namespace, name: str, lr: float, seed: int) -> tuple[int, int, bool]:

@@ -5,7 +5,9 @@ options, a temporary records file; nothing trains)."""
 import argparse
 import fcntl
 import re
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -141,6 +143,21 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     assert not [k for k in trained if k[1] in comparison.SCALE_POINT and k[0] != "movie_reviews"]
 
 
+def recording(records_path: Path, order: list[tuple]) -> Callable[..., str]:
+    """A stand-in for comparison.run: records what a finished run would (in no time), unless
+    the run has its record, and lists the runs it trained in order."""
+    def run(c, name, options, lr, seed, stage):
+        key = (c.corpus, name, stage, lr, seed)
+        if key in [(r["task"], r["config"], r["stage"], r["lr"], r["seed"])
+                   for r in load_records(records_path)]:
+            return "recorded"
+        order.append(key)
+        append_record(records_path, {**selection(name, lr, options, c.corpus), "stage": stage,
+                                     "seed": seed, "wall_s": 1.0})
+        return "trained"
+    return run
+
+
 def test_all_scores_a_run_trained_here_before_training_another(tmp_path):
     records_path = tmp_path / "records.jsonl"
     steps = all_planned(records_path)
@@ -151,20 +168,41 @@ def test_all_scores_a_run_trained_here_before_training_another(tmp_path):
     trained_here(movies, "MoE + OMoE", 1e-4)
     order = []
 
-    def run(c, name, options, lr, seed, stage):
-        if (c.corpus, name, stage, lr, seed) in [(r["task"], r["config"], r["stage"], r["lr"],
-                                                 r["seed"]) for r in load_records(records_path)]:
-            return "recorded"
-        order.append((c.corpus, name, stage, lr, seed))
-        append_record(records_path, {**selection(name, lr, options, c.corpus), "stage": stage,
-                                     "seed": seed})
-        return "trained"
-
-    comparison.work(steps, wait=False, train=run)
+    comparison.work(steps, wait=False, train=recording(records_path, order))
     # OMoE's final run of seed 1 on the movies scores its selection run (trained here) first;
     # then --all's order: AdamW's and OMoE's selection on CoNLL
     assert order[:2] == [("movie_reviews", "MoE + OMoE", "final", 1e-4, 1),
                          ("conll2003", "MoE + AdamW", "select", 1e-4, 1)]
+
+
+def test_until_passes_over_the_runs_not_likely_to_finish_by_then(tmp_path, monkeypatch):
+    records_path = tmp_path / "records.jsonl"
+    steps = all_planned(records_path)
+    movies, conll = steps[0][0], steps[1][0]
+    # the movies' runs take 20 min, CoNLL's 100; privacy_qa has no record to estimate from
+    for name in comparison.CORE:
+        for lr in movies.lr_grid:
+            append_record(records_path, {**selection(name, lr, movies.options[name]),
+                                         "wall_s": 1200.0})
+    append_record(records_path, {**selection("MoE + AdamW", 1e-4, conll.options["MoE + AdamW"],
+                                             "conll2003"), "wall_s": 6000.0})
+    order = []
+    run = recording(records_path, order)
+    monkeypatch.setattr(comparison.time, "sleep", lambda s: pytest.fail("waited for nothing"))
+    # half an hour left: CoNLL's and privacy_qa's runs are passed over for the movies' later
+    # ones, and once only those remain, --all ends (with wait: no other process holds one)
+    remaining = comparison.work(steps, wait=True, train=run, until=time.time() + 1800)
+    assert order and {k[0] for k in order} == {"movie_reviews"}
+    assert order[0] == ("movie_reviews", "MoE + AdamW", "final", 1e-4, 1)
+    assert ("select MoE + AdamW on conll2003, lr 0.0003 seed 1: not likely to finish by "
+            "--until (about 100 min)") in remaining
+    assert ("select MoE + AdamW on privacy_qa, lr 0.0001 seed 1: not likely to finish by "
+            "--until (no record of its corpus to estimate from)") in remaining
+    # past the time: nothing trains but a run whose training finished here, and --all ends
+    trained_here(conll, "MoE + AdamW", 3e-4)
+    order.clear()
+    comparison.work(steps, wait=True, train=run, until=time.time() - 1)
+    assert order == [("conll2003", "MoE + AdamW", "select", 3e-4, 1)]
 
 
 def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_it(tmp_path):
