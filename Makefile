@@ -97,12 +97,14 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 # their base's), then 3 seeds scored on test (the baselines: one; the variants: the best one
 # only; AdamW and OMoE on every corpus first); two runs at a time, each at most about 1.5 h
 # on 2 cores (at most 11 h a corpus). Appends to results/convergence.jsonl, writes
-# docs/results/convergence.md; resumes where it was stopped.
+# docs/results/convergence.md; resumes where it was stopped. On a machine lent until a time,
+# `make compare UNTIL=HH:MM` starts no run that is not likely to finish by then.
 CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
+ALL := --all $(if $(UNTIL),--until $(UNTIL))
 COMPARED := setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
 compare: $(COMPARED)
-	$(COMPARE) --all & one=$$!; $(COMPARE) --all; two=$$?; wait $$one && [ $$two = 0 ]
+	$(COMPARE) $(ALL) & one=$$!; $(COMPARE) $(ALL); two=$$?; wait $$one && [ $$two = 0 ]
 	$(COMPARE) --report
 # what `make compare` has left, in its order, and the hours it is likely to take (trains nothing)
 compare-plan: $(COMPARED)
