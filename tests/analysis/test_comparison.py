@@ -167,7 +167,6 @@ def test_all_scores_a_run_trained_here_before_training_another(tmp_path):
             append_record(records_path, selection(name, lr, movies.options[name]))
     trained_here(movies, "MoE + OMoE", 1e-4)
     order = []
-
     comparison.work(steps, wait=False, train=recording(records_path, order))
     # OMoE's final run of seed 1 on the movies scores its selection run (trained here) first;
     # then --all's order: AdamW's and OMoE's selection on CoNLL
