@@ -369,14 +369,18 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
     while True:
         held, waiting, late, queue = [], [], [], []
         for c, stage, names in steps:
-            todo, waits = planned(c, load_records(c.records), stage, names)
+            records = load_records(c.records)
+            todo, waits = planned(c, records, stage, names)
             waiting += waits
-            queue += [(c, stage, *one) for one in todo]
+            keys = {record_key(r) for r in records}
+            queue += [(c, stage, name, lr, seed) for name, lr, seed in todo if record_key(
+                identity(c, name, c.options[name], lr, seed, stage)) not in keys]
         queue.sort(key=lambda q: not finished(q[0], *q[2:5]))  # stable: the order otherwise
         for c, stage, name, lr, seed in queue:
             what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
-            if until is not None and not finished(c, name, lr, seed):
-                minutes = expected_minutes(c, name, lr, seed, load_records(c.records))
+            done, total, running = progress(c, name, lr, seed)
+            if until is not None and not running and not finished(c, name, lr, seed):
+                minutes = expected_minutes(c, name, load_records(c.records), done, total)
                 if minutes is None or time.time() + 60 * minutes > until:
                     late.append(f"{what}: not likely to finish by --until (" + (
                         "no record of its corpus to estimate from)" if minutes is None else
@@ -451,7 +455,7 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
                      + (f", {state}" if held or done else ""))
         if done:
             state += f", update {done} of at most {total}"
-        expected = expected_minutes(c, name, lr, seed, real)
+        expected = expected_minutes(c, name, real, done, total)
         if expected is not None:
             minutes.append(expected)
             state += f" (about {expected:.0f} min)"
@@ -471,16 +475,16 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
                       *(f"{i:3}. {line}" for i, line in enumerate(lines, 1)), total + "."])
 
 
-def expected_minutes(c: argparse.Namespace, name: str, lr: float, seed: int,
-                     records: list[dict]) -> Optional[float]:
-    """The minutes a run is likely to take still: the mean wall time of its corpus's records
-    of the same configuration, else of any, less the share its log shows done; None with no
-    record of its corpus."""
+def expected_minutes(c: argparse.Namespace, name: str, records: list[dict], done: int,
+                     total: int) -> Optional[float]:
+    """The minutes a run of configuration `name` is likely to take still, with `done` of at
+    most `total` updates trained (progress): the mean wall time of its corpus's records of
+    the same configuration, else of any, less the share done; None with no record of its
+    corpus."""
     walls = ([r["wall_s"] for r in records if r["task"] == c.corpus and r["config"] == name]
              or [r["wall_s"] for r in records if r["task"] == c.corpus])
     if not walls:
         return None
-    done, total, _ = progress(c, name, lr, seed)
     return statistics.mean(walls) / 60 * max(0.0, 1 - done / total)
 
 

@@ -56,7 +56,7 @@ def selection(name: str, lr: float, options: list[str], task="movie_reviews") ->
 def trained_here(c: argparse.Namespace, name: str, lr: float, seed: int = 1) -> None:
     """The run's training finished on this machine (its run.json says so)."""
     run_dir = comparison.run_dir_of(c, name, c.options[name], lr, seed)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     runs.save_state(run_dir, {**runs.load_state(run_dir, c.options[name]), "trained": True})
 
 
@@ -145,12 +145,15 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
 
 def recording(records_path: Path, order: list[tuple]) -> Callable[..., str]:
     """A stand-in for comparison.run: records what a finished run would (in no time), unless
-    the run has its record, and lists the runs it trained in order."""
+    the run has its record or another process holds it, and lists the runs it trained in
+    order."""
     def run(c, name, options, lr, seed, stage):
         key = (c.corpus, name, stage, lr, seed)
         if key in [(r["task"], r["config"], r["stage"], r["lr"], r["seed"])
                    for r in load_records(records_path)]:
             return "recorded"
+        if comparison.progress(c, name, lr, seed)[2]:
+            return "held"
         order.append(key)
         append_record(records_path, {**selection(name, lr, options, c.corpus), "stage": stage,
                                      "seed": seed, "wall_s": 1.0})
@@ -197,6 +200,17 @@ def test_until_passes_over_the_runs_not_likely_to_finish_by_then(tmp_path, monke
             "--until (about 100 min)") in remaining
     assert ("select MoE + AdamW on privacy_qa, lr 0.0001 seed 1: not likely to finish by "
             "--until (no record of its corpus to estimate from)") in remaining
+    assert not [r for r in remaining if r.startswith("select MoE + AdamW on conll2003, lr 0.0001")]
+    # a run another process holds is not passed over: it is held
+    held = comparison.run_dir_of(conll, "MoE + AdamW", conll.options["MoE + AdamW"], 3e-4, 1)
+    held.mkdir(parents=True)
+    with open(held / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remaining = comparison.work(steps, wait=False, train=run, until=time.time() + 1800)
+    assert remaining[0] == ("select MoE + AdamW on conll2003, lr 0.0003 seed 1: another process "
+                            "is running it")
+    assert not [r for r in remaining if r.startswith("select MoE + AdamW on conll2003, lr 0.0003")
+                and "--until" in r]
     # past the time: nothing trains but a run whose training finished here, and --all ends
     trained_here(conll, "MoE + AdamW", 3e-4)
     order.clear()
