@@ -378,10 +378,10 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
         queue.sort(key=lambda q: not finished(q[0], *q[2:5]))  # stable: the order otherwise
         for c, stage, name, lr, seed in queue:
             what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
-            done, total, running = progress(c, name, lr, seed)
-            if until is not None and not running and not finished(c, name, lr, seed):
+            if until is not None and not finished(c, name, lr, seed):
+                done, total, running = progress(c, name, lr, seed)
                 minutes = expected_minutes(c, name, load_records(c.records), done, total)
-                if minutes is None or time.time() + 60 * minutes > until:
+                if not running and (minutes is None or time.time() + 60 * minutes > until):
                     late.append(f"{what}: not likely to finish by --until (" + (
                         "no record of its corpus to estimate from)" if minutes is None else
                         f"about {minutes:.0f} min)"))
