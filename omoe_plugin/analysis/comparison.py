@@ -373,19 +373,22 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
             todo, waits = planned(c, records, stage, names)
             waiting += waits
             keys = {record_key(r) for r in records}
-            queue += [(c, stage, name, lr, seed) for name, lr, seed in todo if record_key(
-                identity(c, name, c.options[name], lr, seed, stage)) not in keys]
-        queue.sort(key=lambda q: not finished(q[0], *q[2:5]))  # stable: the order otherwise
-        for c, stage, name, lr, seed in queue:
-            what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
-            if until is not None and not finished(c, name, lr, seed):
-                done, total, running = progress(c, name, lr, seed)
-                minutes = expected_minutes(c, name, load_records(c.records), done, total)
-                if not running and (minutes is None or time.time() + 60 * minutes > until):
-                    late.append(f"{what}: not likely to finish by --until (" + (
-                        "no record of its corpus to estimate from)" if minutes is None else
-                        f"about {minutes:.0f} min)"))
+            for name, lr, seed in todo:
+                if record_key(identity(c, name, c.options[name], lr, seed, stage)) in keys:
                     continue
+                here = finished(c, name, lr, seed)
+                what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
+                if until is not None and not here:
+                    done, total, running = progress(c, name, lr, seed)
+                    minutes = expected_minutes(c, name, records, done, total)
+                    if not running and (minutes is None or time.time() + 60 * minutes > until):
+                        late.append(f"{what}: not likely to finish by --until (" + (
+                            "no record of its corpus to estimate from)" if minutes is None else
+                            f"about {minutes:.0f} min)"))
+                        continue
+                queue.append((not here, what, c, stage, name, lr, seed))
+        queue.sort(key=lambda q: q[0])  # stable: the order otherwise
+        for _, what, c, stage, name, lr, seed in queue:
             status = train(c, name, c.options[name], lr, seed, stage)
             if status == "trained":
                 break
@@ -431,9 +434,8 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
     """--plan: the runs work(steps) would still train, in its order (unrecorded), each with
     its state (running in another process, the last update its log reached) and the time it
     is likely to take (expected_minutes). A run that waits for a selection has its rate, and
-    the best variant its name, chosen by then. The final run of seed 1 trains
-    nothing (it scores its selection run on test) unless its selection run's checkpoint is not
-    on this machine."""
+    the best variant its name, chosen by then. The final run of seed 1 trains nothing (it
+    scores its selection run on test) unless its selection run's checkpoint is not here."""
     real = load_records(steps[0][0].records)
     known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
              for name, lr, seed in planned(c, real, stage, names)[0]}
