@@ -6,6 +6,8 @@ The texts are real movie-review sentences of the bundled corpus."""
 import csv
 import json
 import logging
+import subprocess
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,6 +16,7 @@ from fairseq.data import Dictionary, data_utils
 
 from omoe_plugin.data.cli import cli_main
 from omoe_plugin.data.movie_reviews import parse
+from omoe_plugin.data.prepare import SPLITS
 from omoe_plugin.data.sources import minilm_dir, rated_lines
 from omoe_plugin.data.subword import from_file, saved_in
 from omoe_plugin.data.tables import Columns, read_examples, split_deterministically
@@ -69,6 +72,25 @@ def test_tsv_pairs_are_binarised_token_for_token(reviews, tmp_path):
     assert decoded(out, "train", "input1") == tokenizer.tokenize([e.pair for e in splits["train"]])
     labels = Dictionary.load(str(out / "label" / "dict.txt"))
     assert {"yes", "no"} <= set(labels.symbols)
+
+
+def test_the_files_are_fairseq_preprocess_s_own(reviews, tmp_path):
+    """Binarised in-process, byte for byte what fairseq-preprocess --only-source writes: a
+    column with the given dictionary and the labels with the one it counts, 2 workers."""
+    write_tsv(tmp_path / "pairs.tsv", pair_rows(reviews))
+    out = tmp_path / "bin"
+    cli_main([str(out), "--input", str(tmp_path / "pairs.tsv"), "--text-column", "first",
+              "--pair-column", "second", "--label-column", "same", "--workers", "2"])
+    for column, given in (("input1", ["--srcdict", str(out / "input0" / "dict.txt")]),
+                          ("label", [])):
+        raw = [a for s in SPLITS for a in (f"--{s}pref", str(out / "raw" / f"{s}.{column}"))]
+        subprocess.run([sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", *raw,
+                        "--destdir", str(tmp_path / column), "--workers", "2", *given],
+                       check=True, capture_output=True)
+        theirs = sorted(p.name for p in (tmp_path / column).iterdir() if p.suffix != ".log")
+        assert theirs == sorted(p.name for p in (out / column).iterdir())
+        for name in theirs:
+            assert (out / column / name).read_bytes() == (tmp_path / column / name).read_bytes()
 
 
 def test_regression_targets_from_json_lines(reviews, tmp_path):
