@@ -95,3 +95,11 @@ def disflqa(tmp_path_factory):
     out = tmp_path_factory.mktemp("disflqa") / "data"
     prepare_main([str(out), "--corpus", "disflqa"])
     return out
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end files (marked slow) first, in their usual order, the rest after. Each
+    worker takes a whole file at a time (--dist loadfile), in this order: the long files then
+    run side by side early and the short ones fill in the end, rather than one long file,
+    collected last, running alone on one worker while the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
