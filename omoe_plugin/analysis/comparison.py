@@ -331,11 +331,11 @@ def final_plan(c: argparse.Namespace, records: list[dict],
     return rates, seeds
 
 
-def planned(c: argparse.Namespace, records: list[dict], stage: str,
-            names: list[str]) -> tuple[list[tuple[str, float, int]], list[str]]:
-    """A stage's runs of these configurations in order, (name, rate, seed), and why the others
-    cannot be planned yet: a selection they wait for is incomplete. Each configuration is
-    planned on its own: one that waits holds back no other."""
+def planned(c: argparse.Namespace, records: list[dict], stage: str, names: list[str]
+            ) -> tuple[list[tuple[str, float, int]], list[tuple[str, str, str]]]:
+    """A stage's runs of these configurations in order, (name, rate, seed), and those that
+    cannot be planned yet, (stage, "name on corpus", the incomplete selections they wait
+    for). Each configuration is planned on its own: one that waits holds back no other."""
     todo, waiting = [], []
     for name in names:
         try:
@@ -345,10 +345,23 @@ def planned(c: argparse.Namespace, records: list[dict], stage: str,
             else:
                 todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
         except SelectionIncomplete as e:
-            waiting.append(f"the final runs of {name} on {c.corpus} wait for:\n  {e}"
-                           if stage == "final" else
-                           f"select {name}: not yet, it takes its base's rate: {e}")
+            waiting.append((stage, f"{name} on {c.corpus}", str(e)))
     return todo, waiting
+
+
+def waiting_for(waits: list[tuple[str, str, str]]) -> list[str]:
+    """One line of why for every set of incomplete selections, naming each missing selection
+    once and every run that waits for that set (the variants' final runs on every corpus wait
+    for the same ones: each variant's selection everywhere)."""
+    groups: dict[tuple[str, frozenset], tuple[list[str], list[str]]] = {}
+    for stage, who, why in waits:
+        lines = why.split("\n  ")
+        whos, _ = groups.setdefault((stage, frozenset(lines)), ([], lines))
+        whos.append(who)
+    return [(f"the final runs of {'; '.join(whos)} wait for:" if stage == "final" else
+             f"the selection runs of {'; '.join(whos)} take their base's rate, so wait for:")
+            + "".join(f"\n  {line}" for line in lines)
+            for (stage, _), (whos, lines) in groups.items()]
 
 
 def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
@@ -397,7 +410,7 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
         else:
             over = until is not None and (not held or time.time() >= until)
             if not held + waiting or not wait or over:
-                return held + waiting + late
+                return held + waiting_for(waiting) + late
             time.sleep(WAIT_S)
 
 

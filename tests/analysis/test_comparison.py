@@ -100,6 +100,26 @@ def test_one_best_variant_is_chosen_over_every_corpus_for_all_of_them(tmp_path):
                                        or r["config"] != ramp], [longer])
 
 
+def test_runs_that_wait_for_the_same_selections_are_named_together_and_those_once(tmp_path):
+    movies, conll = (planning(t, tmp_path / "records.jsonl") for t in ("movie_reviews",
+                                                                      "conll2003"))
+    movies.peers = conll.peers = {"movie_reviews": movies, "conll2003": conll}
+    ramp = "MoE + OMoE, strength ramp"
+    records = [selection(name, lr, options, c.corpus) for c in (movies, conll)
+               for name, options in c.options.items()
+               for lr in c.lr_grid if (lr == 1e-4 or name not in comparison.RATE_FROM)
+               and (c.corpus, name) != ("conll2003", ramp)]
+    waits = [w for c in (movies, conll)
+             for w in comparison.planned(c, records, "final", list(c.options))[1]]
+    assert len(waits) == 2 * len(comparison.VARIANTS)  # every variant, on both corpora
+    [reason] = comparison.waiting_for(waits)
+    head, *missing = reason.split("\n  ")
+    assert head == "the final runs of " + "; ".join(
+        f"{v} on {t}" for t in ("movie_reviews", "conll2003") for v in comparison.VARIANTS
+    ) + " wait for:"
+    assert len(missing) == 1 and missing[0].startswith(f"{ramp!r} on conll2003: no selection")
+
+
 def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp_path):
     records_path = tmp_path / "records.jsonl"
     steps = all_planned(records_path)
@@ -126,8 +146,8 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     # variants everywhere: they are chosen over every corpus), and no more
     assert remaining[0] == ("select MoE + OMoE on conll2003, lr 0.0003 seed 1: another process "
                             "is running it")
-    assert [r for r in remaining
-            if r.startswith("the final runs of MoE + OMoE on conll2003 wait for")]
+    assert [r for r in remaining if r.startswith("the final runs of ") and "MoE + OMoE on "
+            "conll2003" in r.split(" wait for:")[0][len("the final runs of "):].split("; ")]
     waiting = {"MoE + OMoE", *comparison.VARIANTS}
     assert not [k for k in trained if k[2] == "final" and k[1] in waiting and (
         k[0] == "conll2003" or k[1] in comparison.VARIANTS)]
