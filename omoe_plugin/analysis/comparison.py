@@ -448,17 +448,22 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
     its state (running in another process, the last update its log reached) and the time it
     is likely to take (expected_minutes). A run that waits for a selection has its rate, and
     the best variant its name, chosen by then. The final run of seed 1 trains nothing (it
-    scores its selection run on test) unless its selection run's checkpoint is not here."""
+    scores its selection run on test) unless its selection run is recorded and its
+    checkpoint is not here."""
     real = load_records(steps[0][0].records)
     known = {(c.corpus, stage, name, lr, seed) for c, stage, names in steps
              for name, lr, seed in planned(c, real, stage, names)[0]}
+    keys = {record_key(r) for r in real}
     lines, minutes, guessed = [], [], 0
     for c, name, lr, seed, stage in unrecorded(steps):
         now = (c.corpus, stage, name, lr, seed) in known
         label = name if now or stage != "final" or name not in VARIANTS else "the best variant"
         line = (f"{c.corpus} {stage} {label}, " + (f"lr {lr:g}" if now else "its chosen rate")
                 + f", seed {seed}")
-        again = stage == "final" and seed == 1 and now and not finished(c, name, lr, seed)
+        # its selection run recorded (for a run that waits, the one the placeholders chose:
+        # all a variant's selections may be) but trained on another machine
+        selected = record_key(identity(c, name, c.options[name], lr, 1, "select")) in keys
+        again = stage == "final" and seed == 1 and selected and not finished(c, name, lr, seed)
         if stage == "final" and seed == 1 and not again:
             lines.append(f"{line}: scores its selection run on test")
             continue
