@@ -153,9 +153,13 @@ def test_a_killed_run_resumes_to_one_record_equal_to_an_uninterrupted_one(runs, 
     assert "early stop" in (run_dir(straight) / "train.log").read_text()  # patience ended it
     [a], [b] = records(straight), records(killed)
     assert b["stage"] == "select" and b["test"] is None and b["seed"] == 1 and b["lr"] == 1e-3
-    for key in ("updates", "best_updates", "valid", "epochs", "options", "protocol"):
+    for key in ("updates", "best_updates", "valid", "epochs", "options", "protocol", "curve"):
         assert a[key] == b[key], key
     assert killed_at < b["updates"]
+    # every validation once, across the kill, in order, the best of them the record's
+    assert [n for n, _ in b["curve"]] == sorted({n for n, _ in b["curve"]})
+    assert killed_at in [n for n, _ in b["curve"]] and b["curve"][-1][0] == b["updates"]
+    assert max(s for _, s in b["curve"]) == b["valid"]
     for key in ("cka", "cos", "delta", "room"):  # of checkpoint_best.pt, from the start
         assert abs(a[key] - b[key]) < 1e-6, key
     state = json.loads((run_dir(killed) / "run.json").read_text())
@@ -193,7 +197,7 @@ def test_the_final_run_of_seed_1_reuses_the_selection_run_and_scores_test_once(r
     assert final.returncode == 0, final.stderr[-3000:]
     select, last = records(killed)
     assert last["stage"] == "final" and 0 <= last["test"] <= 100
-    for key in ("updates", "best_updates", "valid", "wall_s", "cka", "cos", "options"):
+    for key in ("updates", "best_updates", "valid", "wall_s", "cka", "cos", "options", "curve"):
         assert select[key] == last[key], key
     state = json.loads((run_dir(killed) / "run.json").read_text())
     assert len(state["seconds"]) == 2  # not trained again

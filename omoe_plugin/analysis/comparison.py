@@ -15,7 +15,8 @@ each configuration at the rate its selection runs scored best on validation, for
 selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
 selection run, or trains it again with the same options where that run's checkpoint is not on
 this machine); it refuses a configuration whose selection is incomplete. Every finished run
-appends one record to results/convergence.jsonl (a run with a record is not run again).
+appends one record to results/convergence.jsonl, its validation curve included (a run with a
+record is not run again).
 --report writes docs/results/convergence.md from the records. --all works through every
 corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
 and OMoE on every corpus first), each run once however many processes share the work, and
@@ -234,7 +235,8 @@ def run(c: argparse.Namespace, name: str, options: list[str], lr: float, seed: i
         record.update(
             metric=c.metric, data=relative([str(c.data)], c.root)[0],
             commit=" + ".join(dict.fromkeys(state["commits"])), **done,
-            epochs=round(done["updates"] / c.per_epoch, 2), test=test,
+            epochs=round(done["updates"] / c.per_epoch, 2),
+            curve=runs.curve(run_dir, c.metric), test=test,
             wall_s=round(sum(state["seconds"]), 1), protocol=c.protocol, majority=majority(c),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=runs.cpu_model())
         append_record(c.records, record)

@@ -31,6 +31,7 @@ class Protocol:
 BAR_SEEDS, KEEP_SPREADS, APART_DROP, APART_SPREADS = 3, 1, 0.05, 3
 BAR_TASKS, APART_TASKS = 3, 2
 SHOWN_COMMITS = 3  # a task's report line names at most this many commits
+EARLY_EPOCHS = (0.25, 0.5, 1, 2)  # where the early-learning table reads the curves
 
 
 class SelectionIncomplete(ValueError):
@@ -251,6 +252,30 @@ def _bar_section(records: list[dict], base: str, candidates: list[str], metric: 
     return out
 
 
+def _early_section(records: list[dict], metric: str) -> list[str]:
+    """The validation score early in training (the last validation by EARLY_EPOCHS epochs,
+    mean over seeds) against the best, for the final rows whose records all hold their curve;
+    nothing while none does."""
+    rows = {label: rs for label, rs in _groups(find(records, stage="final")).items()
+            if all(r.get("curve") for r in rs)}
+    if not rows:
+        return []
+    per_epoch = records[0]["protocol"]["updates_per_epoch"]
+    points = [round(e * per_epoch) for e in EARLY_EPOCHS]
+    out = ["", f"Early learning (valid {metric} at the last validation by then, mean over "
+           "seeds; the rows whose records hold their validation curve):", "",
+           "| configuration | seeds | " + " | ".join(
+               f"{e:g} epoch{'s' if e > 1 else ''} ({n} updates)"
+               for e, n in zip(EARLY_EPOCHS, points)) + " | best |",
+           "|---|---|" + "---|" * (len(points) + 1)]
+    for label, rs in rows.items():
+        cells = [_mean([next((s for u, s in reversed(r["curve"]) if u <= n), None) for r in rs],
+                       1) for n in points]
+        out.append(f"| {label} | {', '.join(str(s) for s in sorted(r['seed'] for r in rs))} | "
+                   + " | ".join(cells) + f" | {fmt([r['valid'] for r in rs], 1)} |")
+    return out
+
+
 def _commits(records: list[dict]) -> str:
     """The distinct commits the runs were trained at (a run resumed after a change has
     several), abbreviated, those with changes not committed marked; past SHOWN_COMMITS, their
@@ -297,6 +322,7 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
                    f"{fmt(col('delta'), 3)} | {_mean(col('wall_s'), 0, 60.0)} |")
     for against, held in {base: candidates, **other_bars}.items():
         out += _bar_section(records, against, list(held), metric)
+    out += _early_section(records, metric)
     selection = _groups(find(records, stage="select"))
     if selection:
         grid = sorted({r["lr"] for rs in selection.values() for r in rs})

@@ -140,6 +140,20 @@ def summary(run_dir: Path, data: Path, options: list[str]) -> dict:
     return result
 
 
+def curve(run_dir: Path, metric: str) -> list[list[float]]:
+    """The run's validation curve from its log, [updates, score] of every validation in
+    order; a validation that a resumed segment repeated (its checkpoint was not written before
+    the kill) counts once."""
+    scores = {}
+    for line in (run_dir / "train.log").read_text().splitlines():
+        if "valid on 'valid' subset" in line:
+            score = re.search(rf"\| {re.escape(metric)} (-?[\d.]+) \|", line)
+            updates = re.search(r"\| num_updates (\d+)", line)
+            if score and updates:
+                scores[int(updates.group(1))] = float(score.group(1))
+    return [[n, scores[n]] for n in sorted(scores)]
+
+
 def majority_share(data: Path, split: str) -> float:
     """The share (%) of the split's most frequent class label: the accuracy a classifier
     reaches by always answering it (binarised labels, data/label/SPLIT)."""
