@@ -252,6 +252,12 @@ def _bar_section(records: list[dict], base: str, candidates: list[str], metric: 
     return out
 
 
+def _score_by(curve: list[list[float]], updates: int) -> Optional[float]:
+    """The score of the curve's last validation at or before `updates`; None before its
+    first."""
+    return next((score for n, score in reversed(curve) if n <= updates), None)
+
+
 def _early_section(records: list[dict], metric: str) -> list[str]:
     """The validation score early in training (the last validation by EARLY_EPOCHS epochs,
     mean over seeds) against the best, for the final rows whose records all hold their curve;
@@ -269,8 +275,7 @@ def _early_section(records: list[dict], metric: str) -> list[str]:
                for e, n in zip(EARLY_EPOCHS, points)) + " | best |",
            "|---|---|" + "---|" * (len(points) + 1)]
     for label, rs in rows.items():
-        cells = [_mean([next((s for u, s in reversed(r["curve"]) if u <= n), None) for r in rs],
-                       1) for n in points]
+        cells = [_mean([_score_by(r["curve"], n) for r in rs], 1) for n in points]
         out.append(f"| {label} | {', '.join(str(s) for s in sorted(r['seed'] for r in rs))} | "
                    + " | ".join(cells) + f" | {fmt([r['valid'] for r in rs], 1)} |")
     return out

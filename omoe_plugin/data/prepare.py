@@ -23,7 +23,6 @@ from typing import Optional
 
 from fairseq.binarizer import FileBinarizer, VocabularyDatasetBinarizer
 from fairseq.data import Dictionary
-from fairseq.tasks.fairseq_task import FairseqTask
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
 from .checks import LongTexts, fit_pair, map_unseen_labels
@@ -128,8 +127,8 @@ def binarize(raw_dir: Path, out_dir: Path, srcdict: Path, workers: int = 1,
         if given is not None:
             dictionary = Dictionary.load(str(given))
         else:
-            dictionary = FairseqTask.build_dictionary([str(raw_dir / f"train.{column}")],
-                                                      workers=workers, threshold=0)
+            dictionary = SentencePredictionTask.build_dictionary(  # as fairseq-preprocess counts
+                [str(raw_dir / f"train.{column}")], workers=workers, threshold=0)
         (out_dir / column).mkdir(parents=True, exist_ok=True)
         dictionary.save(str(out_dir / column / "dict.txt"))
         for split in SPLITS:
