@@ -252,30 +252,32 @@ def _bar_section(records: list[dict], base: str, candidates: list[str], metric: 
     return out
 
 
-def _score_by(curve: list[list[float]], updates: int) -> Optional[float]:
-    """The score of the curve's last validation at or before `updates`; None before its
-    first."""
-    return next((score for n, score in reversed(curve) if n <= updates), None)
+def _score_after(curve: list[list[float]], updates: int) -> Optional[float]:
+    """The score of the curve's first validation at or after `updates` (validations need not
+    fall on an epoch's fraction: CoNLL-2003's epoch of 439 updates is validated at 440);
+    None past its last."""
+    return next((score for n, score in curve if n >= updates), None)
 
 
 def _early_section(records: list[dict], metric: str) -> list[str]:
-    """The validation score early in training (the last validation by EARLY_EPOCHS epochs,
-    mean over seeds) against the best, for the final rows whose records all hold their curve;
-    nothing while none does."""
+    """The validation score early in training (the first validation after EARLY_EPOCHS
+    epochs, mean over seeds) against the best, for the final rows whose records all hold
+    their curve; nothing while none does. Every run reaches the last point: patience stops
+    one at least 2 epochs (8 validations) after its best."""
     rows = {label: rs for label, rs in _groups(find(records, stage="final")).items()
             if all(r.get("curve") for r in rs)}
     if not rows:
         return []
     per_epoch = records[0]["protocol"]["updates_per_epoch"]
     points = [round(e * per_epoch) for e in EARLY_EPOCHS]
-    out = ["", f"Early learning (valid {metric} at the last validation by then, mean over "
+    out = ["", f"Early learning (valid {metric} at the first validation after, mean over "
            "seeds; the rows whose records hold their validation curve):", "",
            "| configuration | seeds | " + " | ".join(
                f"{e:g} epoch{'s' if e > 1 else ''} ({n} updates)"
                for e, n in zip(EARLY_EPOCHS, points)) + " | best |",
            "|---|---|" + "---|" * (len(points) + 1)]
     for label, rs in rows.items():
-        cells = [_mean([_score_by(r["curve"], n) for r in rs], 1) for n in points]
+        cells = [_mean([_score_after(r["curve"], n) for r in rs], 1) for n in points]
         out.append(f"| {label} | {', '.join(str(s) for s in sorted(r['seed'] for r in rs))} | "
                    + " | ".join(cells) + f" | {fmt([r['valid'] for r in rs], 1)} |")
     return out

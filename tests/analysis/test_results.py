@@ -125,20 +125,21 @@ def test_the_report_is_made_from_the_records_alone():
 
 
 def test_early_learning_reads_the_curves_of_the_rows_that_hold_them():
-    # 265 updates an epoch: read at 66, 132, 265 and 530 updates; seed 2 stops before 530
-    curves = {1: [[67, 60.0], [134, 70.0], [201, 76.0], [265, 80.0], [530, 83.0]],
-              2: [[67, 64.0], [130, 72.0], [265, 78.0], [300, 81.0]]}
+    # 265 updates an epoch: read at the first validation after 66, 132, 265 and 530 updates;
+    # seed 2 stopped before 530 (with a patience shorter than any the protocol sets)
+    curves = {1: [[67, 60.0], [134, 70.0], [201, 76.0], [265, 80.0], [532, 83.0]],
+              2: [[60, 55.0], [67, 64.0], [130, 72.0], [268, 78.0], [300, 81.0]]}
     records = [*(record(stage="final", seed=s, valid=v, curve=curves[s])
                  for s, v in ((1, 83.0), (2, 81.0))),
                record(config="MoE + AdamW", stage="final", valid=84.0)]  # no curve recorded
     section = report(records, "compare")
-    assert ("Early learning (valid acc at the last validation by then, mean over seeds; the "
+    assert ("Early learning (valid acc at the first validation after, mean over seeds; the "
             "rows whose records hold their validation curve):") in section
     assert ("| configuration | seeds | 0.25 epoch (66 updates) | 0.5 epoch (132 updates) | "
             "1 epoch (265 updates) | 2 epochs (530 updates) | best |") in section
-    # none by 66 updates for seed 1 (its first validation is at 67): no mean; at 132, seed 1's
-    # of 67 and seed 2's of 130
-    assert "| MoE + OMoE | 1, 2 | — | 66.0 | 79.0 | 82.0 | 82.0 ± 1.4 |" in section
+    # after 66: 67 for both; after 132: 134 and 268; after 265: 265 and 268; none after 530
+    # for seed 2, so no mean
+    assert "| MoE + OMoE | 1, 2 | 62.0 | 74.0 | 79.0 | — | 82.0 ± 1.4 |" in section
     assert "| MoE + AdamW | 1 |" not in section.split("Early learning")[1]
     assert "Early learning" not in report(records[2:], "compare")
 
