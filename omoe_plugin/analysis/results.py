@@ -314,6 +314,11 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
     if floor is not None:
         ran += (f" Always answering the majority class scores {floor['valid']:.1f} on "
                 f"validation and {floor['test']:.1f} on test.")
+    capped = sum(r["updates"] >= r["protocol"]["max_epoch"] * r["protocol"]["updates_per_epoch"]
+                 for r in records)
+    if capped:
+        ran += (f" The epoch cap, not patience, ended {capped} of its {len(records)} runs: "
+                "their validation had improved within the patience's last validations.")
     out = [f"## {task}", "", _protocol_line(records), ran, ""]
     finals = _groups(find(records, stage="final"))
     out += [f"| configuration | seeds | lr | updates to best | valid {metric} | test {metric} | "

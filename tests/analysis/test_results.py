@@ -144,6 +144,14 @@ def test_early_learning_reads_the_curves_of_the_rows_that_hold_them():
     assert "Early learning" not in report(records[2:], "compare")
 
 
+def test_the_report_says_how_many_runs_the_epoch_cap_ended():
+    cap = PROTOCOL["max_epoch"] * PROTOCOL["updates_per_epoch"]
+    records = [record(stage="final", updates=cap), record(stage="final", seed=2)]
+    assert ("The epoch cap, not patience, ended 1 of its 2 runs: their validation had improved "
+            "within the patience's last validations.") in report(records, "compare")
+    assert "epoch cap" not in report(records[1:], "compare")
+
+
 def test_rows_with_extra_options_or_another_protocol_are_kept_apart():
     other = {**PROTOCOL, "patience": 4}
     records = [record(stage="final"), record(stage="final", extra=["--omoe-alpha", "0.1"],
