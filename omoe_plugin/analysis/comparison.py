@@ -312,7 +312,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
             return chosen_lr(records, peer.corpus, name, peer.options[name],
                              rates_of(peer, records, name))
         except SelectionIncomplete as e:
-            refused.append(str(e))
+            refused.extend(e.reasons)
             return None
 
     rates = {name: rate(c, name) for name in names}
@@ -320,7 +320,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
     compared = {peer.corpus: (peer, {name: rate(peer, name) for name in [*CORE, *VARIANTS]})
                 for peer in (c.peers.values() if variants else ())}
     if refused:
-        raise SelectionIncomplete("\n  ".join(dict.fromkeys(refused)))
+        raise SelectionIncomplete(*refused)
     seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
     if variants:
         best = best_variant(records, {
@@ -334,7 +334,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
 
 
 def planned(c: argparse.Namespace, records: list[dict], stage: str, names: list[str]
-            ) -> tuple[list[tuple[str, float, int]], list[tuple[str, str, str]]]:
+            ) -> tuple[list[tuple[str, float, int]], list[tuple[str, str, list[str]]]]:
     """A stage's runs of these configurations in order, (name, rate, seed), and those that
     cannot be planned yet, (stage, "name on corpus", the incomplete selections they wait
     for). Each configuration is planned on its own: one that waits holds back no other."""
@@ -347,17 +347,16 @@ def planned(c: argparse.Namespace, records: list[dict], stage: str, names: list[
             else:
                 todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
         except SelectionIncomplete as e:
-            waiting.append((stage, f"{name} on {c.corpus}", str(e)))
+            waiting.append((stage, f"{name} on {c.corpus}", e.reasons))
     return todo, waiting
 
 
-def waiting_for(waits: list[tuple[str, str, str]]) -> list[str]:
+def waiting_for(waits: list[tuple[str, str, list[str]]]) -> list[str]:
     """One line of why for every set of incomplete selections, naming each missing selection
     once and every run that waits for that set (the variants' final runs on every corpus wait
     for the same ones: each variant's selection everywhere)."""
     groups: dict[tuple[str, frozenset], tuple[list[str], list[str]]] = {}
-    for stage, who, why in waits:
-        lines = why.split("\n  ")
+    for stage, who, lines in waits:
         whos, _ = groups.setdefault((stage, frozenset(lines)), ([], lines))
         whos.append(who)
     return [(f"the final runs of {'; '.join(whos)} wait for:" if stage == "final" else

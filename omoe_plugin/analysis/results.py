@@ -35,7 +35,12 @@ EARLY_EPOCHS = (0.25, 0.5, 1, 2)  # where the early-learning table reads the cur
 
 
 class SelectionIncomplete(ValueError):
-    """A configuration's selection runs do not cover the learning-rate grid yet."""
+    """A configuration's selection runs do not cover the learning-rate grid yet: one reason
+    for each selection missing (`reasons`, each once), the message lists them."""
+
+    def __init__(self, *reasons: str):
+        self.reasons = list(dict.fromkeys(reasons))
+        super().__init__("\n  ".join(self.reasons))
 
 
 def slug(name: str) -> str:
@@ -133,9 +138,9 @@ def best_variant(records: list[dict],
             try:
                 found[task, name] = selection_record(records, task, name, options, lr)
             except SelectionIncomplete as e:
-                missing.append(str(e))
+                missing += e.reasons
     if missing:
-        raise SelectionIncomplete("\n  ".join(missing))
+        raise SelectionIncomplete(*missing)
     apart: dict[str, int] = {}
     keeps: dict[str, int] = {}
     gains: dict[str, list[float]] = {}
