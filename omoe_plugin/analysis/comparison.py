@@ -19,8 +19,9 @@ appends one record to results/convergence.jsonl, its validation curve included (
 record is not run again).
 --report writes docs/results/convergence.md from the records. --all works through every
 corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
-and OMoE on every corpus first), each run once however many processes share the work, and
-waits while what is left is held by another process or waits for its selection.
+and OMoE on every corpus first, then the variants), each run once however many processes
+share the work, and waits while what is left is held by another process or waits for its
+selection.
 
 A killed run continues from its checkpoint_last.pt when the same command is run again (fairseq
 then ignores --finetune-from-model; early stopping's count is restored too:
@@ -529,11 +530,13 @@ def progress(c: argparse.Namespace, name: str, lr: float, seed: int) -> tuple[in
 
 def all_steps(corpora: list[str]) -> list[tuple[str, str, list[str]]]:
     """--all's order: AdamW's and OMoE's selection, then final runs, on every corpus (what the
-    comparison is about), then the same for the other configurations, then the scale point
-    on its task."""
-    rest = [name for name in CONFIGS if name not in CORE and name not in SCALE_POINT]
-    return [*((t, stage, names) for names in (CORE, rest) for stage in ("select", "final")
-              for t in corpora),
+    comparison is about); the same for the variants (the best of them, the candidate for a
+    new default, is chosen over every corpus's selection, and its final runs wait for all of
+    them); the same for the other configurations (dense, the baselines); then the scale
+    point on its task."""
+    rest = [name for name in CONFIGS if name not in [*CORE, *VARIANTS, *SCALE_POINT]]
+    return [*((t, stage, names) for names in (CORE, VARIANTS, rest)
+              for stage in ("select", "final") for t in corpora),
             *((SCALE_TASK, stage, SCALE_POINT) for stage in ("select", "final"))]
 
 

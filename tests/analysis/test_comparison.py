@@ -163,6 +163,22 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     assert not [k for k in trained if k[1] in comparison.SCALE_POINT and k[0] != "movie_reviews"]
 
 
+def test_all_trains_the_variants_before_dense_and_the_baselines(tmp_path):
+    records_path = tmp_path / "records.jsonl"
+    order = []
+    comparison.work(all_planned(records_path), wait=False, train=recording(records_path, order))
+    core, variants, scale = comparison.CORE, comparison.VARIANTS, comparison.SCALE_POINT
+    rest = [name for name in comparison.CONFIGS if name not in [*core, *variants, *scale]]
+    # AdamW and OMoE; the variants (the best one's final runs wait for all their selections);
+    # dense and the baselines; the scale point
+    groups = [core, variants, rest, scale]
+    rank = [next(i for i, names in enumerate(groups) if k[1] in names) for k in order]
+    assert rank == sorted(rank) and set(rank) == {0, 1, 2, 3}
+    tasks = len(comparison.TASKS)
+    assert [k[2] for k in order if k[1] in variants] == (["select"] * tasks * len(variants)
+                                                         + ["final"] * tasks * 3)
+
+
 def recording(records_path: Path, order: list[tuple]) -> Callable[..., str]:
     """A stand-in for comparison.run: records what a finished run would (in no time), unless
     the run has its record or another process holds it, and lists the runs it trained in
