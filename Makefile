@@ -98,10 +98,11 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 # only; AdamW and OMoE on every corpus first); two runs at a time, each at most about 1.5 h
 # on 2 cores (at most 11 h a corpus). Appends to results/convergence.jsonl, writes
 # docs/results/convergence.md; resumes where it was stopped. On a machine lent until a time,
-# `make compare UNTIL=HH:MM` starts no run that is not likely to finish by then.
+# `make compare UNTIL=HH:MM` starts no run that is not likely to finish by then; with FILL=1
+# as well, it trains those last instead (on a machine that is kept, a run cut off continues).
 CORPORA := movie_reviews conll2003 privacy_qa
 COMPARE := $(PY) scripts/compare_optimizers.py
-ALL := --all $(if $(UNTIL),--until $(UNTIL))
+ALL := --all $(if $(UNTIL),--until $(UNTIL)) $(if $(FILL),--fill)
 COMPARED := setup $(PRE)/moe4.pt $(PRE)/moe4_drop01.pt $(PRE)/moe8_top2.pt $(foreach c,$(CORPORA),data-bin/$(c)_minilm/input0/dict.txt)
 compare: $(COMPARED)
 	$(COMPARE) $(ALL) & one=$$!; $(COMPARE) $(ALL); two=$$?; wait $$one && [ $$two = 0 ]

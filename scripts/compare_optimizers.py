@@ -8,7 +8,7 @@ learning rate; keep every finished run.
     python scripts/compare_optimizers.py --report
   each also takes [--configs NAME ...] [--setting pretrained|scratch] [--out DIR]
   [fairseq-train options added to every run]; the modes that train, [--until HH:MM] (start
-  no run that is not likely to finish by then)
+  no run that is not likely to finish by then) [--fill] (train those last instead)
 
 The protocol, the configurations, what each mode trains and how a killed run resumes:
 omoe_plugin/analysis/comparison.py.
@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
                         "such time on this machine's clock; estimated from the recorded "
                         "runs' wall times): for a machine lent for a while, where a run cut "
                         "off is lost")
+    parser.add_argument("--fill", action="store_true",
+                        help="with --until: once no run left is likely to finish by then, "
+                        "train the rest anyway, in order (for a machine that is kept: a run "
+                        "cut off continues from its last checkpoint when the same command is "
+                        "run again there)")
     parser.add_argument("--protocol", dest="trial", type=int, nargs=2, metavar=("P", "N"),
                         help="patience and epoch cap instead of the corpus's (TASKS), for "
                         "trials and tests; recorded with the runs")
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(ROOT)
     c.root = ROOT
     c.extra = relative(extra, ROOT)
+    if c.fill and c.until is None:
+        parser.error("--fill goes with --until: it says what to train once no run fits")
     owned = {"--lr", "--seed", "--save-dir", "--tensorboard-logdir"} & set(c.extra)
     if owned:
         parser.error(f"{sorted(owned)} are set per run (rates: --lr-grid, seeds: --seeds)")
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         if c.plan:
             print(plan(steps))
         else:
-            for reason in work(steps, wait=True, until=c.until):
+            for reason in work(steps, wait=True, until=c.until, fill=c.fill):
                 print(reason, flush=True)
         return
     c = for_corpus(c, c.corpus)
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         print("final runs: " + "; ".join(f"{name} at lr {rates[name]:g}, seeds "
                                          f"{', '.join(map(str, seeds[name])) or 'none'}"
                                          for name in c.chosen), flush=True)
-    for reason in work([(c, stage, c.chosen)], wait=False, until=c.until):
+    for reason in work([(c, stage, c.chosen)], wait=False, until=c.until, fill=c.fill):
         print(reason, flush=True)
     done = find(load_records(c.records), task=c.corpus)
     if done:

@@ -214,3 +214,5 @@ def test_until_is_the_next_such_time_of_day(capsys):
     assert 86400 - 180 <= script.clock(behind) - time.time() < 86400  # tomorrow's
     assert exits_with(script.main, ["--all", "--until", "25:00"]) == "2"
     assert "'25:00' is not a time of day as HH:MM" in capsys.readouterr().err
+    assert exits_with(script.main, ["--all", "--fill"]) == "2"
+    assert "--fill goes with --until" in capsys.readouterr().err

@@ -367,7 +367,8 @@ def waiting_for(waits: list[tuple[str, str, list[str]]]) -> list[str]:
 
 
 def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
-         train: Optional[Callable[..., str]] = None, until: Optional[float] = None) -> list[str]:
+         train: Optional[Callable[..., str]] = None, until: Optional[float] = None,
+         fill: bool = False) -> list[str]:
     """Train the steps' runs (corpus, stage, configurations) in order, each run once however
     many processes share the work, starting again from the first step after every run
     trained (another process may have completed what an earlier step waited for). A run whose
@@ -375,11 +376,14 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
     selection is complete): scoring it takes minutes, and its checkpoint lives only on the
     machine that trained it. With until (a time.time()), a run not likely to finish by then
     (expected_minutes; unknown counts as not) is passed over for a later one that is: on a
-    machine lent until then, a run cut off halfway is lost. Once a pass trains nothing,
-    returns why runs remain (held by another process, waiting for a selection, passed over);
-    with wait, sleeps WAIT_S and passes again while any is held or waits (with until: while
-    another process holds one, and until then). train: what trains a run, with run's
-    arguments and answers (default: run)."""
+    machine lent until then, a run cut off halfway is lost. With fill as well, the runs
+    passed over come last instead, in their order: on a machine that is kept, a run cut off
+    continues from its last checkpoint next time, and on a fresh one only time that would
+    have been idle was spent on it. Once a pass trains nothing, returns why runs remain (held
+    by another process, waiting for a selection, passed over); with wait, sleeps WAIT_S and
+    passes again while any is held or waits (with until: while another process holds one,
+    and until then). train: what trains a run, with run's arguments and answers (default:
+    run)."""
     train = train or run
     while True:
         held, waiting, late, queue = [], [], [], []
@@ -393,17 +397,20 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
                     continue
                 here = finished(c, name, lr, seed)
                 what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
+                passed = False
                 if until is not None and not here:
                     done, total, running = progress(c, name, lr, seed)
                     minutes = expected_minutes(c, name, records, done, total)
-                    if not running and (minutes is None or time.time() + 60 * minutes > until):
+                    passed = not running and (minutes is None
+                                              or time.time() + 60 * minutes > until)
+                    if passed and not fill:
                         late.append(f"{what}: not likely to finish by --until (" + (
                             "no record of its corpus to estimate from)" if minutes is None else
                             f"about {minutes:.0f} min)"))
                         continue
-                queue.append((not here, what, c, stage, name, lr, seed))
-        queue.sort(key=lambda q: q[0])  # stable: the order otherwise
-        for _, what, c, stage, name, lr, seed in queue:
+                queue.append((passed, not here, what, c, stage, name, lr, seed))
+        queue.sort(key=lambda q: q[:2])  # stable: the order otherwise
+        for _, _, what, c, stage, name, lr, seed in queue:
             status = train(c, name, c.options[name], lr, seed, stage)
             if status == "trained":
                 break

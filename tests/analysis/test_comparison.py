@@ -179,10 +179,11 @@ def test_all_trains_the_variants_before_dense_and_the_baselines(tmp_path):
                                                          + ["final"] * tasks * 3)
 
 
-def recording(records_path: Path, order: list[tuple]) -> Callable[..., str]:
-    """A stand-in for comparison.run: records what a finished run would (in no time), unless
-    the run has its record or another process holds it, and lists the runs it trained in
-    order."""
+def recording(records_path: Path, order: list[tuple],
+              wall_s: Callable[[str], float] = lambda corpus: 1.0) -> Callable[..., str]:
+    """A stand-in for comparison.run: records what a finished run would (in no time; its wall
+    time: wall_s of its corpus), unless the run has its record or another process holds it,
+    and lists the runs it trained in order."""
     def run(c, name, options, lr, seed, stage):
         key = (c.corpus, name, stage, lr, seed)
         if key in [(r["task"], r["config"], r["stage"], r["lr"], r["seed"])
@@ -192,7 +193,7 @@ def recording(records_path: Path, order: list[tuple]) -> Callable[..., str]:
             return "held"
         order.append(key)
         append_record(records_path, {**selection(name, lr, options, c.corpus), "stage": stage,
-                                     "seed": seed, "wall_s": 1.0})
+                                     "seed": seed, "wall_s": wall_s(c.corpus)})
         return "trained"
     return run
 
@@ -252,6 +253,32 @@ def test_until_passes_over_the_runs_not_likely_to_finish_by_then(tmp_path, monke
     order.clear()
     comparison.work(steps, wait=True, train=run, until=time.time() - 1)
     assert order == [("conll2003", "MoE + AdamW", "select", 3e-4, 1)]
+
+
+def test_until_with_fill_trains_the_runs_passed_over_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(comparison.time, "sleep", lambda s: pytest.fail("waited for nothing"))
+    until, orders, remaining = time.time() + 1800, [], []
+    # the movies' runs take 20 min, the others' 100
+    wall_s = lambda corpus: 1200.0 if corpus == "movie_reviews" else 6000.0  # noqa: E731
+    for fill in (False, True):
+        records_path = tmp_path / f"fill_{fill}" / "records.jsonl"
+        steps = all_planned(records_path)
+        for c in (steps[0][0], steps[1][0]):
+            append_record(records_path, {**selection("MoE + AdamW", 1e-4, c.options[
+                "MoE + AdamW"], c.corpus), "wall_s": wall_s(c.corpus)})
+        orders.append([])
+        run = recording(records_path, orders[-1], wall_s)
+        remaining.append(comparison.work(steps, wait=True, train=run, until=until, fill=fill))
+    fits, filled = orders
+    # without fill: the runs that fit (the movies'), and the others passed over; with it, the
+    # same runs first, then those passed over, in --all's order, until none is left
+    assert fits and {k[0] for k in fits} == {"movie_reviews"}
+    assert ("select MoE + AdamW on conll2003, lr 0.0003 seed 1: not likely to finish by "
+            "--until (about 100 min)") in remaining[0]
+    assert remaining[1] == []
+    assert filled[:len(fits)] == fits
+    assert filled[len(fits)] == ("conll2003", "MoE + AdamW", "select", 3e-4, 1)
+    assert len(filled) == len(set(filled)) > len(fits)
 
 
 def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_it(tmp_path):
