@@ -95,7 +95,8 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 # (omoe_plugin/analysis/comparison.py: patience and epoch cap per corpus) at each one's best
 # learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the variants and baselines at
 # their base's), then 3 seeds scored on test (the baselines: one; the variants: the best one
-# only; AdamW and OMoE on every corpus first, then the variants); two runs at a time, each
+# only; AdamW and OMoE on every corpus first, then the variants; last, the first two epochs
+# again of the final runs recorded without their curve); two runs at a time, each
 # at most about 1.5 h on 2 cores (at most 11 h a corpus). Appends to
 # results/convergence.jsonl, writes docs/results/convergence.md; resumes where it was
 # stopped. On a machine lent until a time,

@@ -16,7 +16,10 @@ selection runs), and scores its checkpoint_best.pt once on the test split (seed 
 selection run, or trains it again with the same options where that run's checkpoint is not on
 this machine); it refuses a configuration whose selection is incomplete. Every finished run
 appends one record to results/convergence.jsonl, its validation curve included (a run with a
-record is not run again).
+record is not run again). An early run (--all's last) trains a final run of seed 1 whose
+record has no curve (records written before they held one) again for its first
+EARLY_EPOCHS[-1] epochs, to the first validation after them, under the same schedule: its
+curve is that final row's in the report's early-learning table.
 --report writes docs/results/convergence.md from the records. --all works through every
 corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
 and OMoE on every corpus first, then the variants), each run once however many processes
@@ -55,8 +58,8 @@ from typing import Callable, Optional
 
 from . import runs
 from .results import (
-    Protocol, SelectionIncomplete, append_record, best_variant, chosen_lr, load_records,
-    record_key, selection_grid, slug)
+    EARLY_EPOCHS, Protocol, SelectionIncomplete, append_record, best_variant, chosen_lr, find,
+    load_records, record_key, selection_grid, slug)
 from .runs import option
 
 # Patience P (validations without improvement) and cap N (epochs) per corpus, fixed once
@@ -292,6 +295,21 @@ def configurations(c: argparse.Namespace, names: list[str]) -> dict[str, list[st
     return configs
 
 
+def early_updates(c: argparse.Namespace) -> int:
+    """Where an early run stops: at the first validation after EARLY_EPOCHS[-1] epochs, the
+    early-learning table's last point."""
+    every = c.protocol["validate_interval"]
+    return every * math.ceil(EARLY_EPOCHS[-1] * c.per_epoch / every)
+
+
+def options_of(c: argparse.Namespace, name: str, stage: str) -> list[str]:
+    """A run's fairseq-train options (all but --lr and --seed): its configuration's; an early
+    run's stop at early_updates, under the same schedule (--total-num-update is the cap's)."""
+    if stage == "early":
+        return [*c.options[name], "--max-update", str(early_updates(c))]
+    return c.options[name]
+
+
 def rates_of(c: argparse.Namespace, records: list[dict], name: str) -> list[float]:
     """The learning rates configuration `name` is selected over (see RATE_FROM)."""
     base = RATE_FROM.get(name)
@@ -345,6 +363,10 @@ def planned(c: argparse.Namespace, records: list[dict], stage: str, names: list[
             if stage == "final":
                 rates, seeds = final_plan(c, records, [name])
                 todo += [(name, rates[name], seed) for seed in seeds[name]]
+            elif stage == "early":  # where the final run of seed 1 has no curve recorded
+                todo += [(name, r["lr"], 1) for r in find(
+                    records, task=c.corpus, config=name, stage="final", seed=1,
+                    options=c.options[name]) if not r.get("curve")]
             else:
                 todo += [(name, lr, 1) for lr in rates_of(c, records, name)]
         except SelectionIncomplete as e:
@@ -393,14 +415,15 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
             waiting += waits
             keys = {record_key(r) for r in records}
             for name, lr, seed in todo:
-                if record_key(identity(c, name, c.options[name], lr, seed, stage)) in keys:
+                options = options_of(c, name, stage)
+                if record_key(identity(c, name, options, lr, seed, stage)) in keys:
                     continue
-                here = finished(c, name, lr, seed)
+                here = finished(c, name, lr, seed, stage)
                 what = f"{stage} {name} on {c.corpus}, lr {lr:g} seed {seed}"
                 passed = False
                 if until is not None and not here:
-                    done, total, running = progress(c, name, lr, seed)
-                    minutes = expected_minutes(c, name, records, done, total)
+                    done, total, running = progress(c, name, lr, seed, stage)
+                    minutes = expected_minutes(c, name, records, done, total, stage)
                     passed = not running and (minutes is None
                                               or time.time() + 60 * minutes > until)
                     if passed and not fill:
@@ -411,7 +434,7 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
                 queue.append((passed, not here, what, c, stage, name, lr, seed))
         queue.sort(key=lambda q: q[:2])  # stable: the order otherwise
         for _, _, what, c, stage, name, lr, seed in queue:
-            status = train(c, name, c.options[name], lr, seed, stage)
+            status = train(c, name, options_of(c, name, stage), lr, seed, stage)
             if status == "trained":
                 break
             if status == "held":
@@ -423,9 +446,10 @@ def work(steps: list[tuple[argparse.Namespace, str, list[str]]], wait: bool,
             time.sleep(WAIT_S)
 
 
-def finished(c: argparse.Namespace, name: str, lr: float, seed: int) -> bool:
+def finished(c: argparse.Namespace, name: str, lr: float, seed: int, stage: str) -> bool:
     """Whether the run's training has finished on this machine (recorded or not)."""
-    return runs.load_state(run_dir_of(c, name, c.options[name], lr, seed), [])["trained"]
+    run_dir = run_dir_of(c, name, options_of(c, name, stage), lr, seed)
+    return runs.load_state(run_dir, [])["trained"]
 
 
 def unrecorded(steps: list[tuple[argparse.Namespace, str, list[str]]]
@@ -443,7 +467,8 @@ def unrecorded(steps: list[tuple[argparse.Namespace, str, list[str]]]
             record = identity(c, name, options, lr, seed, stage)
             if any(record_key(r) == record_key(record) for r in load_records(copy)):
                 return "recorded"
-            append_record(copy, {**record, "valid": 0.0, "cos": 0.0})
+            # a final run recorded from now on holds its curve: no early run is planned
+            append_record(copy, {**record, "valid": 0.0, "cos": 0.0, "curve": [[0, 0.0]]})
             left.append((c, name, lr, seed, stage))
             return "trained"
 
@@ -472,11 +497,12 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
         # its selection run recorded (for a run that waits, the one the placeholders chose:
         # all a variant's selections may be) but trained on another machine
         selected = record_key(identity(c, name, c.options[name], lr, 1, "select")) in keys
-        again = stage == "final" and seed == 1 and selected and not finished(c, name, lr, seed)
+        again = (stage == "final" and seed == 1 and selected
+                 and not finished(c, name, lr, seed, stage))
         if stage == "final" and seed == 1 and not again:
             lines.append(f"{line}: scores its selection run on test")
             continue
-        done, total, held = progress(c, name, lr, seed)
+        done, total, held = progress(c, name, lr, seed, stage)
         state = ("running" if held else "started" if done else
                  "not started" if now else "waits for a selection")
         if again:  # its selection run trained on another machine
@@ -484,7 +510,7 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
                      + (f", {state}" if held or done else ""))
         if done:
             state += f", update {done} of at most {total}"
-        expected = expected_minutes(c, name, real, done, total)
+        expected = expected_minutes(c, name, real, done, total, stage)
         if expected is not None:
             minutes.append(expected)
             state += f" (about {expected:.0f} min)"
@@ -505,23 +531,28 @@ def plan(steps: list[tuple[argparse.Namespace, str, list[str]]]) -> str:
 
 
 def expected_minutes(c: argparse.Namespace, name: str, records: list[dict], done: int,
-                     total: int) -> Optional[float]:
+                     total: int, stage: str) -> Optional[float]:
     """The minutes a run of configuration `name` is likely to take still, with `done` of at
     most `total` updates trained (progress): the mean wall time of its corpus's records of
-    the same configuration, else of any, less the share done; None with no record of its
-    corpus."""
-    walls = ([r["wall_s"] for r in records if r["task"] == c.corpus and r["config"] == name]
-             or [r["wall_s"] for r in records if r["task"] == c.corpus])
+    the same configuration, else of any (early runs aside), less the share done; for an early
+    run, which trains all of its `total`, the updates left at their mean pace; None with no
+    record of its corpus."""
+    corpus = [r for r in records if r["task"] == c.corpus and r["stage"] != "early"]
+    walls = [r for r in corpus if r["config"] == name] or corpus
     if not walls:
         return None
-    return statistics.mean(walls) / 60 * max(0.0, 1 - done / total)
+    if stage == "early":
+        return statistics.mean(r["wall_s"] / r["updates"] for r in walls) / 60 * max(
+            0, total - done)
+    return statistics.mean(r["wall_s"] for r in walls) / 60 * max(0.0, 1 - done / total)
 
 
-def progress(c: argparse.Namespace, name: str, lr: float, seed: int) -> tuple[int, int, bool]:
-    """A run's last update in its log (0 if none), the most it trains (the epoch cap), and
-    whether a process holds it now."""
-    run_dir = run_dir_of(c, name, c.options[name], lr, seed)
-    total = c.protocol["max_epoch"] * c.per_epoch
+def progress(c: argparse.Namespace, name: str, lr: float, seed: int,
+             stage: str) -> tuple[int, int, bool]:
+    """A run's last update in its log (0 if none), the most it trains (the epoch cap; an early
+    run's early_updates), and whether a process holds it now."""
+    run_dir = run_dir_of(c, name, options_of(c, name, stage), lr, seed)
+    total = early_updates(c) if stage == "early" else c.protocol["max_epoch"] * c.per_epoch
     if not run_dir.exists():
         return 0, total, False
     log = run_dir / "train.log"
@@ -540,11 +571,13 @@ def all_steps(corpora: list[str]) -> list[tuple[str, str, list[str]]]:
     comparison is about); the same for the variants (the best of them, the candidate for a
     new default, is chosen over every corpus's selection, and its final runs wait for all of
     them); the same for the other configurations (dense, the baselines); then the scale
-    point on its task."""
+    point on its task; last, AdamW's and OMoE's early runs on every corpus (where their final
+    run of seed 1 has no curve recorded)."""
     rest = [name for name in CONFIGS if name not in [*CORE, *VARIANTS, *SCALE_POINT]]
     return [*((t, stage, names) for names in (CORE, VARIANTS, rest)
               for stage in ("select", "final") for t in corpora),
-            *((SCALE_TASK, stage, SCALE_POINT) for stage in ("select", "final"))]
+            *((SCALE_TASK, stage, SCALE_POINT) for stage in ("select", "final")),
+            *((t, "early", CORE) for t in corpora)]
 
 
 def for_corpus(c: argparse.Namespace, corpus: str) -> argparse.Namespace:

@@ -267,24 +267,35 @@ def _score_after(curve: list[list[float]], updates: int) -> Optional[float]:
 def _early_section(records: list[dict], metric: str) -> list[str]:
     """The validation score early in training (the first validation after EARLY_EPOCHS
     epochs, mean over seeds) against the best, for the final rows whose records all hold
-    their curve; nothing while none does. Every run reaches the last point: patience stops
-    one at least 2 epochs (8 validations) after its best."""
-    rows = {label: rs for label, rs in _groups(find(records, stage="final")).items()
-            if all(r.get("curve") for r in rs)}
+    their curve, and, marked †, for those whose records hold none, from their early runs (the
+    first epochs of the final run of seed 1 trained again: stage "early"), against the best
+    of their final runs of the same seeds; nothing while no row has a curve. Every run
+    reaches the last point: patience stops one at least 2 epochs (8 validations) after its
+    best, and an early run trains to it."""
+    early = _groups(find(records, stage="early"))
+    rows = {}  # label: (the records of the curves, those of the best)
+    for label, rs in _groups(find(records, stage="final")).items():
+        if all(r.get("curve") for r in rs):
+            rows[label] = rs, rs
+        elif label in early:
+            seeds = {r["seed"] for r in early[label]}
+            rows[f"{label} †"] = early[label], [r for r in rs if r["seed"] in seeds]
     if not rows:
         return []
     per_epoch = records[0]["protocol"]["updates_per_epoch"]
     points = [round(e * per_epoch) for e in EARLY_EPOCHS]
     out = ["", f"Early learning (valid {metric} at the first validation after, mean over "
-           "seeds; the rows whose records hold their validation curve):", "",
+           "seeds; the rows whose records hold their validation curve, and, marked †, those "
+           f"recorded without it: the first {EARLY_EPOCHS[-1]} epochs of their final run of "
+           "seed 1 trained again, and that run's best):", "",
            "| configuration | seeds | " + " | ".join(
                f"{e:g} epoch{'s' if e > 1 else ''} ({n} updates)"
                for e, n in zip(EARLY_EPOCHS, points)) + " | best |",
            "|---|---|" + "---|" * (len(points) + 1)]
-    for label, rs in rows.items():
-        cells = [_mean([_score_after(r["curve"], n) for r in rs], 1) for n in points]
-        out.append(f"| {label} | {', '.join(str(s) for s in sorted(r['seed'] for r in rs))} | "
-                   + " | ".join(cells) + f" | {fmt([r['valid'] for r in rs], 1)} |")
+    for label, (curves, best) in rows.items():
+        cells = [_mean([_score_after(r["curve"], n) for r in curves], 1) for n in points]
+        out.append(f"| {label} | {', '.join(str(s) for s in sorted(r['seed'] for r in curves))}"
+                   " | " + " | ".join(cells) + f" | {fmt([r['valid'] for r in best], 1)} |")
     return out
 
 
@@ -319,10 +330,11 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
     if floor is not None:
         ran += (f" Always answering the majority class scores {floor['valid']:.1f} on "
                 f"validation and {floor['test']:.1f} on test.")
+    whole = [r for r in records if r["stage"] != "early"]
     capped = sum(r["updates"] >= r["protocol"]["max_epoch"] * r["protocol"]["updates_per_epoch"]
-                 for r in records)
+                 for r in whole)
     if capped:
-        ran += (f" The epoch cap, not patience, ended {capped} of its {len(records)} runs: "
+        ran += (f" The epoch cap, not patience, ended {capped} of its {len(whole)} runs: "
                 "their validation had improved within the patience's last validations.")
     out = [f"## {task}", "", _protocol_line(records), ran, ""]
     finals = _groups(find(records, stage="final"))

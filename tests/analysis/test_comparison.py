@@ -24,12 +24,12 @@ COSINE = {"MoE + AdamW": 0.90, "MoE + OMoE": 0.80, "MoE + OMoE, delayed start": 
 
 def planning(corpus: str, records_path: Path) -> argparse.Namespace:
     """A corpus's namespace as for_corpus sets it up, each configuration's options a marker;
-    runs of at most 2 epochs of 100 updates, in a folder beside the records; its peers: it
-    alone (all_planned: every corpus)."""
+    runs of at most 2 epochs of 100 updates, validated every 30, in a folder beside the
+    records; its peers: it alone (all_planned: every corpus)."""
     c = argparse.Namespace(
         corpus=corpus, setting="pretrained", extra=[], seeds=[1, 2, 3], lr_grid=[1e-4, 3e-4],
         records=records_path, out=records_path.parent / "runs" / corpus,
-        protocol={"max_epoch": 2}, per_epoch=100,
+        protocol={"max_epoch": 2, "validate_interval": 30}, per_epoch=100,
         options={name: [f"--{slug(name)}"] for name in comparison.CONFIGS},
         chosen=[n for n in comparison.CONFIGS if n not in comparison.SCALE_POINT
                 or corpus == comparison.SCALE_TASK])
@@ -47,10 +47,10 @@ def all_planned(records_path: Path) -> list[tuple]:
 
 
 def selection(name: str, lr: float, options: list[str], task="movie_reviews") -> dict:
-    """A selection record: 1e-4 scores best."""
+    """A selection record (of 200 updates, no curve recorded): 1e-4 scores best."""
     return {"task": task, "config": name, "stage": "select", "seed": 1, "lr": lr,
             "options": options, "valid": 85.0 if lr == 1e-4 else 80.0,
-            "cos": COSINE.get(name, 0.5)}
+            "cos": COSINE.get(name, 0.5), "updates": 200}
 
 
 def trained_here(c: argparse.Namespace, name: str, lr: float, seed: int = 1) -> None:
@@ -141,7 +141,10 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     assert {k[0] for k in trained[:11]} == set(comparison.TASKS) and all(
         k[1] in comparison.CORE and k[2] == "select" for k in trained[:10])
     assert trained[11][1] in comparison.CORE and trained[11][2] == "final"
-    assert trained[-1] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
+    assert trained[-6] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
+    # last, the early runs of the final runs of seed 1 recorded (without their curve)
+    early = [(t, name, "early", 1e-4, 1) for t in comparison.TASKS for name in comparison.CORE]
+    assert trained[-5:] == [k for k in early if k[:2] != ("conll2003", "MoE + OMoE")]
     # the held run: remaining, with what waits for it (OMoE's final runs on CoNLL, and the
     # variants everywhere: they are chosen over every corpus), and no more
     assert remaining[0] == ("select MoE + OMoE on conll2003, lr 0.0003 seed 1: another process "
@@ -155,6 +158,7 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     assert [k[4] for k in trained if k[:3] == ("conll2003", "MoE + AdamW", "final")] == [1, 2, 3]
     held.clear()
     assert comparison.work(steps, wait=False, train=run) == []  # released: the rest trains
+    assert trained[-1] == ("conll2003", "MoE + OMoE", "early", 1e-4, 1)
     finals = [k for k in trained if k[2] == "final"]
     for t in comparison.TASKS:
         best = [k for k in finals if k[0] == t and k[1] in comparison.VARIANTS]
@@ -170,13 +174,53 @@ def test_all_trains_the_variants_before_dense_and_the_baselines(tmp_path):
     core, variants, scale = comparison.CORE, comparison.VARIANTS, comparison.SCALE_POINT
     rest = [name for name in comparison.CONFIGS if name not in [*core, *variants, *scale]]
     # AdamW and OMoE; the variants (the best one's final runs wait for all their selections);
-    # dense and the baselines; the scale point
+    # dense and the baselines; the scale point; AdamW's and OMoE's early runs
     groups = [core, variants, rest, scale]
-    rank = [next(i for i, names in enumerate(groups) if k[1] in names) for k in order]
+    whole = [k for k in order if k[2] != "early"]
+    rank = [next(i for i, names in enumerate(groups) if k[1] in names) for k in whole]
     assert rank == sorted(rank) and set(rank) == {0, 1, 2, 3}
+    assert order[len(whole):] == [k for k in order if k[2] == "early"]
     tasks = len(comparison.TASKS)
     assert [k[2] for k in order if k[1] in variants] == (["select"] * tasks * len(variants)
                                                          + ["final"] * tasks * 3)
+
+
+def test_early_runs_train_again_the_first_epochs_of_a_final_run_recorded_without_a_curve(
+        tmp_path):
+    records_path = tmp_path / "records.jsonl"
+    movies = planning("movie_reviews", records_path)
+    # AdamW's final runs recorded without their curve, OMoE's with it; 20 min for 200 updates
+    for name, curve in (("MoE + AdamW", {}), ("MoE + OMoE", {"curve": [[30, 70.0]]})):
+        for seed in (1, 2):
+            append_record(records_path, {**selection(name, 1e-4, movies.options[name]),
+                                         "stage": "final", "seed": seed, "wall_s": 1200.0,
+                                         **curve})
+    step = [(movies, "early", comparison.CORE)]
+    # seed 1 of AdamW only, to the first validation (every 30 updates) after 2 epochs of 100,
+    # in a run directory of its own, under the same options but --max-update
+    assert comparison.plan(step).splitlines()[1:] == [
+        "  1. movie_reviews early MoE + AdamW, lr 0.0001, seed 1: not started (about 21 min)",
+        "1 to train: about 0.3 h of training, 0.2 h at two at a time."]
+    calls = []
+
+    def run(c, name, options, lr, seed, stage):
+        calls.append((name, options, lr, seed, stage))
+        append_record(records_path, {**selection(name, lr, options), "stage": stage})
+        return "trained"
+
+    assert comparison.work(step, wait=False, train=run) == []
+    options = [*movies.options["MoE + AdamW"], "--max-update", "210"]
+    assert calls == [("MoE + AdamW", options, 1e-4, 1, "early")]
+    assert comparison.work(step, wait=False, train=run) == [] and len(calls) == 1
+    assert comparison.progress(movies, "MoE + AdamW", 1e-4, 1, "early")[1] == 210
+    assert (comparison.run_dir_of(movies, "MoE + AdamW", options, 1e-4, 1)
+            != comparison.run_dir_of(movies, "MoE + AdamW", movies.options["MoE + AdamW"],
+                                     1e-4, 1))
+    # the corpora's own: each early run ends at the validation its final runs' curves hold
+    stops = {(67, 265): 536, (110, 439): 880, (66, 264): 528}
+    for (every, per_epoch), stop in stops.items():
+        c = argparse.Namespace(protocol={"validate_interval": every}, per_epoch=per_epoch)
+        assert comparison.early_updates(c) == stop
 
 
 def recording(records_path: Path, order: list[tuple],
@@ -189,7 +233,7 @@ def recording(records_path: Path, order: list[tuple],
         if key in [(r["task"], r["config"], r["stage"], r["lr"], r["seed"])
                    for r in load_records(records_path)]:
             return "recorded"
-        if comparison.progress(c, name, lr, seed)[2]:
+        if comparison.progress(c, name, lr, seed, stage)[2]:
             return "held"
         order.append(key)
         append_record(records_path, {**selection(name, lr, options, c.corpus), "stage": stage,

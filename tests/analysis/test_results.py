@@ -134,7 +134,9 @@ def test_early_learning_reads_the_curves_of_the_rows_that_hold_them():
                record(config="MoE + AdamW", stage="final", valid=84.0)]  # no curve recorded
     section = report(records, "compare")
     assert ("Early learning (valid acc at the first validation after, mean over seeds; the "
-            "rows whose records hold their validation curve):") in section
+            "rows whose records hold their validation curve, and, marked †, those recorded "
+            "without it: the first 2 epochs of their final run of seed 1 trained again, and "
+            "that run's best):") in section
     assert ("| configuration | seeds | 0.25 epoch (66 updates) | 0.5 epoch (132 updates) | "
             "1 epoch (265 updates) | 2 epochs (530 updates) | best |") in section
     # after 66: 67 for both; after 132: 134 and 268; after 265: 265 and 268; none after 530
@@ -142,6 +144,24 @@ def test_early_learning_reads_the_curves_of_the_rows_that_hold_them():
     assert "| MoE + OMoE | 1, 2 | 62.0 | 74.0 | 79.0 | — | 82.0 ± 1.4 |" in section
     assert "| MoE + AdamW | 1 |" not in section.split("Early learning")[1]
     assert "Early learning" not in report(records[2:], "compare")
+
+
+def test_early_learning_takes_a_row_recorded_without_its_curve_from_its_early_run():
+    cap = PROTOCOL["max_epoch"] * PROTOCOL["updates_per_epoch"]
+    # AdamW's final runs recorded without their curve (seed 1 reaching the epoch cap), and the
+    # first 2 epochs of seed 1 trained again (to the first validation after 530 updates)
+    finals = [record(config="MoE + AdamW", stage="final", seed=s, valid=v, updates=cap)
+              for s, v in ((1, 84.0), (2, 82.0))]
+    early = record(config="MoE + AdamW", stage="early", valid=81.0, updates=536,
+                   options=[*OPTIONS, "--max-update", "536"],
+                   curve=[[67, 61.0], [134, 71.0], [268, 77.0], [536, 81.0]])
+    section = report([*finals, early], "compare").split("## movie_reviews")[1]
+    # its cells from the early run, its best from the final run of the same seed
+    assert "| MoE + AdamW † | 1 | 61.0 | 71.0 | 77.0 | 81.0 | 84.0 |" in section
+    # the early run is no row of the final runs' table, and no run the epoch cap ended
+    assert "| MoE + AdamW | 1, 2 |" in section
+    assert "The epoch cap, not patience, ended 2 of its 2 runs" in section
+    assert "Early learning" not in report(finals, "compare")
 
 
 def test_the_report_says_how_many_runs_the_epoch_cap_ended():
