@@ -90,11 +90,11 @@ demo: setup $(PRE)/moe4.pt $(PRE_DATA)/input0/dict.txt
 	  "not the best movie of the year, but not bad" | $(VENV)/bin/omoe-infer $(RUN)/model.onnx
 	@echo "TensorBoard logs: $(RUN)/tensorboard   checkpoint: $(RUN)/checkpoints/checkpoint_best.pt   ONNX: $(RUN)/model.onnx"
 
-# dense fine-tune, MoE + AdamW, MoE + OMoE, its variants and the baselines from the
-# pretrained encoder (4 experts, copy or drop upcycled), trained to convergence
+# dense fine-tune, MoE + AdamW, MoE + OMoE, its variants, a control and the baselines from
+# the pretrained encoder (4 experts, copy or drop upcycled), trained to convergence
 # (omoe_plugin/analysis/comparison.py: patience and epoch cap per corpus) at each one's best
-# learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the variants and baselines at
-# their base's), then 3 seeds scored on test (the baselines: one; the variants: the best one
+# learning rate on validation (seed 1, lr 3e-5 / 1e-4 / 3e-4; the others at their base's),
+# then 3 seeds scored on test (the control and the baselines: one; the variants: the best one
 # only; AdamW and OMoE on every corpus first, then the variants; last, the first two epochs
 # again of the final runs recorded without their curve); two runs at a time, each
 # at most about 1.5 h on 2 cores (at most 11 h a corpus). Appends to

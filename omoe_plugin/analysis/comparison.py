@@ -8,10 +8,10 @@ checkpoint every ceil(updates per epoch / 4) updates and at the end of epoch N; 
 polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 
 --select trains each configuration at seed 1 over the learning-rate grid and scores
-validation only; the variants and baselines (RATE_FROM) train at the one rate their base
+validation only; the variants, baselines and control (RATE_FROM) train at the one rate their base
 configuration chose instead, once the base's selection is complete. The final mode trains
 each configuration at the rate its selection runs scored best on validation, for every seed
-(the baselines: the first seed; the variants: only the best of them, chosen from the
+(the baselines and the control: the first seed; the variants: only the best of them, chosen from the
 selection runs), and scores its checkpoint_best.pt once on the test split (seed 1 reuses its
 selection run, or trains it again with the same options where that run's checkpoint is not on
 this machine); it refuses a configuration whose selection is incomplete. Every finished run
@@ -112,6 +112,11 @@ CONFIGS = {  # name: (the setting's start it trains from, its fairseq options): 
     "MoE + OMoE, delayed start": ("moe", [*OMOE, "--omoe-start", "200"]),
     "MoE + OMoE, strength ramp": ("moe", [*OMOE, "--omoe-strength-ramp", "1000"]),
     "MoE + OMoE, longer orthogonal steps": ("moe", [*OMOE, "--omoe-orthogonal-lr-scale", "2"]),
+    # the control of the longer steps (the best variant): the same step lengths with nothing
+    # projected (--omoe-alpha 1e9 leaves AdamW's updates and moments as they are), so whether
+    # the projection, not the longer steps, moves the experts apart
+    "MoE + OMoE, longer orthogonal steps, nothing projected": (
+        "moe", [*OMOE, "--omoe-orthogonal-lr-scale", "2", "--omoe-alpha", "1e9"]),
     "MoE (drop 0.1) + AdamW": ("drop01", ADAM),
     "MoE + AdamW + orthogonality loss": ("moe", [*ADAM, "--moe-orthogonality-weight", "0.1"]),
     # the scale point: 8 experts, top-2 (these override the setting's 4 experts, top-1)
@@ -126,6 +131,7 @@ RATE_FROM = {
     "MoE + OMoE, delayed start": "MoE + OMoE",
     "MoE + OMoE, strength ramp": "MoE + OMoE",
     "MoE + OMoE, longer orthogonal steps": "MoE + OMoE",
+    "MoE + OMoE, longer orthogonal steps, nothing projected": "MoE + OMoE",
     "MoE (drop 0.1) + AdamW": "MoE + AdamW",
     "MoE + AdamW + orthogonality loss": "MoE + AdamW",
     "MoE 8x top-2 + AdamW": "MoE + AdamW",
@@ -135,11 +141,13 @@ RATE_FROM = {
 SCALE_POINT, SCALE_TASK = ["MoE 8x top-2 + AdamW", "MoE 8x top-2 + OMoE"], "movie_reviews"
 # The final runs: the variants' best one only (results.best_variant, from the selection runs
 # of every corpus: one variant for all, the candidate for a new default) at every seed, and
-# the baselines at the first seed (their selection run, scored on test); the report holds
-# OMoE's default and the variants to the bar (results.BAR_SEEDS...) against AdamW.
+# the baselines and the control at the first seed (their selection run, scored on test); the
+# report holds OMoE's default and the variants to the bar (results.BAR_SEEDS...) against
+# AdamW.
 VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
             "MoE + OMoE, longer orthogonal steps"]
 BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
+ONE_SEED = [*BASELINES, "MoE + OMoE, longer orthogonal steps, nothing projected"]
 CANDIDATES = ["MoE + OMoE", *VARIANTS]
 # the scale point's OMoE is held to the same bar against its own AdamW, on its task
 SCALE_BAR = {"MoE 8x top-2 + AdamW": ["MoE 8x top-2 + OMoE"]}
@@ -320,7 +328,7 @@ def rates_of(c: argparse.Namespace, records: list[dict], name: str) -> list[floa
 def final_plan(c: argparse.Namespace, records: list[dict],
                names: list[str]) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Each configuration's selected rate and the seeds of its final runs: --seeds, the first
-    of them for a baseline, none for a variant other than the best (results.best_variant,
+    of them for ONE_SEED, none for a variant other than the best (results.best_variant,
     chosen over every corpus of c.peers: it needs AdamW's, OMoE's and every variant's
     selection on each). Raises SelectionIncomplete naming every selection run still
     missing."""
@@ -340,7 +348,7 @@ def final_plan(c: argparse.Namespace, records: list[dict],
                 for peer in (c.peers.values() if variants else ())}
     if refused:
         raise SelectionIncomplete(*refused)
-    seeds = {name: c.seeds[:1] if name in BASELINES else c.seeds for name in names}
+    seeds = {name: c.seeds[:1] if name in ONE_SEED else c.seeds for name in names}
     if variants:
         best = best_variant(records, {
             corpus: ({v: (peer.options[v], chosen[v]) for v in VARIANTS},

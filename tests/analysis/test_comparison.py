@@ -69,7 +69,7 @@ def test_the_final_runs_are_the_best_variants_and_a_baselines_first_seed_only(tm
     assert rates == {name: 1e-4 for name in names}
     longer = "MoE + OMoE, longer orthogonal steps"
     assert seeds == {name: [] if name in comparison.VARIANTS and name != longer else [1] if name in
-                     comparison.BASELINES else [1, 2, 3] for name in names}
+                     comparison.ONE_SEED else [1, 2, 3] for name in names}
     # a variant alone still needs the others' selection to know whether it is the best
     delayed = comparison.VARIANTS[0]
     assert comparison.final_plan(c, records, [delayed])[1] == {delayed: []}
@@ -163,7 +163,7 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     for t in comparison.TASKS:
         best = [k for k in finals if k[0] == t and k[1] in comparison.VARIANTS]
         assert {k[1] for k in best} == {"MoE + OMoE, longer orthogonal steps"}
-        assert [k[4] for k in finals if k[0] == t and k[1] in comparison.BASELINES] == [1, 1]
+        assert [k[4] for k in finals if k[0] == t and k[1] in comparison.ONE_SEED] == [1, 1, 1]
     assert not [k for k in trained if k[1] in comparison.SCALE_POINT and k[0] != "movie_reviews"]
 
 
@@ -366,16 +366,16 @@ def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_
     # of AdamW and OMoE (seeds 2 and 3; seed 1 scores its selection run, but for AdamW's on
     # privacy_qa, and OMoE's on the movies if it takes the rate of the selection run recorded
     # from another machine, as it does when the others score the placeholders' 0: trained
-    # again), dense's and the variants' and baselines' selection, dense's and the best
-    # variant's final runs, the scale point's two selection runs and four final runs
+    # again), dense's, the variants', the control's and the baselines' selection, dense's and
+    # the best variant's final runs, the scale point's two selection runs and four final runs
     left = lines[1:-1]
-    assert len(left) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 2) + 3 * (3 + 3 + 2) + 2 + 2 * 3
-    assert len([r for r in left if r.endswith("scores its selection run on test")]) == 3 * 6
+    assert len(left) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 3) + 3 * (3 + 3 + 3) + 2 + 2 * 3
+    assert len([r for r in left if r.endswith("scores its selection run on test")]) == 3 * 7
     again = "its selection run's checkpoint is not here: trains it again (about 20 min)"
     assert [r[5:] for r in left if again in r] == [
         f"movie_reviews final MoE + OMoE, its chosen rate, seed 1: {again}",
         f"privacy_qa final MoE + AdamW, lr 0.0001, seed 1: {again}"]
-    trains = 3 + 12 + 21 + 12 + 6 + 2
+    trains = 3 + 12 + 24 + 12 + 6 + 2
     hours = (15 + (trains - 1) * 20) / 60
     assert lines[-1] == (f"{trains} to train: about {hours:.1f} h of training, "
                          f"{hours / 2:.1f} h at two at a time.")
