@@ -214,28 +214,30 @@ def _difference(base: list[dict], row: list[dict], key: str) -> tuple[float, flo
     return statistics.mean(r) - statistics.mean(b), max(statistics.stdev(b), statistics.stdev(r))
 
 
-def verdict(base: list[dict], row: list[dict]) -> Optional[dict]:
+def verdict(base: list[dict], row: list[dict], score: str = "test") -> Optional[dict]:
     """A row's final runs against the base's (AdamW's) by the bar: the differences of the
-    mean test score and of the mean expert cosine (row minus base), their spreads, and whether
-    the accuracy is kept and the experts are apart; None while a row has fewer than BAR_SEEDS
-    seeds."""
+    mean score (test, or "valid": the bar on validation) and of the mean expert cosine (row
+    minus base), under those keys, their spreads (KEY_spread), and whether the accuracy is
+    kept and the experts are apart; None while a row has fewer than BAR_SEEDS seeds."""
     if min(len(base), len(row)) < BAR_SEEDS:
         return None
     out = {}
-    for key in ("test", "cos"):
+    for key in (score, "cos"):
         out[key], out[f"{key}_spread"] = _difference(base, row, key)
-    out["kept"] = out["test"] >= -KEEP_SPREADS * out["test_spread"]
+    out["kept"] = out[score] >= -KEEP_SPREADS * out[f"{score}_spread"]
     out["apart"] = -out["cos"] >= max(APART_DROP, APART_SPREADS * out["cos_spread"])
     return out
 
 
-def _verdicts(records: list[dict], base: str, candidates: list[str]) -> dict[str, dict]:
+def _verdicts(records: list[dict], base: str, candidates: list[str],
+              score: str = "test") -> dict[str, dict]:
     """The candidates' verdicts against the base configuration, from one task's final runs
-    (rows run with extra options or a numbered twin are not compared)."""
+    (rows run with extra options or a numbered twin are not compared), on that score."""
     finals = _groups(find(records, stage="final"))
     if base not in finals:
         return {}
-    found = {name: verdict(finals[base], finals[name]) for name in candidates if name in finals}
+    found = {name: verdict(finals[base], finals[name], score) for name in candidates
+             if name in finals}
     return {name: v for name, v in found.items() if v is not None}
 
 
@@ -377,12 +379,34 @@ def _names(names: Iterable[str]) -> str:
 
 
 def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[str]) -> str:
-    """Each candidate's verdicts over the tasks: on how many of those measured its accuracy is
-    kept and its experts are apart."""
+    """Each candidate's verdicts over the tasks, on test and then on validation (what a
+    default is chosen by): on how many of those measured its accuracy is kept and its
+    experts are apart."""
+    test, met = _tally(records, tasks, base, candidates, "test")
+    if not test:
+        return ""
+    valid, chosen = _tally(records, tasks, base, candidates, "valid")
+    return (f"\nAgainst {base} (the bar of each task's section; it is met by a configuration "
+            f"whose accuracy is kept on all {BAR_TASKS} tasks and whose experts are apart on at "
+            f"least {APART_TASKS}):\n\n" + "\n".join(test) + "\n\n"
+            + (f"The bar is met by {_names(met)}.\n" if met else
+               "No configuration measured so far meets the bar.\n")
+            + "\nThe same bar on validation (the final runs' validation scores in place of "
+            "their test scores; the default is chosen by it, the test split aside):\n\n"
+            + "\n".join(valid) + "\n\n"
+            + (f"On validation, the bar is met by {_names(chosen)}.\n" if chosen else
+               "On validation, no configuration measured so far meets the bar.\n"))
+
+
+def _tally(records: list[dict], tasks: list[str], base: str, candidates: list[str],
+           score: str) -> tuple[list[str], list[str]]:
+    """One line for each candidate with verdicts on that score (test or valid): the tasks
+    where its accuracy is kept and its experts are apart; and the candidates that meet the
+    bar."""
     lines, met = [], []
     for name in candidates:
         found = {t: v for t in tasks
-                 if (v := _verdicts(find(records, task=t), base, [name]).get(name))}
+                 if (v := _verdicts(find(records, task=t), base, [name], score).get(name))}
         if found:
             kept = [t for t, v in found.items() if v["kept"]]
             apart = [t for t, v in found.items() if v["apart"]]
@@ -391,13 +415,7 @@ def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[
                          f"{len(apart)} ({', '.join(apart) or 'none'}).")
             if len(kept) >= BAR_TASKS and len(apart) >= APART_TASKS:
                 met.append(name)
-    if not lines:
-        return ""
-    return (f"\nAgainst {base} (the bar of each task's section; it is met by a configuration "
-            f"whose accuracy is kept on all {BAR_TASKS} tasks and whose experts are apart on at "
-            f"least {APART_TASKS}):\n\n" + "\n".join(lines) + "\n\n"
-            + (f"The bar is met by {_names(met)}.\n" if met else
-               "No configuration measured so far meets the bar.\n"))
+    return lines, met
 
 
 def _picks(records: list[dict], tasks: list[str], base: str, apart: Iterable[str] = ()) -> str:

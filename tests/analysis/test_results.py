@@ -337,6 +337,26 @@ def test_the_bar_is_met_by_accuracy_kept_on_all_three_tasks_and_experts_apart_on
         [r for r in records if r["task"] != "privacy_qa"], "cmd", candidates=["ramp"])
 
 
+def test_the_bar_on_validation_holds_the_final_runs_validation_scores_to_it():
+    def runs(task, config, valids, coss):  # test scores all 86: every row keeps them
+        return [record(task=task, config=config, stage="final", seed=s, valid=v, test=86.0,
+                       cos=c) for s, v, c in zip((1, 2, 3), valids, coss)]
+    records = [r for task in ("movie_reviews", "conll2003", "privacy_qa") for r in [
+        *runs(task, "MoE + AdamW", [85.0, 86.0, 87.0], [0.90, 0.91, 0.92]),
+        # apart everywhere; on validation 2 points lower (a spread: 1) on the movie reviews
+        *runs(task, "longer", [83.0, 84.0, 85.0] if task == "movie_reviews" else
+              [85.0, 86.0, 87.0], [0.84, 0.85, 0.86])]]
+    head = report(records, "cmd", candidates=["longer"]).split("## ")[0]
+    on_test, on_valid = head.split("The same bar on validation")
+    assert "The bar is met by *longer*." in on_test
+    assert ("- longer: accuracy kept on 2 of 3 tasks measured (conll2003, privacy_qa), experts "
+            "apart on 3 (movie_reviews, conll2003, privacy_qa).") in on_valid
+    assert "On validation, no configuration measured so far meets the bar." in on_valid
+    kept = [{**r, "valid": r["valid"] + 1.5} if r["config"] == "longer" else r for r in records]
+    assert "On validation, the bar is met by *longer*." in report(kept, "cmd",
+                                                                  candidates=["longer"])
+
+
 def test_the_picks_leave_out_a_row_that_loses_accuracy_and_the_dense_row():
     def runs(config, tests, coss):
         return [record(config=config, stage="final", seed=s, test=t, cos=c)
