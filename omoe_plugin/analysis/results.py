@@ -379,43 +379,68 @@ def _names(names: Iterable[str]) -> str:
 
 
 def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[str]) -> str:
-    """Each candidate's verdicts over the tasks, on test and then on validation (what a
-    default is chosen by): on how many of those measured its accuracy is kept and its
-    experts are apart."""
-    test, met = _tally(records, tasks, base, candidates, "test")
+    """Each candidate's verdicts over the tasks, on test and then on validation: on how many
+    of those measured its accuracy is kept and its experts are apart; and the default chosen
+    by the count on validation, once every candidate has it on BAR_TASKS tasks: the one that
+    meets the bar, or else the closest to it (accuracy kept on the most tasks, then the
+    experts apart on the most; the first candidate on a tie, the present default)."""
+    test = _tally(records, tasks, base, candidates, "test")
     if not test:
         return ""
-    valid, chosen = _tally(records, tasks, base, candidates, "valid")
-    return (f"\nAgainst {base} (the bar of each task's section; it is met by a configuration "
-            f"whose accuracy is kept on all {BAR_TASKS} tasks and whose experts are apart on at "
-            f"least {APART_TASKS}):\n\n" + "\n".join(test) + "\n\n"
-            + (f"The bar is met by {_names(met)}.\n" if met else
-               "No configuration measured so far meets the bar.\n")
-            + "\nThe same bar on validation (the final runs' validation scores in place of "
-            "their test scores; the default is chosen by it, the test split aside):\n\n"
-            + "\n".join(valid) + "\n\n"
-            + (f"On validation, the bar is met by {_names(chosen)}.\n" if chosen else
-               "On validation, no configuration measured so far meets the bar.\n"))
+    valid = _tally(records, tasks, base, candidates, "valid")
+    met, met_valid = _met(test), _met(valid)
+    out = (f"\nAgainst {base} (the bar of each task's section; it is met by a configuration "
+           f"whose accuracy is kept on all {BAR_TASKS} tasks and whose experts are apart on at "
+           f"least {APART_TASKS}):\n\n" + _count_lines(test) + "\n\n"
+           + (f"The bar is met by {_names(met)}.\n" if met else
+              "No configuration measured so far meets the bar.\n")
+           + "\nThe same bar on validation (the final runs' validation scores in place of their "
+           "test scores; the default is chosen by it, the test split aside):\n\n"
+           + _count_lines(valid) + "\n\n"
+           + (f"On validation, the bar is met by {_names(met_valid)}.\n" if met_valid else
+              "On validation, no configuration measured so far meets the bar.\n"))
+    if len(valid) == len(candidates) and all(
+            len(found) >= BAR_TASKS for found in valid.values()):
+        chosen = max(valid, key=lambda name: _counts(valid[name]))  # the first on a tie
+        out += (f"The default by this count (the bar met, or else accuracy kept on the most "
+                f"tasks, then the experts apart on the most; the present default, named first, "
+                f"on a tie): {_names([chosen])}.\n")
+    return out
 
 
 def _tally(records: list[dict], tasks: list[str], base: str, candidates: list[str],
-           score: str) -> tuple[list[str], list[str]]:
-    """One line for each candidate with verdicts on that score (test or valid): the tasks
-    where its accuracy is kept and its experts are apart; and the candidates that meet the
-    bar."""
-    lines, met = [], []
-    for name in candidates:
-        found = {t: v for t in tasks
-                 if (v := _verdicts(find(records, task=t), base, [name], score).get(name))}
-        if found:
-            kept = [t for t, v in found.items() if v["kept"]]
-            apart = [t for t, v in found.items() if v["apart"]]
-            lines.append(f"- {name}: accuracy kept on {len(kept)} of {len(found)} tasks "
-                         f"measured ({', '.join(kept) or 'none'}), experts apart on "
-                         f"{len(apart)} ({', '.join(apart) or 'none'}).")
-            if len(kept) >= BAR_TASKS and len(apart) >= APART_TASKS:
-                met.append(name)
-    return lines, met
+           score: str) -> dict[str, dict[str, dict]]:
+    """Each candidate's verdicts on that score (test or valid), by task, for those that have
+    any."""
+    found = {name: {t: v for t in tasks if (v := _verdicts(
+        find(records, task=t), base, [name], score).get(name))} for name in candidates}
+    return {name: verdicts for name, verdicts in found.items() if verdicts}
+
+
+def _counts(verdicts: dict[str, dict]) -> tuple[int, int]:
+    """On how many tasks the accuracy is kept, and on how many the experts are apart."""
+    return (sum(v["kept"] for v in verdicts.values()),
+            sum(v["apart"] for v in verdicts.values()))
+
+
+def _count_lines(tally: dict[str, dict[str, dict]]) -> str:
+    """A line for each candidate: the tasks where its accuracy is kept and its experts are
+    apart."""
+    lines = []
+    for name, found in tally.items():
+        kept = [t for t, v in found.items() if v["kept"]]
+        apart = [t for t, v in found.items() if v["apart"]]
+        lines.append(f"- {name}: accuracy kept on {len(kept)} of {len(found)} tasks measured "
+                     f"({', '.join(kept) or 'none'}), experts apart on {len(apart)} "
+                     f"({', '.join(apart) or 'none'}).")
+    return "\n".join(lines)
+
+
+def _met(tally: dict[str, dict[str, dict]]) -> list[str]:
+    """The candidates that meet the bar: accuracy kept on BAR_TASKS tasks, experts apart on
+    APART_TASKS."""
+    return [name for name, found in tally.items()
+            if (counts := _counts(found))[0] >= BAR_TASKS and counts[1] >= APART_TASKS]
 
 
 def _picks(records: list[dict], tasks: list[str], base: str, apart: Iterable[str] = ()) -> str:

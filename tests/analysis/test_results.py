@@ -357,6 +357,42 @@ def test_the_bar_on_validation_holds_the_final_runs_validation_scores_to_it():
                                                                   candidates=["longer"])
 
 
+def test_the_default_is_the_candidate_closest_to_the_bar_on_validation():
+    def runs(task, config, valids, coss):
+        return [record(task=task, config=config, stage="final", seed=s, valid=v, test=86.0,
+                       cos=c) for s, v, c in zip((1, 2, 3), valids, coss)]
+    adamw, lower = [85.0, 86.0, 87.0], [83.0, 84.0, 85.0]  # 2 points lower: a spread is 1
+    apart, close = [0.84, 0.85, 0.86], [0.89, 0.90, 0.91]
+    tasks = ("movie_reviews", "conll2003", "privacy_qa")
+
+    def head(default_valids, longer_valids, longer_coss=apart):
+        """The report's head: the default close to AdamW's experts everywhere, the longer
+        steps apart; their validation scores by task."""
+        records = [r for i, task in enumerate(tasks) for r in [
+            *runs(task, "MoE + AdamW", adamw, [0.90, 0.91, 0.92]),
+            *runs(task, "default", default_valids[i], close),
+            *runs(task, "longer", longer_valids[i], longer_coss)]]
+        return report(records, "cmd", candidates=["default", "longer"]).split("## ")[0]
+
+    chosen = "The default by this count ("
+    # neither meets the bar on validation (both lose accuracy on the movie reviews): as much
+    # accuracy kept (2 tasks), the longer steps apart on 3, the default on none
+    text = head([lower, adamw, adamw], [lower, adamw, adamw])
+    assert "On validation, no configuration measured so far meets the bar." in text
+    assert "on a tie): *longer*." in text
+    # accuracy first: kept on one task fewer, however far apart
+    assert "on a tie): *default*." in head([lower, adamw, adamw], [lower, lower, adamw])
+    # a tie: the one named first, the present default
+    assert "on a tie): *default*." in head([adamw] * 3, [adamw] * 3, close)
+    # the bar met on validation: that one
+    assert "on a tie): *longer*." in head([adamw] * 3, [adamw] * 3)
+    # no choice while a candidate is measured on fewer tasks than the bar's
+    records = [r for task in tasks[:2] for r in [
+        *runs(task, "MoE + AdamW", adamw, [0.90, 0.91, 0.92]),
+        *runs(task, "default", adamw, close), *runs(task, "longer", adamw, apart)]]
+    assert chosen not in report(records, "cmd", candidates=["default", "longer"])
+
+
 def test_the_picks_leave_out_a_row_that_loses_accuracy_and_the_dense_row():
     def runs(config, tests, coss):
         return [record(config=config, stage="final", seed=s, test=t, cos=c)
