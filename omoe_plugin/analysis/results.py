@@ -381,7 +381,8 @@ def _names(names: Iterable[str]) -> str:
 def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[str]) -> str:
     """Each candidate's verdicts over the tasks, on test and then on validation: on how many
     of those measured its accuracy is kept and its experts are apart; and the default chosen
-    by the count on validation, once every candidate has it on BAR_TASKS tasks: the one that
+    by the count on validation, once every candidate with final runs has it on BAR_TASKS
+    tasks (the variants but the best have none): the one that
     meets the bar, or else the closest to it (accuracy kept on the most tasks, then the
     experts apart on the most; the first candidate on a tie, the present default)."""
     test = _tally(records, tasks, base, candidates, "test")
@@ -399,8 +400,8 @@ def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[
            + _count_lines(valid) + "\n\n"
            + (f"On validation, the bar is met by {_names(met_valid)}.\n" if met_valid else
               "On validation, no configuration measured so far meets the bar.\n"))
-    if len(valid) == len(candidates) and all(
-            len(found) >= BAR_TASKS for found in valid.values()):
+    final = [name for name in candidates if find(records, config=name, stage="final")]
+    if all(len(valid.get(name, {})) >= BAR_TASKS for name in final):
         chosen = max(valid, key=lambda name: _counts(valid[name]))  # the first on a tie
         out += (f"The default by this count (the bar met, or else accuracy kept on the most "
                 f"tasks, then the experts apart on the most; the present default, named first, "
