@@ -381,10 +381,10 @@ def _names(names: Iterable[str]) -> str:
 def _summary(records: list[dict], tasks: list[str], base: str, candidates: list[str]) -> str:
     """Each candidate's verdicts over the tasks, on test and then on validation: on how many
     of those measured its accuracy is kept and its experts are apart; and the default chosen
-    by the count on validation, once every candidate with final runs has it on BAR_TASKS
-    tasks (the variants but the best have none): the one that
-    meets the bar, or else the closest to it (accuracy kept on the most tasks, then the
-    experts apart on the most; the first candidate on a tie, the present default)."""
+    by the count on validation, once every candidate with final runs (the variants but the
+    best have none) has it on BAR_TASKS tasks: the one that meets the bar, or else the
+    closest to it (accuracy kept on the most tasks, then the experts apart on the most; the
+    first candidate on a tie, the present default)."""
     test = _tally(records, tasks, base, candidates, "test")
     if not test:
         return ""
