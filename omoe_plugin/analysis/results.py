@@ -301,6 +301,23 @@ def _early_section(records: list[dict], metric: str) -> list[str]:
     return out
 
 
+def _last_epoch_gain(capped: list[dict], metric: str) -> str:
+    """How far from a plateau the runs the epoch cap ended were: the rise of their best
+    validation score over their last epoch (their best against the best up to an epoch before
+    the end), for those whose records hold their curve."""
+    gains = []
+    for r in capped:
+        if r.get("curve"):
+            end = r["updates"] - r["protocol"]["updates_per_epoch"]
+            before = max((score for n, score in r["curve"] if n <= end), default=0.0)
+            gains.append(max(score for _, score in r["curve"]) - before)
+    if not gains:
+        return ""
+    return (f"; the best valid {metric} of the {len(gains)} whose records hold their curve rose "
+            f"by {statistics.mean(gains):.1f} on average over their last epoch "
+            f"({min(gains):.1f} to {max(gains):.1f})")
+
+
 def _commits(records: list[dict]) -> str:
     """The distinct commits the runs were trained at (a run resumed after a change has
     several), abbreviated, those with changes not committed marked; past SHOWN_COMMITS, their
@@ -333,11 +350,12 @@ def task_section(task: str, records: list[dict], base: str = "MoE + AdamW",
         ran += (f" Always answering the majority class scores {floor['valid']:.1f} on "
                 f"validation and {floor['test']:.1f} on test.")
     whole = [r for r in records if r["stage"] != "early"]
-    capped = sum(r["updates"] >= r["protocol"]["max_epoch"] * r["protocol"]["updates_per_epoch"]
-                 for r in whole)
+    capped = [r for r in whole
+              if r["updates"] >= r["protocol"]["max_epoch"] * r["protocol"]["updates_per_epoch"]]
     if capped:
-        ran += (f" The epoch cap, not patience, ended {capped} of its {len(whole)} runs: "
-                "their validation had improved within the patience's last validations.")
+        ran += (f" The epoch cap, not patience, ended {len(capped)} of its {len(whole)} runs: "
+                "their validation had improved within the patience's last validations"
+                + _last_epoch_gain(capped, metric) + ".")
     out = [f"## {task}", "", _protocol_line(records), ran, ""]
     finals = _groups(find(records, stage="final"))
     out += [f"| configuration | seeds | lr | updates to best | valid {metric} | test {metric} | "

@@ -164,12 +164,23 @@ def test_early_learning_takes_a_row_recorded_without_its_curve_from_its_early_ru
     assert "Early learning" not in report(finals, "compare")
 
 
-def test_the_report_says_how_many_runs_the_epoch_cap_ended():
+def test_the_report_says_how_many_runs_the_epoch_cap_ended_and_how_far_from_a_plateau():
     cap = PROTOCOL["max_epoch"] * PROTOCOL["updates_per_epoch"]
+    epoch = PROTOCOL["updates_per_epoch"]
     records = [record(stage="final", updates=cap), record(stage="final", seed=2)]
     assert ("The epoch cap, not patience, ended 1 of its 2 runs: their validation had improved "
             "within the patience's last validations.") in report(records, "compare")
     assert "epoch cap" not in report(records[1:], "compare")
+    # with their curves: the best rose over the last epoch by 1.0 (80.0 at or before cap -
+    # epoch, 81.0 after) and by 0.4 (a dip after cap - epoch does not count against it)
+    curves = ([[epoch, 70.0], [cap - epoch, 80.0], [cap - 1, 81.0], [cap, 80.5]],
+              [[cap - epoch - 1, 84.0], [cap - epoch, 83.0], [cap, 84.4]])
+    records = [record(stage="final", seed=s, updates=cap, curve=c)
+               for s, c in enumerate(curves, 1)] + [record(stage="final", seed=3, updates=cap)]
+    assert ("The epoch cap, not patience, ended 3 of its 3 runs: their validation had improved "
+            "within the patience's last validations; the best valid acc of the 2 whose records "
+            "hold their curve rose by 0.7 on average over their last epoch (0.4 to 1.0).") \
+        in report(records, "compare")
 
 
 def test_rows_with_extra_options_or_another_protocol_are_kept_apart():
