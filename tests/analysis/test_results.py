@@ -171,8 +171,8 @@ def test_the_report_says_how_many_runs_the_epoch_cap_ended_and_how_far_from_a_pl
     assert ("The epoch cap, not patience, ended 1 of its 2 runs: their validation had improved "
             "within the patience's last validations.") in report(records, "compare")
     assert "epoch cap" not in report(records[1:], "compare")
-    # with their curves: the best rose over the last epoch by 1.0 (80.0 at or before cap -
-    # epoch, 81.0 after) and by 0.4 (a dip after cap - epoch does not count against it)
+    # with their curves: the best rose over the last epoch by 1.0 (80.0 up to cap - epoch,
+    # 81.0 after) and by 0.4 (84.0 up to cap - epoch: the best before it, not the 83.0 there)
     curves = ([[epoch, 70.0], [cap - epoch, 80.0], [cap - 1, 81.0], [cap, 80.5]],
               [[cap - epoch - 1, 84.0], [cap - epoch, 83.0], [cap, 84.4]])
     records = [record(stage="final", seed=s, updates=cap, curve=c)
