@@ -147,7 +147,10 @@ SCALE_POINT, SCALE_TASK = ["MoE 8x top-2 + AdamW", "MoE 8x top-2 + OMoE"], "movi
 VARIANTS = ["MoE + OMoE, delayed start", "MoE + OMoE, strength ramp",
             "MoE + OMoE, longer orthogonal steps"]
 BASELINES = ["MoE (drop 0.1) + AdamW", "MoE + AdamW + orthogonality loss"]
-ONE_SEED = [*BASELINES, "MoE + OMoE, longer orthogonal steps, nothing projected"]
+# each control: the configuration it controls (the report compares how far their experts end apart)
+CONTROLS = {"MoE + OMoE, longer orthogonal steps, nothing projected":
+            "MoE + OMoE, longer orthogonal steps"}
+ONE_SEED = [*BASELINES, *CONTROLS]
 CANDIDATES = ["MoE + OMoE", *VARIANTS]
 # the scale point's OMoE is held to the same bar against its own AdamW, on its task
 SCALE_BAR = {"MoE 8x top-2 + AdamW": ["MoE 8x top-2 + OMoE"]}

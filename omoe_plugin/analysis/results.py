@@ -504,11 +504,47 @@ def _picks(records: list[dict], tasks: list[str], base: str, apart: Iterable[str
                if left_out else "") + ":\n\n" + "\n".join(lines) + "\n")
 
 
+def _controls(records: list[dict], tasks: list[str], base: str,
+              controls: Mapping[str, str]) -> str:
+    """Each control against the configuration it controls (controls: control: controlled), on
+    each task where the three have final runs: how far the control's experts end below the
+    base's in mean output cosine, as a share of how far the controlled configuration's end;
+    and the displacement cosine of the three (whether the experts' updates end orthogonal)."""
+    out = ""
+    for control, controlled in controls.items():
+        lines = []
+        for task in tasks:
+            rows = {label: find(records, task=task, config=label, stage="final")
+                    for label in (base, controlled, control)}
+            col = lambda label, key: [r[key] for r in rows[label]]  # noqa: E731
+            if not all(rows.values()) or None in (c for label in rows for c in col(label, "cos")):
+                continue
+            drop = {label: statistics.mean(col(base, "cos")) - statistics.mean(col(label, "cos"))
+                    for label in (controlled, control)}
+            share = (f": {100 * drop[control] / drop[controlled]:.0f} % of the way"
+                     if drop[controlled] > 0 else "")
+            lines.append(
+                f"- {task}: expert cosine {fmt(col(control, 'cos'), 3)}, {drop[control]:.3f} "
+                f"below {_names([base])}'s {fmt(col(base, 'cos'), 3)}, where "
+                f"{_names([controlled])}'s {fmt(col(controlled, 'cos'), 3)} is "
+                f"{drop[controlled]:.3f} below{share}; displacement cosine "
+                f"{fmt(col(control, 'delta'), 3)} ({_names([base])} {fmt(col(base, 'delta'), 3)}, "
+                f"{_names([controlled])} {fmt(col(controlled, 'delta'), 3)}).")
+        if lines:
+            out += (f"\nThe control {_names([control])} of {_names([controlled])}, on each task "
+                    f"where it has a final run: how far its experts end below {_names([base])}'s "
+                    f"in output cosine, against how far those of {_names([controlled])} do:\n\n"
+                    + "\n".join(lines) + "\n")
+    return out
+
+
 def report(records: list[dict], command: str, order: Optional[list[str]] = None,
            base: str = "MoE + AdamW", candidates: Iterable[str] = ("MoE + OMoE",),
-           other_bars: Mapping[str, Iterable[str]] = MappingProxyType({})) -> str:
+           other_bars: Mapping[str, Iterable[str]] = MappingProxyType({}),
+           controls: Mapping[str, str] = MappingProxyType({})) -> str:
     """The whole markdown report: a header naming the command that generates it, the
-    candidates' verdicts over the tasks, then one section per task (those of `order` first,
+    candidates' verdicts over the tasks, the picks and each control against what it controls
+    (controls: control: controlled), then one section per task (those of `order` first,
     in that order), each with the bar against base and those of other_bars (see
     task_section; the header sums up the candidates against base alone)."""
     tasks = list(dict.fromkeys([*(t for t in order or () if find(records, task=t)),
@@ -522,7 +558,8 @@ def report(records: list[dict], command: str, order: Optional[list[str]] = None,
             "report the same CPU ran up to about 1.5 times apart in speed, so it is a rough "
             "cost, not a speed comparison between rows.\n"
             + _summary(records, tasks, base, candidates)
-            + _picks(records, tasks, base, [n for b, c in other_bars.items() for n in (b, *c)]))
+            + _picks(records, tasks, base, [n for b, c in other_bars.items() for n in (b, *c)])
+            + _controls(records, tasks, base, controls))
     sections = [task_section(t, find(records, task=t), base, candidates, other_bars)
                 for t in tasks]
     return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"

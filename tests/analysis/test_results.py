@@ -422,6 +422,25 @@ def test_the_picks_leave_out_a_row_that_loses_accuracy_and_the_dense_row():
             "bar: *loss* (test 86.3, expert cosine 0.420).\n") in report(records, "cmd")
 
 
+def test_a_control_is_measured_by_the_share_of_its_controlled_rows_drop_in_cosine():
+    def runs(task, config, coss, deltas):
+        return [record(task=task, config=config, stage="final", seed=s, cos=c, delta=d)
+                for s, c, d in zip((1, 2, 3), coss, deltas)]
+    records = [*runs("movie_reviews", "MoE + AdamW", [0.90, 0.91, 0.92], [0.09] * 3),
+               *runs("movie_reviews", "longer", [0.80, 0.81, 0.82], [0.01] * 3),
+               *runs("movie_reviews", "unprojected", [0.86], [0.08]),
+               *runs("conll2003", "MoE + AdamW", [0.90] * 3, [0.2] * 3),
+               *runs("conll2003", "longer", [0.85] * 3, [0.1] * 3)]  # no control run there
+    head = report(records, "cmd", controls={"unprojected": "longer"}).split("## ")[0]
+    assert ("The control *unprojected* of *longer*, on each task where it has a final run: "
+            "how far its experts end below *MoE + AdamW*'s in output cosine, against how far "
+            "those of *longer* do:\n\n- movie_reviews: expert cosine 0.860, 0.050 below "
+            "*MoE + AdamW*'s 0.910 ± 0.010, where *longer*'s 0.810 ± 0.010 is 0.100 below: 50 % "
+            "of the way; displacement cosine 0.080 (*MoE + AdamW* 0.090 ± 0.000, *longer* "
+            "0.010 ± 0.000).\n") in head
+    assert "- conll2003: expert cosine" not in head
+    assert "The control" not in report(records[:6], "cmd", controls={"unprojected": "longer"})
+
 def test_the_report_names_each_commit_once():
     records = [record(commit="aaaaaaaaaaaaaaaa-dirty + bbbbbbbbbbbbbbbbbbbb"),
                record(lr=3e-4, commit="bbbbbbbbbbbbbbbbbbbb")]
