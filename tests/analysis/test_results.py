@@ -441,6 +441,7 @@ def test_a_control_is_measured_by_the_share_of_its_controlled_rows_drop_in_cosin
     assert "- conll2003: expert cosine" not in head
     assert "The control" not in report(records[:6], "cmd", controls={"unprojected": "longer"})
 
+
 def test_the_report_names_each_commit_once():
     records = [record(commit="aaaaaaaaaaaaaaaa-dirty + bbbbbbbbbbbbbbbbbbbb"),
                record(lr=3e-4, commit="bbbbbbbbbbbbbbbbbbbb")]
