@@ -1,10 +1,25 @@
-"""Helpers for the end-to-end tests: run the real console scripts of this virtualenv."""
+"""Helpers for the end-to-end tests: run the real console scripts of this virtualenv.
 
+`run` starts a console script as a forked child of the test process rather than as a fresh
+interpreter: a process of its own (its argv, standard streams, exit status; killed as any
+process is), running the installed entry point, whose only difference from `bin/<tool>` is that
+the libraries it needs are already imported. A fairseq process spends about 8 s importing before
+it trains, which was most of the suite's time; the forked run trains bit-identical weights.
+Import-time behaviour (warnings printed while importing, console-script wrappers) is checked by
+the runs started with `fresh=True` and by the tests that start scripts with subprocess."""
+
+import atexit
+import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -32,8 +47,83 @@ def token_task_args(task: str, metric: str, seed: int) -> tuple[list[str], list[
     ]
 
 
-def run(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True)
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning to stderr, as an interpreter started afresh does."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def fresh_interpreter_state(tool: str, args: tuple[str, ...]) -> None:
+    """In a forked child, undo what this test process changed in the interpreter: its argv, the
+    warning filters and recorder pytest installs, the logging handlers, the exit functions. The
+    script's own module is imported again, as a fresh process imports it (fairseq's CLIs set up
+    logging when imported)."""
+    sys.argv = [str(BIN / tool), *args]
+    warnings.resetwarnings()
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                     ResourceWarning):
+        warnings.simplefilter("ignore", category)
+    warnings.showwarning = show_warning
+    for handler in logging.root.handlers[:]:
+        logging.root.removeHandler(handler)
+    logging.root.setLevel(logging.WARNING)
+    atexit._clear()  # the test process's exit functions are not the script's to run
+
+
+def start(tool: str, args: tuple[str, ...], stdout: int, stderr: int) -> int:
+    """Start console script `tool` as a forked child writing to these file descriptors, stdin
+    empty; its pid. The child exits as the interpreter would: status 0, the code of SystemExit
+    (its message on stderr), or 1 with the traceback; the script's exit functions run first
+    (fairseq closes its TensorBoard writers in one)."""
+    (entry,) = entry_points(group="console_scripts", name=tool)
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        fresh_interpreter_state(tool, args)
+        sys.modules.pop(entry.module, None)
+        try:
+            code = entry.load()()
+        except SystemExit as stop:
+            code = stop.code
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        atexit._run_exitfuncs()
+        if code is None or isinstance(code, int):
+            status = code or 0
+        else:
+            print(code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)  # not this test process's clean-up
+
+
+def run(tool: str, *args: str, check: bool = True,
+        fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run console script `tool` to the end: forked (see `start`), or with fresh=True started
+    afresh from the virtualenv's bin/."""
+    if fresh:
+        result = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True)
+    else:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            _, status = os.waitpid(start(tool, args, out.fileno(), err.fileno()), 0)
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(
+                [tool, *args], os.waitstatus_to_exitcode(status),
+                out.read().decode(errors="replace"), err.read().decode(errors="replace"))
     if check and result.returncode != 0:
         raise AssertionError(f"{tool} failed:\n{result.stderr[-3000:]}")
     return result
@@ -87,10 +177,10 @@ def train_args(data: Path, run_dir: Path, args: list[str], max_update: int) -> l
             "--tensorboard-logdir", str(run_dir / "tensorboard")]
 
 
-def train(data: Path, run_dir: Path, args: list[str],
-          max_update: int) -> subprocess.CompletedProcess:
+def train(data: Path, run_dir: Path, args: list[str], max_update: int,
+          fresh: bool = False) -> subprocess.CompletedProcess:
     """fairseq-train into run_dir (resumes from its checkpoint_last.pt if there)."""
-    return run("fairseq-train", *train_args(data, run_dir, args, max_update))
+    return run("fairseq-train", *train_args(data, run_dir, args, max_update), fresh=fresh)
 
 
 def train_killed(data: Path, run_dir: Path, args: list[str], max_update: int,
@@ -98,27 +188,30 @@ def train_killed(data: Path, run_dir: Path, args: list[str], max_update: int,
     """fairseq-train into run_dir, killed with SIGKILL (no clean shutdown, as a crash or a
     cluster pre-emption) as soon as it reports the checkpoint of update `saved_at` written;
     what it printed. Deterministic when `saved_at` is a multiple of --save-interval-updates."""
-    command = [str(BIN / "fairseq-train"), *train_args(data, run_dir, args, max_update)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    read, write = os.pipe()
+    pid = start("fairseq-train", tuple(train_args(data, run_dir, args, max_update)), write, write)
+    os.close(write)
     lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "Saved checkpoint" in line and f"@ {saved_at} updates" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    proc.stdout.close()
+    with open(read, encoding="utf-8", errors="replace") as printed:
+        for line in printed:
+            lines.append(line)
+            if "Saved checkpoint" in line and f"@ {saved_at} updates" in line:
+                os.kill(pid, signal.SIGKILL)
+                break
+    _, status = os.waitpid(pid, 0)
     log = "".join(lines)
-    assert proc.returncode == -signal.SIGKILL, f"fairseq-train was not killed:\n{log[-3000:]}"
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL, (
+        f"fairseq-train was not killed:\n{log[-3000:]}")
     return log
 
 
 def straight_and_resumed(data: Path, tmp_path_factory, args: list[str], updates: int,
-                         resume_args: tuple[str, ...] = ()):
-    """`updates` updates straight, and updates/2 + resume from checkpoint_last.pt + the rest:
-    (straight run dir, split run dir, {"straight": log, "resumed": log})."""
+                         resume_args: tuple[str, ...] = (), fresh: bool = False):
+    """`updates` updates straight (started afresh with fresh=True, see `run`), and updates/2 +
+    resume from checkpoint_last.pt + the rest: (straight run dir, split run dir,
+    {"straight": log, "resumed": log})."""
     straight, split = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("split")
-    logs = {"straight": train(data, straight, args, updates)}
+    logs = {"straight": train(data, straight, args, updates, fresh)}
     train(data, split, args, updates // 2)
     logs["resumed"] = train(data, split, [*args, *resume_args], updates)
     return straight, split, logs

@@ -33,9 +33,10 @@ TRAIN = TASK + [
 
 @pytest.fixture(scope="module")
 def runs(movie_reviews, tmp_path_factory):
-    """20 updates straight, and 10 + resume from checkpoint_last.pt + 10."""
+    """20 updates straight, started afresh (what importing prints is checked), and 10 + resume
+    from checkpoint_last.pt + 10, forked: the same weights either way."""
     data, _ = movie_reviews
-    return (data, *straight_and_resumed(data, tmp_path_factory, TRAIN, 20))
+    return (data, *straight_and_resumed(data, tmp_path_factory, TRAIN, 20, fresh=True))
 
 
 def test_training_logs_task_and_moe_metrics(runs):
