@@ -6,8 +6,6 @@ The texts are real movie-review sentences of the bundled corpus."""
 import csv
 import json
 import logging
-import subprocess
-import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -20,6 +18,7 @@ from omoe_plugin.data.prepare import SPLITS
 from omoe_plugin.data.sources import minilm_dir, rated_lines
 from omoe_plugin.data.subword import from_file, saved_in
 from omoe_plugin.data.tables import Columns, read_examples, split_deterministically
+from tests.cli import run
 
 
 def real_reviews():
@@ -84,9 +83,8 @@ def test_the_files_are_fairseq_preprocess_s_own(reviews, tmp_path):
     for column, given in (("input1", ["--srcdict", str(out / "input0" / "dict.txt")]),
                           ("label", [])):
         raw = [a for s in SPLITS for a in (f"--{s}pref", str(out / "raw" / f"{s}.{column}"))]
-        subprocess.run([sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", *raw,
-                        "--destdir", str(tmp_path / column), "--workers", "2", *given],
-                       check=True, capture_output=True)
+        run("fairseq-preprocess", "--only-source", *raw, "--destdir", str(tmp_path / column),
+            "--workers", "2", *given)
         theirs = sorted(p.name for p in (tmp_path / column).iterdir() if p.suffix != ".log")
         assert theirs == sorted(p.name for p in (out / column).iterdir())
         for name in theirs:
