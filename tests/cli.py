@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from fairseq.logging import progress_bar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BIN = Path(sys.executable).parent
@@ -66,7 +67,8 @@ def fresh_interpreter_state(tool: str, args: tuple[str, ...]) -> None:
     for handler in logging.root.handlers[:]:
         logging.root.removeHandler(handler)
     logging.root.setLevel(logging.WARNING)
-    atexit._clear()  # the test process's exit functions are not the script's to run
+    atexit._clear()  # the test process's exit functions are not the script's to run,
+    atexit.register(progress_bar._close_writers)  # but fairseq registers this one on import
 
 
 def start(tool: str, args: tuple[str, ...], stdout: int, stderr: int) -> int:
