@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 from fairseq.logging import progress_bar
+from fairseq.utils import import_user_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BIN = Path(sys.executable).parent
@@ -55,10 +56,13 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
 
 def fresh_interpreter_state(tool: str, args: tuple[str, ...]) -> None:
     """In a forked child, undo what this test process changed in the interpreter: its argv, the
-    warning filters and recorder pytest installs, the logging handlers, the exit functions. The
-    script's own module is imported again, as a fresh process imports it (fairseq's CLIs set up
-    logging when imported)."""
+    warning filters and recorder pytest installs, the logging handlers, the exit functions, the
+    imported `--user-dir` (the script imports it again: registering the plugin sets warning
+    filters too). The script's own module is imported again, as a fresh process imports it
+    (fairseq's CLIs set up logging when imported)."""
     sys.argv = [str(BIN / tool), *args]
+    sys.modules.pop(Path(USER_DIR).name, None)
+    import_user_module.__dict__.pop("memo", None)  # the directories it has imported
     warnings.resetwarnings()
     for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
                      ResourceWarning):
