@@ -17,6 +17,7 @@ from tests.cli import (
     scalar_tags,
     setup_error,
     straight_and_resumed,
+    train,
 )
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,25 @@ def test_resume_continues_exactly(runs):
     out = output(logs["resumed"])
     assert "Loaded checkpoint" in out and "@ 10 updates" in out
     assert any("moe.experts.fc1_weight" in k for k in assert_same_model(straight, split))
+
+
+def without_times(log: str, run_dir) -> list[str]:
+    """A run's lines without what differs between two runs of one command: clock times,
+    speeds, durations, the run's directory."""
+    log = log.replace(str(run_dir), "RUN")
+    log = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "TIME", log, flags=re.M)
+    log = re.sub(r"\b(wps|ups|wall|train_wall|gb_free)([ =])[\d.]+", r"\1\2X", log)
+    return re.sub(r"\b(took|in) [\d.]+ seconds", r"\1 X seconds", log).splitlines()
+
+
+def test_a_forked_run_prints_and_trains_what_a_fresh_one_does(runs, tmp_path):
+    """The end-to-end tests fork the console scripts (tests/cli.py): forked, the straight
+    run's command prints the same lines, times aside, and ends with the same weights."""
+    data, straight, _, logs = runs
+    forked = train(data, tmp_path, TRAIN, 20)
+    assert without_times(output(forked), tmp_path) == without_times(output(logs["straight"]),
+                                                                     straight)
+    assert_same_model(straight, tmp_path)
 
 
 def test_tensorboard_records_moe_scalars(runs):
