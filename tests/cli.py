@@ -54,13 +54,14 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def fresh_interpreter_state(tool: str, args: tuple[str, ...]) -> None:
+def fresh_interpreter_state(tool: str, args: tuple[str, ...], module: str) -> None:
     """In a forked child, undo what this test process changed in the interpreter: its argv, the
     warning filters and recorder pytest installs, the logging handlers, the exit functions, the
     imported `--user-dir` (the script imports it again: registering the plugin sets warning
-    filters too). The script's own module is imported again, as a fresh process imports it
-    (fairseq's CLIs set up logging when imported)."""
+    filters too), the script's own module (imported again, as a fresh process imports it:
+    fairseq's CLIs set up logging when imported)."""
     sys.argv = [str(BIN / tool), *args]
+    sys.modules.pop(module, None)
     sys.modules.pop(Path(USER_DIR).name, None)
     import_user_module.__dict__.pop("memo", None)  # the directories it has imported
     warnings.resetwarnings()
@@ -92,8 +93,7 @@ def start(tool: str, args: tuple[str, ...], stdout: int, stderr: int) -> int:
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
-        fresh_interpreter_state(tool, args)
-        sys.modules.pop(entry.module, None)
+        fresh_interpreter_state(tool, args, entry.module)
         try:
             code = entry.load()()
         except SystemExit as stop:
