@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the protocol is s
 
 from omoe_plugin.analysis import runs  # noqa: E402
 from omoe_plugin.analysis.comparison import (  # noqa: E402
-    CANDIDATES, CONFIGS, CONTROLS, LR_GRID, SCALE_BAR, SETTINGS, TASKS, VARIANTS, all_steps,
-    corpora, final_plan, for_corpus, plan, relative, work)
+    BASELINES, CANDIDATES, CONFIGS, CONTROLS, LR_GRID, SCALE_BAR, SETTINGS, TASKS, VARIANTS,
+    all_steps, corpora, final_plan, for_corpus, plan, relative, work)
 from omoe_plugin.analysis.results import (  # noqa: E402
     SelectionIncomplete, find, load_records, report, slug, task_section)
 
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         command = "python scripts/compare_optimizers.py --report" + (
             f" --records {relative([str(c.records)], ROOT)[0]}" if c.records != RECORDS else "")
         text = report(load_records(c.records), command, order=list(TASKS),
-                      candidates=CANDIDATES, other_bars=SCALE_BAR, controls=CONTROLS)
+                      candidates=CANDIDATES, other_bars=SCALE_BAR, controls=CONTROLS,
+                      baselines=BASELINES)
         c.report_file.parent.mkdir(parents=True, exist_ok=True)
         c.report_file.write_text(text)
         print(text + f"\nwrote {c.report_file}")
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         print(reason, flush=True)
     done = find(load_records(c.records), task=c.corpus)
     if done:
-        print(task_section(c.corpus, done, candidates=CANDIDATES, other_bars=SCALE_BAR))
+        print(task_section(c.corpus, done, candidates=[*CANDIDATES, *BASELINES],
+                           other_bars=SCALE_BAR))
 
 
 if __name__ == "__main__":

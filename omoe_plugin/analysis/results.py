@@ -541,12 +541,14 @@ def _controls(records: list[dict], tasks: list[str], base: str,
 def report(records: list[dict], command: str, order: Optional[list[str]] = None,
            base: str = "MoE + AdamW", candidates: Iterable[str] = ("MoE + OMoE",),
            other_bars: Mapping[str, Iterable[str]] = MappingProxyType({}),
-           controls: Mapping[str, str] = MappingProxyType({})) -> str:
+           controls: Mapping[str, str] = MappingProxyType({}),
+           baselines: Iterable[str] = ()) -> str:
     """The whole markdown report: a header naming the command that generates it, the
     candidates' verdicts over the tasks, the picks and each control against what it controls
     (controls: control: controlled), then one section per task (those of `order` first,
-    in that order), each with the bar against base and those of other_bars (see
-    task_section; the header sums up the candidates against base alone)."""
+    in that order), each with the bar against base, for the candidates and the baselines
+    with every seed, and those of other_bars (see task_section; the header sums up the
+    candidates against base alone: a baseline is no candidate for OMoE's default)."""
     tasks = list(dict.fromkeys([*(t for t in order or () if find(records, task=t)),
                                 *(r["task"] for r in records)]))
     candidates = list(candidates)
@@ -560,6 +562,6 @@ def report(records: list[dict], command: str, order: Optional[list[str]] = None,
             + _summary(records, tasks, base, candidates)
             + _picks(records, tasks, base, [n for b, c in other_bars.items() for n in (b, *c)])
             + _controls(records, tasks, base, controls))
-    sections = [task_section(t, find(records, task=t), base, candidates, other_bars)
-                for t in tasks]
+    sections = [task_section(t, find(records, task=t), base, [*candidates, *baselines],
+                             other_bars) for t in tasks]
     return "\n".join([head, *sections]) if sections else head + "\nNo runs recorded yet.\n"

@@ -141,10 +141,17 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     assert {k[0] for k in trained[:11]} == set(comparison.TASKS) and all(
         k[1] in comparison.CORE and k[2] == "select" for k in trained[:10])
     assert trained[11][1] in comparison.CORE and trained[11][2] == "final"
-    assert trained[-6] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
-    # last, the early runs of the final runs of seed 1 recorded (without their curve)
+    # last, the orthogonality loss (its selection, at AdamW's rate, then its three seeds) on
+    # every corpus; before it the early runs of the final runs of seed 1 recorded (without
+    # their curve), and before those the scale point
+    last = [(t, name, stage, 1e-4, seed) for stage, seeds in (("select", [1]),
+                                                              ("final", [1, 2, 3]))
+            for t in comparison.TASKS for name in comparison.LAST for seed in seeds]
+    assert trained[-len(last):] == last
     early = [(t, name, "early", 1e-4, 1) for t in comparison.TASKS for name in comparison.CORE]
-    assert trained[-5:] == [k for k in early if k[:2] != ("conll2003", "MoE + OMoE")]
+    assert trained[-len(last) - 5:-len(last)] == [
+        k for k in early if k[:2] != ("conll2003", "MoE + OMoE")]
+    assert trained[-len(last) - 6] == ("movie_reviews", "MoE 8x top-2 + OMoE", "final", 1e-4, 3)
     # the held run: remaining, with what waits for it (OMoE's final runs on CoNLL, and the
     # variants everywhere: they are chosen over every corpus), and no more
     assert remaining[0] == ("select MoE + OMoE on conll2003, lr 0.0003 seed 1: another process "
@@ -163,7 +170,8 @@ def test_all_trains_adamw_and_omoe_on_every_corpus_first_and_shares_the_runs(tmp
     for t in comparison.TASKS:
         best = [k for k in finals if k[0] == t and k[1] in comparison.VARIANTS]
         assert {k[1] for k in best} == {"MoE + OMoE, longer orthogonal steps"}
-        assert [k[4] for k in finals if k[0] == t and k[1] in comparison.ONE_SEED] == [1, 1, 1]
+        assert [k[4] for k in finals if k[0] == t and k[1] in comparison.ONE_SEED] == [1, 1]
+        assert [k[4] for k in finals if k[0] == t and k[1] in comparison.LAST] == [1, 2, 3]
     assert not [k for k in trained if k[1] in comparison.SCALE_POINT and k[0] != "movie_reviews"]
 
 
@@ -172,14 +180,15 @@ def test_all_trains_the_variants_before_dense_and_the_baselines(tmp_path):
     order = []
     comparison.work(all_planned(records_path), wait=False, train=recording(records_path, order))
     core, variants, scale = comparison.CORE, comparison.VARIANTS, comparison.SCALE_POINT
-    rest = [name for name in comparison.CONFIGS if name not in [*core, *variants, *scale]]
+    last = comparison.LAST
+    rest = [name for name in comparison.CONFIGS if name not in [*core, *variants, *scale, *last]]
     # AdamW and OMoE; the variants (the best one's final runs wait for all their selections);
-    # dense and the baselines; the scale point; AdamW's and OMoE's early runs
-    groups = [core, variants, rest, scale]
-    whole = [k for k in order if k[2] != "early"]
-    rank = [next(i for i, names in enumerate(groups) if k[1] in names) for k in whole]
-    assert rank == sorted(rank) and set(rank) == {0, 1, 2, 3}
-    assert order[len(whole):] == [k for k in order if k[2] == "early"]
+    # dense, Drop-Upcycling and the control; the scale point; AdamW's and OMoE's early runs;
+    # the orthogonality loss
+    groups = [core, variants, rest, scale, "early", last]
+    rank = [groups.index("early") if k[2] == "early" else
+            next(i for i, names in enumerate(groups) if k[1] in names) for k in order]
+    assert rank == sorted(rank) and set(rank) == set(range(len(groups)))
     tasks = len(comparison.TASKS)
     assert [k[2] for k in order if k[1] in variants] == (["select"] * tasks * len(variants)
                                                          + ["final"] * tasks * 3)
@@ -367,15 +376,16 @@ def test_plan_lists_what_all_has_left_in_its_order_trains_nothing_and_estimates_
     # privacy_qa, and OMoE's on the movies if it takes the rate of the selection run recorded
     # from another machine, as it does when the others score the placeholders' 0: trained
     # again), dense's, the variants', the control's and the baselines' selection, dense's and
-    # the best variant's final runs, the scale point's two selection runs and four final runs
+    # the best variant's final runs, the scale point's two selection runs and four final runs,
+    # the orthogonality loss's seeds 2 and 3
     left = lines[1:-1]
-    assert len(left) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 3) + 3 * (3 + 3 + 3) + 2 + 2 * 3
+    assert len(left) == 3 + 3 * 2 * 3 + 3 * (2 + 3 + 3) + 3 * (3 + 3 + 3) + 2 + 2 * 3 + 3 * 2
     assert len([r for r in left if r.endswith("scores its selection run on test")]) == 3 * 7
     again = "its selection run's checkpoint is not here: trains it again (about 20 min)"
     assert [r[5:] for r in left if again in r] == [
         f"movie_reviews final MoE + OMoE, its chosen rate, seed 1: {again}",
         f"privacy_qa final MoE + AdamW, lr 0.0001, seed 1: {again}"]
-    trains = 3 + 12 + 24 + 12 + 6 + 2
+    trains = 3 + 12 + 24 + 12 + 6 + 2 + 6
     hours = (15 + (trains - 1) * 20) / 60
     assert lines[-1] == (f"{trains} to train: about {hours:.1f} h of training, "
                          f"{hours / 2:.1f} h at two at a time.")

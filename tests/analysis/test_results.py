@@ -326,6 +326,25 @@ def test_the_scale_point_is_held_to_the_bar_against_its_own_adamw_and_not_summed
                                                other_bars={"8x AdamW": ["8x OMoE"]})
 
 
+def test_a_baseline_with_every_seed_is_held_to_the_bar_in_its_task_and_not_summed_up():
+    def runs(config, tests, coss):
+        return [record(config=config, stage="final", seed=s, test=t, cos=c)
+                for s, t, c in zip((1, 2, 3), tests, coss)]
+    records = [*runs("MoE + AdamW", [85.0, 86.0, 87.0], [0.90, 0.91, 0.92]),
+               *runs("MoE + OMoE", [84.0, 85.0, 86.0], [0.84, 0.85, 0.86]),
+               *runs("loss", [85.5, 85.5, 85.5], [0.40, 0.41, 0.42]),
+               *runs("drop", [80.0], [0.60])]
+    text = report(records, "cmd", baselines=["drop", "loss"])
+    head, section = text.split("## movie_reviews")
+    assert "| loss | -0.5 | 1.0 | **yes** | -0.500 | 0.010 | **yes** |" in section
+    assert "| drop |" not in section.split("Early learning")[0].split("| experts apart |")[1]
+    assert "- loss:" not in head and "- MoE + OMoE: accuracy kept on 1 of 1" in head
+    # the picks hold it to the bar like any row with every seed
+    assert "for diverse experts at that bar's accuracy, *loss* (expert cosine 0.410" in head
+    assert "| loss |" not in report(records, "cmd").split("| experts apart |")[1].split(
+        "Early learning")[0]
+
+
 def test_the_bar_is_met_by_accuracy_kept_on_all_three_tasks_and_experts_apart_on_two():
     def runs(task, config, tests, coss):
         return [record(task=task, config=config, stage="final", seed=s, test=t, cos=c)
