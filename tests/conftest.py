@@ -1,7 +1,11 @@
-"""Shared fixtures: a real fairseq dictionary/task, tiny models built through them, and real
-data prepared once per test process (movie reviews, CoNLL-2003 sentences, Disfl-QA)."""
+"""Shared fixtures: a real fairseq dictionary/task, tiny models built through them, the tiny
+classifier exported to ONNX once per test run, and real data prepared once per test process
+(movie reviews, CoNLL-2003 sentences, Disfl-QA)."""
 
+import fcntl
 import os
+from pathlib import Path
+from typing import Callable
 
 # One thread per test process, inherited by the CLIs the tests start: the suite runs one
 # process per core (pytest-xdist), and the tiny models gain nothing from a second thread, while
@@ -53,6 +57,62 @@ def tiny_model(task, seed: int = 0, **overrides) -> OMoERobertaModel:
     model = OMoERobertaModel.build_model(OMoERobertaConfig(**shape), task)
     model.register_classification_head(HEAD, num_classes=2)
     return model.eval()
+
+
+def word_tokenizer(symbols: list[str]):
+    """A whitespace word-level tokenizer over a dictionary's symbols (no download)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from omoe_plugin.data.subword import SubwordTokenizer
+
+    tokenizer = Tokenizer(WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = Whitespace()
+    return SubwordTokenizer("tokenizers", tokenizer.to_str())
+
+
+def tiny_classifier(task, **overrides):
+    """The tiny classifier of the export tests (tiny_model, 128 positions) and its serving
+    metadata (labels neg, pos; the word tokenizer)."""
+    from omoe_plugin.export.classifier import serving_info
+
+    model = tiny_model(task, max_positions=128, **overrides)
+    info = serving_info(model.cfg, task.source_dictionary, ["neg", "pos"],
+                        word_tokenizer(task.source_dictionary.symbols), source="tiny.pt")
+    return model, info
+
+
+def export(task, out: Path, **overrides):
+    """tiny_classifier exported to ONNX at out; the model and its serving metadata."""
+    from omoe_plugin.export.onnx_export import export_onnx
+
+    model, info = tiny_classifier(task, **overrides)
+    export_onnx(model, info, out)
+    return model, info
+
+
+def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder `name`, filled by make(folder) once for the whole test run: the pytest-xdist
+    workers share it (the folder above a worker's base temporary folder is the run's), and
+    the first to take its lock fills it. What is in it is for reading only."""
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    out.mkdir(exist_ok=True)
+    with open(out / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").exists():
+            make(out)
+            (out / "done").touch()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(task, tmp_path_factory) -> Path:
+    """tiny_classifier exported to ONNX (fp32) once for the whole run: read it, do not
+    change it (tiny_classifier(task) builds the same model again, for parity checks)."""
+    return once_per_run(tmp_path_factory, "tiny_onnx",
+                        lambda out: export(task, out / "tiny.onnx")) / "tiny.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.export.test_onnx_export import export
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.install
-def test_a_fresh_virtualenv_serves_without_torch_or_fairseq(task, tmp_path):
-    export(task, tmp_path / "tiny.onnx")
+def test_a_fresh_virtualenv_serves_without_torch_or_fairseq(tiny_onnx, tmp_path):
     env = tmp_path / "serve-env"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
@@ -28,7 +26,7 @@ def test_a_fresh_virtualenv_serves_without_torch_or_fairseq(task, tmp_path):
     names = {p["name"].lower() for p in json.loads(installed)}
     assert {"onnxruntime", "tokenizers", "numpy"} <= names
     assert not names & {"torch", "fairseq-fixed", "fairseq", "hydra-core"}
-    infer = subprocess.run([str(env / "bin" / "omoe-infer"), str(tmp_path / "tiny.onnx")],
+    infer = subprocess.run([str(env / "bin" / "omoe-infer"), str(tiny_onnx)],
                            input="w1 w2 w3\nw4\n", capture_output=True, text=True)
     assert infer.returncode == 0, infer.stderr[-2000:]
     records = [json.loads(line) for line in infer.stdout.splitlines()]
@@ -37,7 +35,7 @@ def test_a_fresh_virtualenv_serves_without_torch_or_fairseq(task, tmp_path):
     api = subprocess.run([str(python), "-c", (
         "import sys; from omoe_plugin.export import load_model; "
         "from omoe_plugin.serve.app import create_app; "
-        f"m = load_model({str(tmp_path / 'tiny.onnx')!r}); print(m.predict(['w1'])[0].label); "
+        f"m = load_model({str(tiny_onnx)!r}); print(m.predict(['w1'])[0].label); "
         "create_app({'tiny': m}); "
         "print('torch' in sys.modules, 'fairseq' in sys.modules)")],
         capture_output=True, text=True)

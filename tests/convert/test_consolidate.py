@@ -95,7 +95,7 @@ def trained_adamw(task):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A data directory as load_classifier reads it: dictionaries and a tokenizer file."""
-    from tests.export.test_onnx_export import word_tokenizer
+    from tests.conftest import word_tokenizer
 
     out = tmp_path_factory.mktemp("data")
     words, labels = words_and_labels()

@@ -19,15 +19,12 @@ from omoe_plugin.export.sentences import OMoEClassifier
 from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx
 from tests.cli import BIN
-from tests.conftest import HEAD, tiny_model
-from tests.export.test_onnx_export import export, word_tokenizer
+from tests.conftest import HEAD, tiny_classifier, tiny_model, word_tokenizer
 
 
 @pytest.fixture(scope="module")
-def exported(task, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    model, _ = export(task, path)
-    return model, path, OMoEClassifier(path, threads=1)
+def exported(task, tiny_onnx):
+    return tiny_classifier(task)[0], tiny_onnx, OMoEClassifier(tiny_onnx, threads=1)
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:

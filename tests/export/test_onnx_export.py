@@ -6,41 +6,21 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
 
-from omoe_plugin.data.subword import SubwordTokenizer
 from omoe_plugin.export.runtime import DISABLED_FUSIONS, session
-from omoe_plugin.export.classifier import ExportedClassifier, serving_info
-from omoe_plugin.export.onnx_export import export_onnx, quantize_int8
+from omoe_plugin.export.classifier import ExportedClassifier
+from omoe_plugin.export.onnx_export import quantize_int8
 from omoe_plugin.export.parity import compare, sample_tokens
 from omoe_plugin.export.serving_info import ServingInfo
-from tests.conftest import HEAD, tiny_model
+from tests.conftest import HEAD, export, tiny_classifier
 
-EXPERTS, TOP_K, LAYERS = 4, 2, 2
-
-
-def word_tokenizer(symbols: list[str]) -> SubwordTokenizer:
-    """A whitespace word-level tokenizer over a dictionary's symbols (no download)."""
-    tokenizer = Tokenizer(WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = Whitespace()
-    return SubwordTokenizer("tokenizers", tokenizer.to_str())
-
-
-def export(task, out, **overrides):
-    model = tiny_model(task, max_positions=128, moe_experts=EXPERTS, moe_top_k=TOP_K, **overrides)
-    info = serving_info(model.cfg, task.source_dictionary, ["neg", "pos"],
-                        word_tokenizer(task.source_dictionary.symbols), source="tiny.pt")
-    export_onnx(model, info, out)
-    return model, info
+EXPERTS, TOP_K, LAYERS = 4, 2, 2  # tiny_model's
 
 
 @pytest.fixture(scope="module")
-def exported(task, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    model, info = export(task, path)
-    return model, info, path, session(path)
+def exported(task, tiny_onnx):
+    model, info = tiny_classifier(task)
+    return model, info, tiny_onnx, session(tiny_onnx)
 
 
 @pytest.mark.parametrize("batch, seq, padded", [

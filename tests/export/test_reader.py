@@ -12,8 +12,7 @@ from omoe_plugin.export.onnx_export import export_onnx
 from omoe_plugin.export.reader import OMoEReader
 from omoe_plugin.models.omoe_roberta import SPAN_HEAD
 from omoe_plugin.spans import best_span
-from tests.conftest import tiny_model
-from tests.export.test_onnx_export import word_tokenizer
+from tests.conftest import tiny_model, word_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from omoe_plugin.export.classifier import ExportedClassifier, serving_info
 from omoe_plugin.export.onnx_export import export_onnx
 from omoe_plugin.export.tagger import WORD, OMoETagger
 from omoe_plugin.models.omoe_roberta import TOKEN_HEAD
-from tests.conftest import tiny_model
-from tests.export.test_onnx_export import word_tokenizer
+from tests.conftest import tiny_model, word_tokenizer
 
 TAGS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
 

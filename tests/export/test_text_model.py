@@ -19,7 +19,6 @@ from omoe_plugin.export.serving_info import read_metadata
 from omoe_plugin.export.text_model import (INPUT_KEY, build_text_model, compare_ids,
                                            text_model_path, text_session)
 from tests.conftest import tiny_model
-from tests.export.test_onnx_export import export
 
 pytest.importorskip("onnxruntime_extensions")  # pip install 'omoe-plugin[text]'
 
@@ -98,10 +97,10 @@ def test_raw_text_model_keeps_the_metadata_and_takes_one_text(exported):
         in_graph.run(None, {"text": np.array(["one", "two"])})
 
 
-def test_tokenizers_and_models_it_cannot_put_in_a_graph_are_refused(task, tmp_path):
-    export(task, tmp_path / "words.onnx")  # a WordLevel tokenizer: no extensions operator
+def test_tokenizers_and_models_it_cannot_put_in_a_graph_are_refused(tiny_onnx, tmp_path):
+    # tiny_onnx has a WordLevel tokenizer: no extensions operator
     with pytest.raises(ValueError, match="cannot be put in the graph"):
-        build_text_model(tmp_path / "words.onnx", tmp_path / "words.text.onnx")
+        build_text_model(tiny_onnx, tmp_path / "words.text.onnx")
     assert not (tmp_path / "words.text.onnx").exists()
 
 

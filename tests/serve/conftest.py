@@ -2,8 +2,6 @@
 tagger and a reader), and omoe-serve on 127.0.0.1: in this process (a uvicorn thread, for
 the protocol tests) or as the real command (for shutdown, load and replicas)."""
 
-import fcntl
-import os
 import re
 import subprocess
 import threading
@@ -20,8 +18,7 @@ from omoe_plugin.export.serving_info import ServingInfo
 from omoe_plugin.models.omoe_roberta import TOKEN_HEAD
 from omoe_plugin.serve.cli import open_socket
 from tests.cli import BIN
-from tests.conftest import tiny_model
-from tests.export.test_onnx_export import export, word_tokenizer
+from tests.conftest import once_per_run, tiny_model, word_tokenizer
 
 TAGS = ["B-PER", "O"]  # two tags: the same graph serves as the reader (start, end logits)
 
@@ -41,28 +38,21 @@ def relabelled(source: Path, out: Path, **changes) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(task, tmp_path_factory) -> dict[str, Path]:
+def models(task, tiny_onnx, tmp_path_factory) -> dict[str, Path]:
     """name -> file: "tiny" (classifier), "pairs", "ner" (tagger), "qa" (reader). Exported
-    once for the whole run: the pytest-xdist workers share them (the folder above a worker's
-    base temporary folder is the run's), the first to take the lock exports."""
-    base = tmp_path_factory.getbasetemp()
-    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "served"
-    out.mkdir(exist_ok=True)
-    files = {name: out / f"{name}.onnx" for name in ("tiny", "pairs", "ner", "qa")}
-    with open(out / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "done").exists():
-            export(task, files["tiny"])
-            tagger = tiny_model(task, max_positions=128)
-            tagger.register_token_head(TOKEN_HEAD, num_tags=len(TAGS))
-            info = serving_info(tagger.cfg, task.source_dictionary, TAGS,
-                                word_tokenizer(task.source_dictionary.symbols), tagging=True)
-            export_onnx(tagger.eval(), info, files["ner"], head=TOKEN_HEAD)
-            relabelled(files["tiny"], files["pairs"], pairs=True)
-            relabelled(files["ner"], files["qa"], tagging=False, span_qa=True, pairs=True,
-                       labels=["start", "end"], max_answer_tokens=5)
-            (out / "done").touch()
-    return files
+    once for the whole run (once_per_run)."""
+    def make(out: Path) -> None:
+        tagger = tiny_model(task, max_positions=128)
+        tagger.register_token_head(TOKEN_HEAD, num_tags=len(TAGS))
+        info = serving_info(tagger.cfg, task.source_dictionary, TAGS,
+                            word_tokenizer(task.source_dictionary.symbols), tagging=True)
+        export_onnx(tagger.eval(), info, out / "ner.onnx", head=TOKEN_HEAD)
+        relabelled(tiny_onnx, out / "pairs.onnx", pairs=True)
+        relabelled(out / "ner.onnx", out / "qa.onnx", tagging=False, span_qa=True, pairs=True,
+                   labels=["start", "end"], max_answer_tokens=5)
+
+    out = once_per_run(tmp_path_factory, "served", make)
+    return {"tiny": tiny_onnx, **{name: out / f"{name}.onnx" for name in ("pairs", "ner", "qa")}}
 
 
 class ThreadServer:
