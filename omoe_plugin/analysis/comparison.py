@@ -11,16 +11,16 @@ polynomially decayed to 0 over the N-epoch cap, with 6 % of it warm-up.
 validation only; the variants, baselines and control (RATE_FROM) train at the one rate their base
 configuration chose instead, once the base's selection is complete. The final mode trains
 each configuration at the rate its selection runs scored best on validation, for every seed
-(ONE_SEED, Drop-Upcycling and the control: the first seed; the variants: only the best of
-them, chosen from the selection runs), and scores its checkpoint_best.pt once on the test
+(ONE_SEED, Drop-Upcycling and the control: the first seed only; the variants: only the best
+of them, chosen from the selection runs), and scores its checkpoint_best.pt once on the test
 split (seed 1 reuses its selection run, or trains it again with the same options where that
 run's checkpoint is not on this machine); it refuses a configuration whose selection is
 incomplete. Every finished run appends one record to results/convergence.jsonl, its
-validation curve included (a run with a record is not run again). An early run (--all's last
-but LAST's) trains a final run of seed 1 whose
-record has no curve (records written before they held one) again for its first
-EARLY_EPOCHS[-1] epochs, to the first validation after them, under the same schedule: its
-curve is that final row's in the report's early-learning table.
+validation curve included (a run with a record is not run again). An early run (before LAST's
+runs, --all's last) trains a final run of seed 1 whose record has no curve (records written
+before they held one) again for its first EARLY_EPOCHS[-1] epochs, to the first validation
+after them, under the same schedule: its curve is that final row's in the report's
+early-learning table.
 --report writes docs/results/convergence.md from the records. --all works through every
 corpus's selection and final runs in the order the comparison needs them (all_steps: AdamW
 and OMoE on every corpus first, then the variants), each run once however many processes
