@@ -41,20 +41,23 @@ def task() -> SentencePredictionTask:
     return SentencePredictionTask(SentencePredictionConfig(num_classes=2), *dictionaries())
 
 
+# tiny_model's shape; tests that count per layer or per expert read it from here.
+TINY_SHAPE = dict(
+    encoder_layers=2,
+    encoder_embed_dim=32,
+    encoder_ffn_embed_dim=48,
+    encoder_attention_heads=4,
+    max_positions=64,
+    moe_experts=4,
+    moe_top_k=2,
+)
+
+
 def tiny_model(task, seed: int = 0, **overrides) -> OMoERobertaModel:
     """A 2-layer model in eval mode, built exactly as fairseq builds it, with a head."""
-    shape = dict(
-        encoder_layers=2,
-        encoder_embed_dim=32,
-        encoder_ffn_embed_dim=48,
-        encoder_attention_heads=4,
-        max_positions=64,
-        moe_experts=4,
-        moe_top_k=2,
-    )
-    shape.update(overrides)
     torch.manual_seed(seed)
-    model = OMoERobertaModel.build_model(OMoERobertaConfig(**shape), task)
+    config = OMoERobertaConfig(**{**TINY_SHAPE, **overrides})
+    model = OMoERobertaModel.build_model(config, task)
     model.register_classification_head(HEAD, num_classes=2)
     return model.eval()
 

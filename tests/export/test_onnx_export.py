@@ -12,9 +12,9 @@ from omoe_plugin.export.classifier import ExportedClassifier
 from omoe_plugin.export.onnx_export import quantize_int8
 from omoe_plugin.export.parity import compare, sample_tokens
 from omoe_plugin.export.serving_info import ServingInfo
-from tests.conftest import HEAD, export, tiny_classifier
+from tests.conftest import HEAD, TINY_SHAPE, export, tiny_classifier
 
-EXPERTS, TOP_K, LAYERS = 4, 2, 2  # tiny_model's
+EXPERTS, TOP_K, LAYERS = (TINY_SHAPE[k] for k in ("moe_experts", "moe_top_k", "encoder_layers"))
 
 
 @pytest.fixture(scope="module")
