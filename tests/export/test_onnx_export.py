@@ -76,7 +76,8 @@ def test_serving_sessions_keep_residual_add_and_layer_norm_apart(exported, tmp_p
 def test_metadata_round_trips(exported):
     _, info, path, onnx_session = exported
     assert ServingInfo.from_metadata(onnx_session.get_modelmeta().custom_metadata_map, path) == info
-    assert info.moe_layers == [0, 1] and info.experts == EXPERTS and info.top_k == TOP_K
+    assert info.moe_layers == list(range(LAYERS))
+    assert info.experts == EXPERTS and info.top_k == TOP_K
 
 
 def test_int8_quantises_experts_keeps_routers_fp32_and_metadata(exported, tmp_path):
